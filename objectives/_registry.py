@@ -1,0 +1,168 @@
+"""Built-in objectives by name, and the loader of user objectives (``module:fn``, ``file.py:fn``).
+
+Built-ins are described by data so that a study file can be validated without importing torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from objectives._errors import ObjectiveError
+
+Objective = Callable[[Any, dict[str, Any]], "float | Sequence[float]"]
+
+ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu", "elu", "tanh", "sigmoid")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+@dataclass(frozen=True)
+class BuiltinObjective:
+    name: str
+    target: str  # "module:function", imported only when a trial runs
+    metric: str
+    direction: str
+    description: str
+    # Every option the objective reads, with its default; a study file may search or fix each.
+    options: Mapping[str, Any] = field(default_factory=dict)
+    # Options whose values come from a closed set.
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+_MLP_OPTIONS: dict[str, Any] = {
+    "epochs": 10,
+    "batch_size": 64,
+    "lr": 1e-3,
+    "optimizer": "adam",
+    "momentum": 0.9,
+    "nesterov": False,
+    "l1": 0.0,
+    "l2": 0.0,
+    "activation": "relu",
+    "width": 128,
+    "depth": 2,
+    "dropout": 0.0,
+    "val_fraction": 0.2,
+    "device": "cpu",
+    "seed": 0,
+    "on_nonfinite": "prune",
+}
+
+BUILTIN_OBJECTIVES: dict[str, BuiltinObjective] = {
+    "digits-mlp": BuiltinObjective(
+        name="digits-mlp",
+        target="objectives.digits:digits_mlp",
+        metric="val_accuracy",
+        direction="maximize",
+        description="MLP on scikit-learn's 8x8 digits (offline, ships with scikit-learn)",
+        options=_MLP_OPTIONS,
+        choices={
+            "activation": ACTIVATIONS,
+            "optimizer": OPTIMIZERS,
+            "on_nonfinite": ("prune", "fail"),
+        },
+    ),
+}
+
+
+def _did_you_mean(word: str, candidates: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def resolve_objective(ref: str, *, base_dir: str) -> str:
+    """Validate an objective reference and return its canonical form.
+
+    A built-in name stays as is; ``path/to/file.py:fn`` becomes absolute (relative paths are
+    taken from ``base_dir``, the study file's folder) so that every worker finds the same file.
+    The target is imported once here so that a broken objective is refused before a study exists.
+    """
+    if ref in BUILTIN_OBJECTIVES:
+        return ref
+    module_part, sep, function = ref.rpartition(":")
+    if not sep or not module_part or not function:
+        raise ObjectiveError(
+            f"Unknown objective {ref!r}.{_did_you_mean(ref, list(BUILTIN_OBJECTIVES))} "
+            f"Expected a built-in ({', '.join(sorted(BUILTIN_OBJECTIVES))}), "
+            "'package.module:function' or 'path/to/file.py:function'."
+        )
+    if module_part.endswith(".py") or os.sep in module_part or "/" in module_part:
+        path = module_part if os.path.isabs(module_part) else os.path.join(base_dir, module_part)
+        ref = f"{os.path.normpath(path)}:{function}"
+    load_objective(ref)
+    return ref
+
+
+def _import_file(path: str) -> Any:
+    if not os.path.isfile(path):
+        raise ObjectiveError(
+            f"Cannot import objective file {path!r}: no such file; fix the path in [study].objective."
+        )
+    module_name = "hpsearch_user_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ObjectiveError(f"Cannot import objective file {path!r}: not a Python module.")
+    module = importlib.util.module_from_spec(spec)
+    # The objective's own folder is importable, so that it can import its neighbours.
+    folder = os.path.dirname(path)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_objective(ref: str) -> Objective:
+    """The callable behind a canonical reference (a built-in name or ``module:function``)."""
+    builtin = BUILTIN_OBJECTIVES.get(ref)
+    target = builtin.target if builtin else ref
+    module_part, _, function = target.rpartition(":")
+    try:
+        if module_part.endswith(".py"):
+            module = _import_file(module_part)
+        else:
+            module = importlib.import_module(module_part)
+    except ObjectiveError:
+        raise
+    except Exception as err:  # any error raised while importing user code
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ObjectiveError(
+            f"Cannot import objective {ref!r}: {type(err).__name__}: {first}; fix the module or "
+            "the [study].objective entry (PYTHONPATH must reach a 'module:function' objective)."
+        ) from None
+    fn = getattr(module, function, None)
+    if fn is None or not callable(fn):
+        names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        raise ObjectiveError(
+            f"Objective {ref!r}: {module_part} has no function {function!r}."
+            f"{_did_you_mean(function, names)}"
+        )
+    return fn  # type: ignore[no-any-return]
+
+
+def check_options(ref: str, options: Mapping[str, Any], *, where: str) -> None:
+    """For a built-in, refuse options it does not read and values outside a closed set."""
+    builtin = BUILTIN_OBJECTIVES.get(ref)
+    if builtin is None:
+        return  # a user objective reads what it likes
+    for key, value in options.items():
+        if key not in builtin.options:
+            raise ObjectiveError(
+                f"{where}: objective {ref!r} has no option {key!r}."
+                f"{_did_you_mean(key, list(builtin.options))} "
+                f"Allowed: {', '.join(sorted(builtin.options))}."
+            )
+        allowed = builtin.choices.get(key)
+        values = value if isinstance(value, list | tuple) else [value]
+        for item in values:
+            if allowed is not None and item not in allowed:
+                raise ObjectiveError(
+                    f"{where}: {key} = {item!r} is not one of {', '.join(allowed)}."
+                    f"{_did_you_mean(str(item), allowed)}"
+                )

@@ -1,0 +1,56 @@
+"""Watch a study while local workers run: a live line on a terminal, periodic lines otherwise."""
+
+from __future__ import annotations
+
+import time
+from typing import TextIO
+
+import optuna
+
+from search._budget import budget_state
+from search._export import best_trials
+from search._spec import StudySpec
+
+
+def progress_line(study: optuna.Study, spec: StudySpec, started: float) -> str:
+    state = budget_state(study.get_trials(deepcopy=False), spec.n_trials)
+    best = best_trials(study)
+    if not best:
+        best_text = "no result yet"
+    elif len(spec.directions) == 1:
+        best_text = f"best {spec.metrics[0]} {best[0].values[0]:.6g} (trial {best[0].number})"
+    else:
+        best_text = f"{len(best)} on the Pareto front"
+    elapsed = int(time.monotonic() - started)
+    return (
+        f"[{spec.name}] {state.used}/{spec.n_trials} trials "
+        f"({state.pruned} pruned, {state.failed} failed), {state.running} running, "
+        f"{best_text}, {elapsed // 60:02d}:{elapsed % 60:02d}"
+    )
+
+
+class Progress:
+    def __init__(self, stream: TextIO, *, live: bool, every: float) -> None:
+        self.stream = stream
+        self.live = live
+        self.every = every
+        self._last = 0.0
+        self._width = 0
+
+    def show(self, line: str, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.every:
+            return
+        self._last = now
+        if self.live:
+            padded = line.ljust(self._width)
+            self._width = len(line)
+            self.stream.write("\r" + padded)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.live and self._width:
+            self.stream.write("\n")
+            self.stream.flush()

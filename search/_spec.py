@@ -1,0 +1,452 @@
+"""The study file: parse TOML, validate all of it, and give one normalised, storable spec.
+
+The normalised spec is a plain JSON-able dict (stored in the study's user attributes), wrapped
+by :class:`StudySpec` for typed access. Nothing is written anywhere until it validates.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import tomllib
+
+from objectives import BUILTIN_OBJECTIVES, ObjectiveError, check_options, resolve_objective
+from search._errors import SpecError
+
+SPEC_VERSION = 1
+SAMPLERS = ("cmaes", "gp", "grid", "qmc", "random", "tpe")
+PRUNERS = ("hyperband", "median", "none", "percentile", "successive-halving", "wilcoxon")
+DIRECTIONS = ("maximize", "minimize")
+PARAM_TYPES = ("categorical", "float", "int")
+
+_SECTIONS = ("study", "space", "sampler", "pruner", "budget", "training", "resources")
+_STUDY_KEYS = ("name", "objective", "direction", "directions", "metric", "metrics")
+_PARAM_KEYS = {
+    "float": ("type", "low", "high", "log", "step", "when"),
+    "int": ("type", "low", "high", "log", "step", "when"),
+    "categorical": ("type", "choices", "when"),
+}
+_SAMPLER_KEYS = ("name", "seed", "options")
+_PRUNER_KEYS = ("name", "options")
+_BUDGET_KEYS = ("n_trials", "timeout")
+_RESOURCES_KEYS = ("workers", "heartbeat_interval", "grace_period", "max_retry")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _suggest(word: str, allowed: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(allowed), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+class _Checker:
+    """Builds messages of one shape: where, what is wrong, what is allowed."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, where: str, message: str) -> SpecError:
+        location = f"{self.source} [{where}]" if where else self.source
+        return SpecError(f"{location}: {message}")
+
+    def table(self, data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+        value = data.get(key, {})
+        if not isinstance(value, dict):
+            raise self.fail(where, f"{key} must be a table, got {type(value).__name__}.")
+        return value
+
+    def keys(self, table: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
+        for key in table:
+            if key not in allowed:
+                raise self.fail(
+                    where,
+                    f"unknown key {key!r}.{_suggest(key, allowed)} Allowed: {', '.join(allowed)}.",
+                )
+
+    def number(self, value: Any, where: str, key: str, *, integer: bool = False) -> float:
+        kind = "an integer" if integer else "a number"
+        ok = isinstance(value, int) if integer else isinstance(value, int | float)
+        if (
+            not ok
+            or isinstance(value, bool)
+            or (isinstance(value, float) and not math.isfinite(value))
+        ):
+            raise self.fail(where, f"{key} must be {kind}, got {value!r}.")
+        return value  # type: ignore[no-any-return]
+
+    def positive_int(self, table: Mapping[str, Any], key: str, where: str, default: int) -> int:
+        value = table.get(key, default)
+        self.number(value, where, key, integer=True)
+        if value < 1:
+            raise self.fail(where, f"{key} must be >= 1, got {value}.")
+        return int(value)
+
+    def boolean(self, value: Any, where: str, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(where, f"{key} must be true or false, got {value!r}.")
+        return value
+
+
+def _parse_param(c: _Checker, name: str, entry: Any) -> dict[str, Any]:
+    where = f"space.{name}"
+    if not isinstance(entry, dict):
+        raise c.fail(where, f"a search-space entry must be a table, got {entry!r}.")
+    kind = entry.get("type")
+    if kind not in PARAM_TYPES:
+        hint = _suggest(str(kind), PARAM_TYPES) if isinstance(kind, str) else ""
+        raise c.fail(where, f"type must be one of {', '.join(PARAM_TYPES)}, got {kind!r}.{hint}")
+    c.keys(entry, _PARAM_KEYS[kind], where)
+    param: dict[str, Any] = {"type": kind}
+    if kind == "categorical":
+        choices = entry.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise c.fail(
+                where, 'choices must be a non-empty list, e.g. choices = ["relu", "tanh"].'
+            )
+        for choice in choices:
+            if not isinstance(choice, str | int | float | bool):
+                raise c.fail(
+                    where, f"choices may hold strings, numbers or booleans, got {choice!r}."
+                )
+        if len({repr(x) for x in choices}) != len(choices):
+            raise c.fail(where, f"choices must be distinct, got {choices!r}.")
+        param["choices"] = list(choices)
+    else:
+        integer = kind == "int"
+        for key in ("low", "high"):
+            if key not in entry:
+                raise c.fail(where, f"{kind} parameter needs {key}.")
+        low = c.number(entry["low"], where, "low", integer=integer)
+        high = c.number(entry["high"], where, "high", integer=integer)
+        if low >= high:
+            raise c.fail(
+                where, f"empty range: low must be less than high (got low={low}, high={high})."
+            )
+        log = c.boolean(entry.get("log", False), where, "log")
+        step = entry.get("step")
+        if step is not None:
+            c.number(step, where, "step", integer=integer)
+            if step <= 0:
+                raise c.fail(where, f"step must be > 0, got {step}.")
+            if log and not (integer and step == 1):
+                raise c.fail(where, "log and step cannot be combined; drop one of them.")
+        if log and low <= 0:
+            raise c.fail(where, f"log scale needs low > 0, got low={low}.")
+        param.update(low=low, high=high, log=log)
+        if step is not None:
+            param["step"] = step
+    return param
+
+
+def _parse_conditions(
+    c: _Checker, space: dict[str, dict[str, Any]], raw: Mapping[str, Any]
+) -> None:
+    """``when = {optimizer = "sgd"}``: suggest only when a categorical parent takes those values."""
+    for name, entry in raw.items():
+        if "when" not in entry:
+            continue
+        where = f"space.{name}"
+        when = entry["when"]
+        if not isinstance(when, dict) or not when:
+            raise c.fail(where, 'when must be a table like when = {optimizer = "sgd"}.')
+        conditions: dict[str, list[Any]] = {}
+        for parent, values in when.items():
+            if parent == name or parent not in space:
+                raise c.fail(
+                    where,
+                    f"when names {parent!r}, which is not another search-space entry."
+                    f"{_suggest(parent, [n for n in space if n != name])}",
+                )
+            if space[parent]["type"] != "categorical":
+                raise c.fail(where, f"when may only name categorical entries; {parent!r} is not.")
+            values = values if isinstance(values, list) else [values]
+            for value in values:
+                if value not in space[parent]["choices"]:
+                    raise c.fail(
+                        where,
+                        f"when {parent} = {value!r}: not one of its choices {space[parent]['choices']!r}.",
+                    )
+            conditions[parent] = list(values)
+        space[name]["when"] = conditions
+    _check_acyclic(c, space)
+
+
+def _check_acyclic(c: _Checker, space: Mapping[str, Mapping[str, Any]]) -> None:
+    visiting: set[str] = set()
+    done: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        if name in visiting:
+            raise c.fail(
+                f"space.{name}", "conditions form a cycle; a parent cannot depend on its child."
+            )
+        visiting.add(name)
+        for parent in space[name].get("when", {}):
+            visit(parent)
+        visiting.discard(name)
+        done.add(name)
+
+    for name in space:
+        visit(name)
+
+
+def _parse_study(c: _Checker, raw: Mapping[str, Any], base_dir: str) -> dict[str, Any]:
+    table = c.table(raw, "study", "")
+    c.keys(table, _STUDY_KEYS, "study")
+    name = table.get("name")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise c.fail(
+            "study",
+            f"name must be 1-128 letters, digits, '.', '_' or '-' (starting with a letter or digit), got {name!r}.",
+        )
+    objective = table.get("objective")
+    if not isinstance(objective, str) or not objective:
+        raise c.fail(
+            "study",
+            "objective is required: a built-in "
+            f"({', '.join(sorted(BUILTIN_OBJECTIVES))}), 'module:function' or 'file.py:function'.",
+        )
+    try:
+        objective = resolve_objective(objective, base_dir=base_dir)
+    except ObjectiveError as err:
+        raise c.fail("study", str(err)) from None
+    builtin = BUILTIN_OBJECTIVES.get(objective)
+
+    def plural(single: str, many: str, default: list[str] | None) -> list[str]:
+        if single in table and many in table:
+            raise c.fail("study", f"give {single} or {many}, not both.")
+        if single in table:
+            values = [table[single]]
+        elif many in table:
+            values = table[many]
+            if not isinstance(values, list) or not values:
+                raise c.fail("study", f"{many} must be a non-empty list of strings.")
+        elif default is not None:
+            values = default
+        else:
+            raise c.fail(
+                "study", f'{single} is required for a user objective (e.g. {single} = "maximize").'
+            )
+        for value in values:
+            if not isinstance(value, str) or not value:
+                raise c.fail("study", f"{many} must be strings, got {value!r}.")
+        return list(values)
+
+    directions = plural("direction", "directions", [builtin.direction] if builtin else None)
+    for direction in directions:
+        if direction not in DIRECTIONS:
+            raise c.fail(
+                "study",
+                f"direction {direction!r} must be one of {', '.join(DIRECTIONS)}.{_suggest(direction, DIRECTIONS)}",
+            )
+    default_metrics = (
+        [builtin.metric]
+        if builtin
+        else ["value" if len(directions) == 1 else f"value_{i}" for i in range(len(directions))]
+    )
+    metrics = plural(
+        "metric", "metrics", default_metrics if len(default_metrics) == len(directions) else None
+    )
+    if len(metrics) != len(directions):
+        raise c.fail(
+            "study",
+            f"{len(directions)} direction(s) but {len(metrics)} metric name(s); give one metric per direction.",
+        )
+    if len(set(metrics)) != len(metrics):
+        raise c.fail("study", f"metric names must be distinct, got {metrics!r}.")
+    return {"name": name, "objective": objective, "directions": directions, "metrics": metrics}
+
+
+def _parse_component(
+    c: _Checker,
+    raw: Mapping[str, Any],
+    section: str,
+    allowed_keys: Sequence[str],
+    names: Sequence[str],
+    default: str,
+) -> dict[str, Any]:
+    table = c.table(raw, section, "")
+    c.keys(table, allowed_keys, section)
+    name = table.get("name", default)
+    if name not in names:
+        hint = _suggest(name, names) if isinstance(name, str) else ""
+        raise c.fail(
+            section, f"unknown {section} {name!r}.{hint} Expected one of: {', '.join(names)}."
+        )
+    options = c.table(table, "options", section)
+    result: dict[str, Any] = {"name": name, "options": dict(options)}
+    if "seed" in allowed_keys:
+        seed = table.get("seed")
+        if seed is not None:
+            c.number(seed, section, "seed", integer=True)
+        result["seed"] = seed
+    return result
+
+
+def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySpec:
+    """Validate a parsed study file and return its normalised spec."""
+    c = _Checker(source)
+    c.keys(raw, _SECTIONS, "")
+    study = _parse_study(c, raw, base_dir)
+
+    space_raw = c.table(raw, "space", "")
+    if not space_raw:
+        raise c.fail("space", "the search space is empty; add at least one [space.NAME] entry.")
+    space = {name: _parse_param(c, name, entry) for name, entry in space_raw.items()}
+    _parse_conditions(c, space, space_raw)
+
+    sampler = _parse_component(c, raw, "sampler", _SAMPLER_KEYS, SAMPLERS, "tpe")
+    pruner = _parse_component(c, raw, "pruner", _PRUNER_KEYS, PRUNERS, "median")
+
+    budget_raw = c.table(raw, "budget", "")
+    c.keys(budget_raw, _BUDGET_KEYS, "budget")
+    if "n_trials" not in budget_raw:
+        raise c.fail("budget", "n_trials is required: the number of trials across all workers.")
+    budget: dict[str, Any] = {"n_trials": c.positive_int(budget_raw, "n_trials", "budget", 1)}
+    timeout = budget_raw.get("timeout")
+    if timeout is not None:
+        c.number(timeout, "budget", "timeout")
+        if timeout <= 0:
+            raise c.fail("budget", f"timeout must be > 0 seconds, got {timeout}.")
+    budget["timeout"] = timeout
+
+    training = c.table(raw, "training", "")
+    overlap = sorted(set(training) & set(space))
+    if overlap:
+        raise c.fail(
+            "training",
+            f"{overlap[0]!r} is both searched in [space] and fixed in [training]; keep one.",
+        )
+    try:
+        check_options(study["objective"], training, where=f"{source} [training]")
+        for name, entry in space.items():
+            # Numeric ranges are not checked here: an empty list checks only the name.
+            check_options(
+                study["objective"],
+                {name: entry.get("choices", [])},
+                where=f"{source} [space.{name}]",
+            )
+    except ObjectiveError as err:
+        raise SpecError(str(err)) from None
+
+    resources_raw = c.table(raw, "resources", "")
+    c.keys(resources_raw, _RESOURCES_KEYS, "resources")
+    resources = {
+        key: c.positive_int(resources_raw, key, "resources", default)
+        for key, default in (
+            ("workers", 1),
+            ("heartbeat_interval", 10),
+            ("grace_period", 60),
+            ("max_retry", 3),
+        )
+    }
+    if resources["grace_period"] <= resources["heartbeat_interval"]:
+        raise c.fail("resources", "grace_period must be longer than heartbeat_interval.")
+
+    spec = StudySpec(
+        {
+            "version": SPEC_VERSION,
+            "study": study,
+            "space": space,
+            "sampler": sampler,
+            "pruner": pruner,
+            "budget": budget,
+            "training": dict(training),
+            "resources": resources,
+        }
+    )
+    # Construct the sampler and pruner once so that bad options are refused now, not in a worker.
+    from search._samplers import build_pruner, build_sampler
+
+    build_sampler(spec, seed=sampler["seed"], source=source)
+    build_pruner(spec, source=source)
+    return spec
+
+
+def load_spec_file(path: str) -> StudySpec:
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read()
+    except OSError as err:
+        raise SpecError(
+            f"Cannot read study file {path!r}: {err.strerror}; check the path."
+        ) from None
+    try:
+        raw = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not UTF-8 text; save the study file as UTF-8.") from None
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError(f"{path}: malformed TOML: {err}; fix the syntax there.") from None
+    return parse_spec(raw, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """Typed access to a normalised spec dict (the form stored in the study)."""
+
+    data: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.data["study"]["name"])
+
+    @property
+    def objective(self) -> str:
+        return str(self.data["study"]["objective"])
+
+    @property
+    def directions(self) -> list[str]:
+        return list(self.data["study"]["directions"])
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.data["study"]["metrics"])
+
+    @property
+    def space(self) -> dict[str, dict[str, Any]]:
+        return dict(self.data["space"])
+
+    @property
+    def n_trials(self) -> int:
+        return int(self.data["budget"]["n_trials"])
+
+    @property
+    def timeout(self) -> float | None:
+        timeout = self.data["budget"]["timeout"]
+        return None if timeout is None else float(timeout)
+
+    @property
+    def training(self) -> dict[str, Any]:
+        return dict(self.data["training"])
+
+    @property
+    def resources(self) -> dict[str, int]:
+        return dict(self.data["resources"])
+
+    @property
+    def is_conditional(self) -> bool:
+        return any("when" in entry for entry in self.data["space"].values())
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for two specs to be the same study (worker count is per node)."""
+        return {k: v for k, v in self.data.items() if k != "resources"}
+
+
+def spec_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted paths where two spec dicts differ, with both values."""
+    diffs: list[str] = []
+    for key in sorted(set(old) | set(new), key=str):
+        path = f"{prefix}{key}"
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += spec_differences(a, b, path + ".")
+        elif a != b:
+            diffs.append(f"{path}: {a!r} -> {b!r}")
+    return diffs

@@ -1,0 +1,97 @@
+"""The study at a glance: budget, states, best so far, throughput, running trials."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from search._budget import budget_state
+from search._export import best_trials
+from search._spec import StudySpec
+
+STATUS_SCHEMA_VERSION = 1
+
+
+def status_document(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
+    trials = study.get_trials(deepcopy=False)
+    state = budget_state(trials, spec.n_trials)
+    finished = [
+        t for t in trials if t.state.is_finished() and t.datetime_complete and t.datetime_start
+    ]
+    per_hour = None
+    if len(finished) >= 2:
+        first = min(t.datetime_start for t in finished if t.datetime_start)
+        last = max(t.datetime_complete for t in finished if t.datetime_complete)
+        hours = (last - first).total_seconds() / 3600
+        per_hour = round(len(finished) / hours, 2) if hours > 0 else None
+    remaining = max(0, spec.n_trials - state.used)
+    eta = None if per_hour in (None, 0) or remaining == 0 else round(remaining / per_hour * 3600, 1)
+    best = [
+        {"trial": t.number, "values": list(t.values), "params": dict(t.params)}
+        for t in best_trials(study)
+    ]
+    now = dt.datetime.now()
+    running = [
+        {
+            "trial": t.number,
+            "host": t.user_attrs.get("host"),
+            "pid": t.user_attrs.get("pid"),
+            "epoch": max(t.intermediate_values) if t.intermediate_values else None,
+            "seconds": round((now - t.datetime_start).total_seconds(), 1)
+            if t.datetime_start
+            else None,
+        }
+        for t in trials
+        if t.state == TrialState.RUNNING
+    ]
+    return {
+        "schema": STATUS_SCHEMA_VERSION,
+        "study": spec.name,
+        "objective": spec.objective,
+        "directions": spec.directions,
+        "metrics": spec.metrics,
+        "budget": {"n_trials": spec.n_trials, "used": state.used, "remaining": remaining},
+        "states": {
+            "complete": state.complete,
+            "pruned": state.pruned,
+            "failed": state.failed,
+            "running": state.running,
+            "waiting": state.waiting,
+            "retried": state.lost,
+        },
+        "best": best,
+        "trials_per_hour": per_hour,
+        "eta_seconds": eta,
+        "running": running,
+    }
+
+
+def format_status(doc: dict[str, Any]) -> str:
+    budget, states = doc["budget"], doc["states"]
+    lines = [
+        f"study      {doc['study']}  (objective {doc['objective']}, "
+        f"{' / '.join(f'{d} {m}' for d, m in zip(doc['directions'], doc['metrics'], strict=True))})",
+        f"budget     {budget['used']}/{budget['n_trials']} trials used, {budget['remaining']} remaining",
+        "states     " + ", ".join(f"{v} {k}" for k, v in states.items()),
+    ]
+    if doc["trials_per_hour"] is not None:
+        eta = doc["eta_seconds"]
+        lines.append(
+            f"throughput {doc['trials_per_hour']:.1f} trials/hour"
+            + (f", about {eta / 60:.1f} min left" if eta is not None else "")
+        )
+    for i, best in enumerate(doc["best"][:5]):
+        values = ", ".join(
+            f"{m}={v:.6g}" for m, v in zip(doc["metrics"], best["values"], strict=True)
+        )
+        label = "best" if len(doc["best"]) == 1 else ("pareto" if i == 0 else "")
+        lines.append(f"{label:<10} trial {best['trial']}: {values}  {best['params']}")
+    for run in doc["running"]:
+        lines.append(
+            f"running    trial {run['trial']} on {run['host']} (pid {run['pid']}), "
+            f"epoch {run['epoch']}, {run['seconds']}s"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,163 @@
+"""Create and load hpsearch studies: plain Optuna studies with the spec in their user attributes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from search._budget import enqueue_first_batch
+from search._errors import HpsearchError
+from search._samplers import build_pruner, build_sampler
+from search._spec import StudySpec, spec_differences
+from storage import StorageSettings, create_schema, open_storage, redact_url, translate_errors
+
+SPEC_ATTR = "hpsearch:spec"
+
+
+def settings_from(spec: StudySpec) -> StorageSettings:
+    resources = spec.resources
+    return StorageSettings(
+        heartbeat_interval=resources["heartbeat_interval"],
+        grace_period=resources["grace_period"],
+        max_retry=resources["max_retry"],
+    )
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    spec: StudySpec
+    created: bool  # False: the same spec was already there (a no-op)
+
+
+def create_study(spec: StudySpec, url: str) -> CreateResult:
+    """Create the study, or accept an identical existing one; refuse a different spec.
+
+    This is the only place that creates the database schema.
+    """
+    storage = create_schema(url, settings=settings_from(spec))
+    with translate_errors(url):
+        try:
+            study = optuna.create_study(
+                study_name=spec.name,
+                storage=storage,
+                directions=spec.directions,  # type: ignore[arg-type]  # validated names
+            )
+        except optuna.exceptions.DuplicatedStudyError:
+            existing = _stored_spec(storage, spec.name, url)
+            diffs = spec_differences(existing.identity(), spec.identity())
+            if diffs:
+                raise HpsearchError(
+                    f"Study {spec.name!r} already exists in {redact_url(url)} with a different spec "
+                    f"({'; '.join(diffs[:5])}); rename the study in the file, or delete the old one "
+                    f"with `optuna delete-study --study-name {spec.name} --storage URL`."
+                ) from None
+            return CreateResult(existing, created=False)
+        try:
+            study.set_metric_names(spec.metrics)
+            study.set_user_attr(SPEC_ATTR, spec.data)
+            enqueue_first_batch(study, spec.n_trials)
+        except BaseException:
+            # Leave no half-made study behind.
+            optuna.delete_study(study_name=spec.name, storage=storage)
+            raise
+    return CreateResult(spec, created=True)
+
+
+def _stored_spec(storage: optuna.storages.BaseStorage, name: str, url: str) -> StudySpec:
+    study_id = storage.get_study_id_from_name(name)
+    # A study created a moment ago by another process may not have its spec yet.
+    for _ in range(50):
+        data = storage.get_study_user_attrs(study_id).get(SPEC_ATTR)
+        if data is not None:
+            return StudySpec(data)
+        time.sleep(0.1)
+    raise HpsearchError(
+        f"Study {name!r} in {redact_url(url)} was not created by hpsearch (it has no spec); "
+        "choose another name in [study].name."
+    )
+
+
+def study_names(url: str) -> list[str]:
+    storage = open_storage(url)
+    with translate_errors(url):
+        return sorted(s.study_name for s in storage.get_all_studies())
+
+
+@dataclass(frozen=True)
+class LoadedStudy:
+    study: optuna.Study
+    spec: StudySpec
+    storage: optuna.storages.RDBStorage
+
+
+def load_study(name: str, url: str, *, seed_offset: int = 0) -> LoadedStudy:
+    """Load an existing hpsearch study with the sampler and pruner its spec names.
+
+    ``seed_offset`` gives each parallel worker its own sampler seed, so that workers do not
+    propose the same points (QMC keeps one seed: its workers share one scrambled sequence).
+    """
+    storage = open_storage(url)
+    with translate_errors(url):
+        try:
+            storage.get_study_id_from_name(name)
+        except KeyError:
+            names = sorted(s.study_name for s in storage.get_all_studies())
+            known = (
+                f"existing studies: {', '.join(names)}" if names else "the storage holds no studies"
+            )
+            raise HpsearchError(
+                f"Study {name!r} not found in {redact_url(url)} ({known}); "
+                "create it with `hpsearch create STUDY.toml`."
+            ) from None
+        spec = _stored_spec(storage, name, url)
+    # The heartbeat and retry settings are the study's own: reopen with them.
+    storage.engine.dispose()
+    storage = open_storage(url, settings=settings_from(spec))
+    seed = spec.data["sampler"]["seed"]
+    if seed is not None and spec.data["sampler"]["name"] != "qmc":
+        seed = (seed + seed_offset) % 2**32
+    sampler = build_sampler(spec, seed=seed)
+    pruner = build_pruner(spec)
+    with translate_errors(url):
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    return LoadedStudy(study, spec, storage)
+
+
+def study_summaries(url: str) -> list[dict[str, Any]]:
+    """One row per study: name, objective, directions, trials by state, best value."""
+    from search._budget import budget_state
+
+    storage = open_storage(url)
+    rows: list[dict[str, Any]] = []
+    with translate_errors(url):
+        for frozen in sorted(storage.get_all_studies(), key=lambda s: s.study_name):
+            spec_data = frozen.user_attrs.get(SPEC_ATTR)
+            trials = storage.get_all_trials(frozen._study_id, deepcopy=False)
+            n_trials = spec_data["budget"]["n_trials"] if spec_data else len(trials)
+            state = budget_state(trials, n_trials)
+            best: Any = None
+            if len(frozen.directions) == 1:
+                done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+                if done:
+                    pick = (
+                        max if frozen.directions[0] == optuna.study.StudyDirection.MAXIMIZE else min
+                    )
+                    best = pick(t.value for t in done if t.value is not None)
+            rows.append(
+                {
+                    "study": frozen.study_name,
+                    "objective": spec_data["study"]["objective"] if spec_data else None,
+                    "directions": [d.name.lower() for d in frozen.directions],
+                    "budget": n_trials,
+                    "complete": state.complete,
+                    "pruned": state.pruned,
+                    "failed": state.failed,
+                    "running": state.running,
+                    "waiting": state.waiting,
+                    "best_value": best,
+                }
+            )
+    return rows

@@ -1,0 +1,244 @@
+"""Worker processes: claim a slot, run the objective inside a heartbeat, tell the result.
+
+The database is the only coordinator. The loop knows nothing about the backend, and its
+``try/finally`` never leaves a trial RUNNING: a trial ends COMPLETE, PRUNED or FAIL, and an
+interrupted one is handed back to the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+import warnings
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from objectives import ObjectiveError, load_objective
+from search._budget import ERROR, budget_state, claim_slot, refill
+from search._errors import HpsearchError
+from search._space import suggest
+from search._study import LoadedStudy, load_study
+from storage import StorageError
+
+log = logging.getLogger("hpsearch.worker")
+
+
+@dataclass(frozen=True)
+class WorkerArgs:
+    study: str
+    url: str
+    index: int  # 0..workers-1 on this node
+    threads: int  # torch CPU threads for this process
+    deadline: float | None  # time.time() after which no trial starts
+    seed_offset: int
+    log_trials: bool  # one line per finished trial (off when a live display runs)
+
+
+class Heartbeat:
+    """Records the trial's heartbeat every interval on a thread, so a dead worker is noticed."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int) -> None:
+        self._storage = storage
+        self._trial_id = trial_id
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Heartbeat:
+        interval = self._storage.get_heartbeat_interval()
+        if interval is not None:
+            self._storage.record_heartbeat(self._trial_id)
+            self._thread = threading.Thread(target=self._beat, args=(interval,), daemon=True)
+            self._thread.start()
+        return self
+
+    def _beat(self, interval: int) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self._storage.record_heartbeat(self._trial_id)
+            except Exception as err:  # a missed beat is not fatal; the next one may succeed
+                log.warning("heartbeat for trial id %d failed: %s", self._trial_id, err)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def _as_values(result: Any, n_directions: int) -> list[float]:
+    raw = list(result) if isinstance(result, Sequence) else [result]
+    if len(raw) != n_directions:
+        raise ValueError(f"objective returned {len(raw)} value(s) for {n_directions} direction(s)")
+    values = [float(v) for v in raw]
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"objective returned a non-finite value: {values}")
+    return values
+
+
+def _record_error(study: optuna.Study, trial_id: int, err: BaseException) -> None:
+    lines = traceback.format_exception(type(err), err, err.__traceback__)
+    summary = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+    study._storage.set_trial_user_attr(trial_id, ERROR, summary)
+    study._storage.set_trial_user_attr(trial_id, "traceback", "".join(lines)[-4000:])
+
+
+def run_trial(
+    loaded: LoadedStudy, trial_id: int, objective: Any, *, log_trials: bool
+) -> TrialState:
+    """Run one claimed trial to a finished state."""
+    study, spec = loaded.study, loaded.spec
+    state, values = TrialState.FAIL, None
+    started = time.monotonic()
+    with Heartbeat(loaded.storage, trial_id):
+        trial = optuna.Trial(study, trial_id)
+        try:
+            refill(study, study._storage.get_trial(trial_id), spec.n_trials)
+            trial.set_user_attr("host", socket.gethostname())
+            trial.set_user_attr("pid", os.getpid())
+            params = suggest(trial, spec.space)
+            result = objective(trial, {**spec.training, **params})
+            values = _as_values(result, len(spec.directions))
+            state = TrialState.COMPLETE
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except Exception as err:  # one bad trial never kills the worker
+            _record_error(study, trial_id, err)
+            log.warning(
+                "trial %d failed: %s: %s\n%s",
+                trial.number,
+                type(err).__name__,
+                err,
+                "".join(
+                    traceback.format_exception(type(err), err, err.__traceback__)[-6:]
+                ).rstrip(),
+            )
+        except BaseException:
+            # Interrupted (Ctrl-C, SystemExit): hand the trial back to the queue, unused.
+            frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            retry = loaded.storage.get_heartbeat_stale_trial_callback()
+            if retry is not None:
+                retry(study, frozen)
+            raise
+        frozen = study.tell(trial, values=values, state=state, skip_if_finished=True)
+    if log_trials:
+        shown = (
+            ""
+            if frozen.values is None
+            else " ".join(f"{m}={v:.6g}" for m, v in zip(spec.metrics, frozen.values, strict=True))
+        )
+        log.info(
+            "trial %d %s %s in %.1fs",
+            frozen.number,
+            state.name.lower(),
+            shown,
+            time.monotonic() - started,
+        )
+    return state
+
+
+def work(args: WorkerArgs) -> None:
+    """One worker's loop: until the budget is used up, the deadline passes, or it is interrupted."""
+    loaded = load_study(args.study, args.url, seed_offset=args.seed_offset)
+    objective = load_objective(loaded.spec.objective)
+    study, spec = loaded.study, loaded.spec
+    reap_every = loaded.storage.get_heartbeat_interval() or 10
+    last_reap = 0.0
+    while args.deadline is None or time.time() < args.deadline:
+        if time.monotonic() - last_reap >= reap_every:
+            # Fail trials whose worker died; the retry callback puts them back in the queue.
+            optuna.storages.fail_stale_trials(study)
+            last_reap = time.monotonic()
+        trial_id = claim_slot(study)
+        if trial_id is None:
+            if budget_state(study.get_trials(deepcopy=False), spec.n_trials).finished:
+                return
+            time.sleep(0.5)  # others still run trials that may come back, or a batch is coming
+            continue
+        run_trial(loaded, trial_id, objective, log_trials=args.log_trials)
+
+
+def _configure_process(args: WorkerArgs) -> None:
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s [worker {args.index} pid %(process)d] %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    import torch
+
+    torch.set_num_threads(args.threads)
+
+
+def worker_main(args: WorkerArgs) -> None:
+    """Entry point of a spawned worker process; exits 0, 2 (a user error) or 130 (interrupted)."""
+    _configure_process(args)
+    try:
+        work(args)
+    except (HpsearchError, StorageError, ObjectiveError) as err:
+        print(f"hpsearch worker {args.index}: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def node_seed_offset(*, include_host: bool) -> int:
+    """Workers on different nodes get different seeds; one node's workers differ by index."""
+    return zlib.crc32(socket.gethostname().encode()) % 100_003 if include_host else 0
+
+
+def cpu_threads_per_worker(workers: int) -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // workers)
+
+
+def start_workers(
+    study: str,
+    url: str,
+    *,
+    workers: int,
+    timeout: float | None,
+    include_host: bool,
+    log_trials: bool,
+) -> list[multiprocessing.process.BaseProcess]:
+    """Spawn (never fork: CUDA and gRPC do not survive a fork) ``workers`` worker processes."""
+    context = multiprocessing.get_context("spawn")
+    deadline = None if timeout is None else time.time() + timeout
+    threads = cpu_threads_per_worker(workers)
+    base = node_seed_offset(include_host=include_host)
+    processes: list[multiprocessing.process.BaseProcess] = []
+    for index in range(workers):
+        args = WorkerArgs(
+            study=study,
+            url=url,
+            index=index,
+            threads=threads,
+            deadline=deadline,
+            seed_offset=base + 7919 * index,
+            log_trials=log_trials,
+        )
+        process = context.Process(target=worker_main, args=(args,), name=f"hpsearch-worker-{index}")
+        process.start()
+        processes.append(process)
+    return processes

@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """A storage problem the user can fix; the message is one line and never holds a password."""

@@ -1,0 +1,48 @@
+"""Storage URL resolution and redaction."""
+
+from __future__ import annotations
+
+import os
+
+import sqlalchemy.exc
+from sqlalchemy.engine import make_url
+
+from storage._errors import StorageError
+
+ENV_VAR = "HPSEARCH_STORAGE"
+# The embedded default: one SQLite file in the working directory.
+DEFAULT_STORAGE_URL = "sqlite:///hpsearch.db"
+
+
+def resolve_storage_url(cli_value: str | None) -> str:
+    """``--storage`` wins, then ``$HPSEARCH_STORAGE``, then the SQLite file ``hpsearch.db``."""
+    for candidate in (cli_value, os.environ.get(ENV_VAR)):
+        if candidate is not None and candidate.strip():
+            return candidate.strip()
+    return DEFAULT_STORAGE_URL
+
+
+def redact_url(url: str) -> str:
+    """The URL as it may be shown to a user: the password replaced by ``***``."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        # Not parseable as a SQLAlchemy URL; strip anything between ':' and '@' by hand.
+        scheme, sep, rest = url.partition("://")
+        if not sep or "@" not in rest:
+            return url
+        credentials, _, host = rest.rpartition("@")
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+
+
+def dialect_of(url: str) -> str:
+    """The backend name (``sqlite``, ``postgresql``, ``mysql``) or a StorageError."""
+    try:
+        return make_url(url).get_backend_name()
+    except (sqlalchemy.exc.ArgumentError, ValueError) as err:
+        raise StorageError(
+            f"Malformed storage URL {redact_url(url)!r}: {err}; expected e.g. "
+            "sqlite:///hpsearch.db, postgresql+psycopg://user:pw@host/db or "
+            "mysql+pymysql://user:pw@host/db."
+        ) from None
