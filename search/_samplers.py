@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +50,10 @@ def _construct(
                 f"{getattr(factory, '__name__', factory)}.{hint} Allowed: {', '.join(allowed)}."
             )
     try:
-        return factory(**options)
+        with warnings.catch_warnings():
+            # Optuna marks options such as TPE's group as experimental; they are chosen on purpose.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return factory(**options)
     except (TypeError, ValueError) as err:
         raise SpecError(f"{source} [{where}.options]: {err}") from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,14 @@ from search._budget import enqueue_first_batch
 from search._errors import HpsearchError
 from search._samplers import build_pruner, build_sampler
 from search._spec import StudySpec, spec_differences
-from storage import StorageSettings, create_schema, open_storage, redact_url, translate_errors
+from storage import (
+    MissingSchemaError,
+    StorageSettings,
+    create_schema,
+    open_storage,
+    redact_url,
+    translate_errors,
+)
 
 SPEC_ATTR = "hpsearch:spec"
 
@@ -56,7 +64,9 @@ def create_study(spec: StudySpec, url: str) -> CreateResult:
                 ) from None
             return CreateResult(existing, created=False)
         try:
-            study.set_metric_names(spec.metrics)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(spec.metrics)
             study.set_user_attr(SPEC_ATTR, spec.data)
             enqueue_first_batch(study, spec.n_trials)
         except BaseException:
@@ -80,12 +90,6 @@ def _stored_spec(storage: optuna.storages.BaseStorage, name: str, url: str) -> S
     )
 
 
-def study_names(url: str) -> list[str]:
-    storage = open_storage(url)
-    with translate_errors(url):
-        return sorted(s.study_name for s in storage.get_all_studies())
-
-
 @dataclass(frozen=True)
 class LoadedStudy:
     study: optuna.Study
@@ -99,7 +103,13 @@ def load_study(name: str, url: str, *, seed_offset: int = 0) -> LoadedStudy:
     ``seed_offset`` gives each parallel worker its own sampler seed, so that workers do not
     propose the same points (QMC keeps one seed: its workers share one scrambled sequence).
     """
-    storage = open_storage(url)
+    try:
+        storage = open_storage(url)
+    except MissingSchemaError:
+        raise HpsearchError(
+            f"Study {name!r} not found in {redact_url(url)} (the storage holds no studies); "
+            "create it with `hpsearch create STUDY.toml`."
+        ) from None
     with translate_errors(url):
         try:
             storage.get_study_id_from_name(name)
@@ -130,7 +140,10 @@ def study_summaries(url: str) -> list[dict[str, Any]]:
     """One row per study: name, objective, directions, trials by state, best value."""
     from search._budget import budget_state
 
-    storage = open_storage(url)
+    try:
+        storage = open_storage(url)
+    except MissingSchemaError:
+        return []
     rows: list[dict[str, Any]] = []
     with translate_errors(url):
         for frozen in sorted(storage.get_all_studies(), key=lambda s: s.study_name):

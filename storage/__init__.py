@@ -5,7 +5,7 @@ Nothing here knows about search spaces or training; ``search`` builds on these n
 
 from __future__ import annotations
 
-from storage._errors import StorageError
+from storage._errors import MissingSchemaError, StorageError
 from storage._rdb import (
     StorageSettings,
     create_schema,
@@ -18,6 +18,7 @@ from storage._url import DEFAULT_STORAGE_URL, ENV_VAR, redact_url, resolve_stora
 __all__ = [
     "DEFAULT_STORAGE_URL",
     "ENV_VAR",
+    "MissingSchemaError",
     "StorageError",
     "StorageSettings",
     "create_schema",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,7 @@ import sqlalchemy
 import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
-from storage._errors import StorageError
+from storage._errors import MissingSchemaError, StorageError
 from storage._url import dialect_of, redact_url
 
 SUPPORTED = "sqlite:///FILE, postgresql+psycopg://USER:PW@HOST/DB, mysql+pymysql://USER:PW@HOST/DB"
@@ -72,10 +73,13 @@ def open_storage(
     once race each other, so workers only load.
     """
     settings = settings or StorageSettings()
-    if dialect_of(url) == "sqlite":
+    sqlite = dialect_of(url) == "sqlite"
+    if sqlite:
         _check_sqlite_path(url)
-    with translate_errors(url):
-        return optuna.storages.RDBStorage(
+    with translate_errors(url), warnings.catch_warnings():
+        # Heartbeats are marked experimental in Optuna; hpsearch relies on them deliberately.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(
             url,
             engine_kwargs=_engine_kwargs(url, settings),
             heartbeat_interval=settings.heartbeat_interval,
@@ -85,6 +89,30 @@ def open_storage(
             ),
             skip_table_creation=not create_tables,
         )
+    if sqlite:
+        _serialize_sqlite_transactions(storage.engine)
+    return storage
+
+
+def _serialize_sqlite_transactions(engine: sqlalchemy.engine.Engine) -> None:
+    """Make every SQLite transaction take the write lock when it begins.
+
+    pysqlite starts a transaction only at the first write, so two processes can both read a
+    trial as WAITING and both move it to RUNNING: Optuna's claim of a queued trial is only
+    atomic under SELECT ... FOR UPDATE, which SQLite ignores. ``BEGIN IMMEDIATE`` restores the
+    claim's atomicity (the pattern of SQLAlchemy's "Serializable isolation / Savepoints /
+    Transactional DDL" recipe for pysqlite).
+    """
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _begin_immediate(connection: sqlalchemy.engine.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners existed are dropped
 
 
 def create_schema(
@@ -94,12 +122,23 @@ def create_schema(
     storage = open_storage(url, settings=settings, create_tables=True)
     if dialect_of(url) == "sqlite":
         # WAL lets workers read the study while another one writes; the mode persists in the file.
-        with translate_errors(url), storage.engine.connect() as connection:
-            connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+        # It must run outside a transaction, so on the raw (autocommit) driver connection.
+        with translate_errors(url):
+            raw = storage.engine.raw_connection()
+            try:
+                raw.cursor().execute("PRAGMA journal_mode=WAL")
+            finally:
+                raw.close()
     return storage
 
 
-_MISSING_SCHEMA = ("no such table", "doesn't exist", "does not exist", "undefinedtable")
+# SQLite, MySQL and PostgreSQL words for "the table is not there".
+_MISSING_SCHEMA = ("no such table", "doesn't exist", "undefinedtable", 'relation "')
+
+
+def _is_missing_schema(err: BaseException) -> bool:
+    text = str(err).lower()
+    return not isinstance(err, ImportError) and any(m in text for m in _MISSING_SCHEMA)
 
 
 def describe_driver_error(url: str, err: BaseException) -> str:
@@ -120,7 +159,7 @@ def describe_driver_error(url: str, err: BaseException) -> str:
         )
     if "unknown database" in lowered or ("database" in lowered and "does not exist" in lowered):
         return f"The database in {where} does not exist ({first_line}); create it first."
-    if any(marker in lowered for marker in _MISSING_SCHEMA):
+    if _is_missing_schema(err):
         return (
             f"Storage {where} holds no hpsearch/Optuna tables; "
             "create a study first with `hpsearch create STUDY.toml --storage ...`."
@@ -135,12 +174,30 @@ def describe_driver_error(url: str, err: BaseException) -> str:
     return f"Storage error at {where}: {type(err).__name__}: {first_line}"
 
 
+def _root_cause(err: BaseException) -> BaseException:
+    """Optuna wraps driver errors (StorageInternalError, ImportError): find the SQLAlchemy one."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, sqlalchemy.exc.SQLAlchemyError | ModuleNotFoundError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return err
+
+
 @contextlib.contextmanager
 def translate_errors(url: str) -> Iterator[None]:
-    """Turn SQLAlchemy and driver errors into one StorageError with a redacted URL."""
+    """Turn SQLAlchemy, driver and Optuna storage errors into one StorageError (URL redacted)."""
     try:
         yield
     except StorageError:
         raise
-    except (sqlalchemy.exc.SQLAlchemyError, ModuleNotFoundError) as err:
-        raise StorageError(describe_driver_error(url, err)) from None
+    except (
+        sqlalchemy.exc.SQLAlchemyError,
+        optuna.exceptions.StorageInternalError,
+        ImportError,
+    ) as err:
+        cause = _root_cause(err)
+        message = describe_driver_error(url, cause)
+        if _is_missing_schema(cause):
+            raise MissingSchemaError(message) from None
+        raise StorageError(message) from None

@@ -1,0 +1,147 @@
+"""Backends for the storage contract: SQLite always, PostgreSQL and MySQL on 127.0.0.1.
+
+A server that cannot be reached fails the tests that need it (never a silent skip). Each
+session gets a fresh database on each server, so tests see exactly what they created.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_DB = "hpsearch_test"
+SERVER_URLS = {
+    "postgresql": os.environ.get(
+        "HPSEARCH_TEST_POSTGRES_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    ),
+    "mysql": os.environ.get(
+        "HPSEARCH_TEST_MYSQL_ADMIN", "mysql+pymysql://root@127.0.0.1:3306/test"
+    ),
+}
+
+
+def _fresh_database(admin_url: str) -> str:
+    """Drop and create the test database; return its URL."""
+    url = sqlalchemy.make_url(admin_url)
+    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            if url.get_backend_name() == "postgresql":
+                connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)")
+            else:
+                connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {TEST_DB}")
+            connection.exec_driver_sql(f"CREATE DATABASE {TEST_DB}")
+    except sqlalchemy.exc.OperationalError as err:
+        pytest.fail(
+            f"database server for {url.render_as_string(hide_password=True)} is unreachable: "
+            f"{err.orig}; start it (see .ci/run)",
+            pytrace=False,
+        )
+    finally:
+        engine.dispose()
+    return url.set(database=TEST_DB).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def server_urls() -> dict[str, str]:
+    return {name: _fresh_database(url) for name, url in SERVER_URLS.items()}
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each storage backend in turn."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'hpsearch.db'}"
+    urls: dict[str, str] = request.getfixturevalue("server_urls")
+    return urls[request.param]
+
+
+@pytest.fixture
+def postgres_url(server_urls: dict[str, str]) -> str:
+    return server_urls["postgresql"]
+
+
+@pytest.fixture
+def mysql_url(server_urls: dict[str, str]) -> str:
+    return server_urls["mysql"]
+
+
+@pytest.fixture
+def study_name() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+QUADRATIC = (ROOT / "examples" / "quadratic.py").read_text()
+FLAKY = textwrap.dedent(
+    """
+    def flaky(trial, params):
+        if trial.number % 3 == 0:
+            raise RuntimeError("this objective fails on every third trial")
+        return (params["x"] - 2.0) ** 2
+    """
+)
+
+
+@pytest.fixture
+def write_study(tmp_path: Path, study_name: str) -> Iterator[object]:
+    """Write a study file (and the example objectives beside it); return its path."""
+    (tmp_path / "quadratic.py").write_text(QUADRATIC)
+    (tmp_path / "flaky.py").write_text(FLAKY)
+
+    def write(
+        body: str = "",
+        *,
+        name: str | None = None,
+        n_trials: int = 12,
+        objective: str = "quadratic.py:quadratic",
+        filename: str = "study.toml",
+        extra_space: str = "",
+        pruner: str = 'name = "none"',
+    ) -> Path:
+        text = (
+            textwrap.dedent(
+                f"""
+            [study]
+            name = "{name or study_name}"
+            objective = "{objective}"
+            direction = "minimize"
+            metric = "loss"
+
+            [budget]
+            n_trials = {n_trials}
+
+            [sampler]
+            name = "tpe"
+            seed = 3
+
+            [pruner]
+            {pruner}
+
+            [space.x]
+            type = "float"
+            low = -10.0
+            high = 10.0
+            """
+            )
+            + textwrap.dedent(extra_space)
+            + textwrap.dedent(body)
+        )
+        path = tmp_path / filename
+        path.write_text(text)
+        return path
+
+    yield write
+
+
+def hpsearch_command() -> list[str]:
+    """The installed ``hpsearch`` entry point, run as a user would."""
+    script = Path(sys.executable).parent / "hpsearch"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "search.cli"]

@@ -1,0 +1,85 @@
+"""Storage URLs, engines and error messages, on every backend."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy
+
+from search.cli import main
+from storage import (
+    DEFAULT_STORAGE_URL,
+    StorageError,
+    open_storage,
+    redact_url,
+    resolve_storage_url,
+)
+
+
+def test_resolution_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HPSEARCH_STORAGE", raising=False)
+    assert resolve_storage_url(None) == DEFAULT_STORAGE_URL == "sqlite:///hpsearch.db"
+    monkeypatch.setenv("HPSEARCH_STORAGE", "sqlite:///env.db")
+    assert resolve_storage_url(None) == "sqlite:///env.db"
+    assert resolve_storage_url("sqlite:///flag.db") == "sqlite:///flag.db"
+
+
+def test_redaction() -> None:
+    assert (
+        redact_url("postgresql+psycopg://u:s3cret@db:5432/hpo")
+        == "postgresql+psycopg://u:***@db:5432/hpo"
+    )
+    assert "s3cret" not in redact_url("mysql+pymysql://root:s3cret@h/x")
+    assert redact_url("sqlite:///a.db") == "sqlite:///a.db"
+
+
+def test_engine_settings_per_dialect(storage_url: str) -> None:
+    storage = open_storage(storage_url, create_tables=True)
+    engine = storage.engine
+    if engine.dialect.name == "sqlite":
+        assert isinstance(
+            engine.pool,
+            sqlalchemy.pool.QueuePool
+            | sqlalchemy.pool.NullPool
+            | sqlalchemy.pool.SingletonThreadPool
+            | sqlalchemy.pool.StaticPool,
+        )
+    else:
+        # A worker holds at most two connections: the trial loop's and the heartbeat's.
+        assert engine.pool.size() == 1
+        assert engine.pool._max_overflow == 1
+        assert engine.pool._pre_ping
+    assert storage.get_heartbeat_interval() == 10
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        (
+            "postgresql+psycopg://hp:s3cret@127.0.0.1:1/hpo",
+            ["Cannot reach the database", "hp:***@127.0.0.1:1"],
+        ),
+        (
+            "mysql+pymysql://root:s3cret@127.0.0.1:3306/test",
+            ["refused the credentials", "root:***@"],
+        ),
+        ("postgresql+nodriver://hp:s3cret@127.0.0.1/hpo", ["Unknown or missing database driver"]),
+        ("mssql+pyodbc://hp:s3cret@127.0.0.1/hpo", ["Unknown or missing database driver"]),
+        ("postgresql+psycopg://postgres:s3cret@127.0.0.1:5432/no_such_db", ["does not exist"]),
+        ("not a url at all", ["Malformed storage URL"]),
+    ],
+)
+def test_storage_errors_are_one_line_and_redacted(
+    capsys: pytest.CaptureFixture[str], url: str, words: list[str]
+) -> None:
+    code = main(["studies", "--storage", url])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "s3cret" not in err + out
+    for word in words:
+        assert word in err, err
+
+
+def test_storage_error_type() -> None:
+    with pytest.raises(StorageError):
+        open_storage("postgresql+psycopg://hp:pw@127.0.0.1:1/hpo")
