@@ -10,11 +10,10 @@ import difflib
 import math
 import os
 import re
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import tomllib
 
 from objectives import BUILTIN_OBJECTIVES, ObjectiveError, check_options, resolve_objective
 from search._errors import SpecError

@@ -119,7 +119,7 @@ def test_bad_study_file_is_one_line_exit_2(
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("HPSEARCH_STORAGE", raising=False)
     path = write_study(body)
-    code, out, err = run_cli(capsys, "create", str(path))
+    code, _, err = run_cli(capsys, "create", str(path))
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("hpsearch: error: ") and "Traceback" not in err
     for words in expected:
