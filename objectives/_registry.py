@@ -35,39 +35,97 @@ class BuiltinObjective:
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-_MLP_OPTIONS: dict[str, Any] = {
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+SCHEDULES = ("none", "step", "cosine", "onecycle", "plateau")
+
+# What every built-in trainer reads, with its default.
+_TRAINING_OPTIONS: dict[str, Any] = {
     "epochs": 10,
-    "batch_size": 64,
+    "batch_size": 64,  # effective: samples per optimizer step over all of the trial's devices
+    "micro_batch": 0,  # cap on samples per forward on one device (0: no cap)
     "lr": 1e-3,
     "optimizer": "adam",
     "momentum": 0.9,
     "nesterov": False,
     "l1": 0.0,
     "l2": 0.0,
-    "activation": "relu",
-    "width": 128,
-    "depth": 2,
-    "dropout": 0.0,
-    "val_fraction": 0.2,
-    "device": "cpu",
+    "schedule": "none",
+    "warmup_epochs": 0.0,
+    "step_size": 10,
+    "gamma": 0.1,
+    "plateau_patience": 2,
+    "plateau_factor": 0.5,
+    "amp": "auto",
+    "compile": False,
+    "val_fraction": 0.1,
+    "data_dir": "data",
+    "download": False,
+    "device": "auto",
     "seed": 0,
     "on_nonfinite": "prune",
 }
+_MLP_OPTIONS = {"activation": "relu", "width": 512, "depth": 1, "dropout": 0.0}
+_VGG_OPTIONS = {"activation": "relu", "width": 0.25, "dropout": 0.0, "batch_norm": True}
+_CHOICES = {
+    "activation": ACTIVATIONS,
+    "optimizer": OPTIMIZERS,
+    "on_nonfinite": ("prune", "fail"),
+    "dataset": DATASETS,
+    "schedule": SCHEDULES,
+    "amp": ("auto", "off", "bf16", "fp16"),
+}
 
-BUILTIN_OBJECTIVES: dict[str, BuiltinObjective] = {
-    "digits-mlp": BuiltinObjective(
-        name="digits-mlp",
-        target="objectives.digits:digits_mlp",
+
+def _builtin(
+    name: str,
+    function: str,
+    dataset: str,
+    model: dict[str, Any],
+    description: str,
+    **overrides: Any,
+) -> BuiltinObjective:
+    options = {**_TRAINING_OPTIONS, **model, "dataset": dataset, **overrides}
+    return BuiltinObjective(
+        name=name,
+        target=f"objectives.builtin:{function}",
         metric="val_accuracy",
         direction="maximize",
-        description="MLP on scikit-learn's 8x8 digits (offline, ships with scikit-learn)",
-        options=_MLP_OPTIONS,
-        choices={
-            "activation": ACTIVATIONS,
-            "optimizer": OPTIMIZERS,
-            "on_nonfinite": ("prune", "fail"),
-        },
-    ),
+        description=description,
+        options=options,
+        choices=_CHOICES,
+    )
+
+
+BUILTIN_OBJECTIVES: dict[str, BuiltinObjective] = {
+    objective.name: objective
+    for objective in (
+        _builtin(
+            "digits-mlp",
+            "digits_mlp",
+            "digits",
+            _MLP_OPTIONS,
+            "MLP on scikit-learn's 8x8 digits (offline)",
+            width=128,
+            depth=2,
+            val_fraction=0.2,
+        ),
+        _builtin("mnist-mlp", "mnist_mlp", "mnist", _MLP_OPTIONS, "MLP (784-512-10) on MNIST"),
+        _builtin(
+            "fashion-mlp",
+            "fashion_mlp",
+            "fashion-mnist",
+            _MLP_OPTIONS,
+            "MLP (784-512-10) on Fashion-MNIST",
+        ),
+        _builtin(
+            "cifar10-vgg",
+            "cifar10_vgg",
+            "cifar10",
+            _VGG_OPTIONS,
+            "VGG-style CNN on CIFAR-10 (width multiplier 0.25 by default)",
+            batch_size=128,
+        ),
+    )
 }
 
 

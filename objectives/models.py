@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -50,3 +51,50 @@ class MLP(nn.Sequential):
             features = width
         layers.append(nn.Linear(features, num_classes))
         super().__init__(*layers)
+
+
+# The VGG-style stack: channels per conv layer, "M" for a 2x2 max-pool.
+VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+class VGG(nn.Module):
+    """VGG-style CNN for 32x32 images; ``width`` scales every layer so a small one fits a CPU.
+
+    ``batch_norm`` adds BatchNorm after each conv (as the CIFAR-10 VGGs do).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        *,
+        in_channels: int = 3,
+        width: float = 1.0,
+        activation_name: str = "relu",
+        dropout: float = 0.0,
+        batch_norm: bool = True,
+        layers: tuple[int | str, ...] = VGG11,
+    ) -> None:
+        super().__init__()
+        if width <= 0:
+            raise ValueError(f"width multiplier must be > 0, got {width}")
+        blocks: list[nn.Module] = []
+        channels = in_channels
+        for item in layers:
+            if item == "M":
+                blocks.append(nn.MaxPool2d(2))
+                continue
+            out = max(1, round(int(item) * width))
+            blocks.append(nn.Conv2d(channels, out, kernel_size=3, padding=1, bias=not batch_norm))
+            if batch_norm:
+                blocks.append(nn.BatchNorm2d(out))
+            blocks.append(activation(activation_name))
+            channels = out
+        self.features = nn.Sequential(*blocks)
+        head: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        if dropout > 0:
+            head.append(nn.Dropout(dropout))
+        head.append(nn.Linear(channels, num_classes))
+        self.classifier = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))  # type: ignore[no-any-return]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from objectives import BUILTIN_OBJECTIVES, ObjectiveError, load_objective, resolve_objective
+from objectives.builtin import digits_mlp
 from objectives.data import load_digits
-from objectives.digits import digits_mlp
 from objectives.models import MLP
 from objectives.trainer import TrainConfig, l1_penalty
 
@@ -22,6 +22,7 @@ class RecordingTrial:
         self.reports: list[tuple[int, float]] = []
         self.user_attrs: dict[str, Any] = {}
         self.prune_at = prune_at
+        self.number = 0
 
     def report(self, value: float, step: int) -> None:
         self.reports.append((step, value))

@@ -1,0 +1,63 @@
+"""A trial shared by the ranks of one DDP trial: rank 0 holds the real trial, every rank agrees.
+
+Same idea as optuna_integration's TorchDistributedTrial, made safer: values travel as Python
+objects (``broadcast_object_list``), so an int stays an int and a float keeps 64 bits (that
+class sends suggest_int values as int32 and floats as float32 to the other ranks). Every rank
+must call every method in the same order; a collective that a rank never joins fails after the
+process group's timeout instead of hanging forever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch.distributed as dist
+
+
+class DistributedTrial:
+    def __init__(self, trial: Any | None) -> None:
+        if not dist.is_initialized():
+            raise RuntimeError(
+                "DistributedTrial needs an initialised torch.distributed process group"
+            )
+        self.rank = dist.get_rank()
+        if (self.rank == 0) != (trial is not None):
+            raise ValueError("rank 0 passes the Optuna trial, the other ranks pass None")
+        self._trial = trial
+        self.number: int = self._share(trial.number if trial is not None else None)
+
+    def _share(self, value: Any) -> Any:
+        """Rank 0's value, on every rank."""
+        box = [value if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def report(self, value: float, step: int) -> None:
+        if self._trial is not None:
+            self._trial.report(value, step)
+
+    def should_prune(self) -> bool:
+        return bool(self._share(self._trial.should_prune() if self._trial is not None else None))
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        if self._trial is not None:
+            self._trial.set_user_attr(key, value)
+
+    def suggest_float(self, name: str, low: float, high: float, **kwargs: Any) -> float:
+        value = (
+            self._trial.suggest_float(name, low, high, **kwargs)
+            if self._trial is not None
+            else None
+        )
+        return float(self._share(value))
+
+    def suggest_int(self, name: str, low: int, high: int, **kwargs: Any) -> int:
+        value = (
+            self._trial.suggest_int(name, low, high, **kwargs) if self._trial is not None else None
+        )
+        return int(self._share(value))
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        value = self._trial.suggest_categorical(name, choices) if self._trial is not None else None
+        return self._share(value)
