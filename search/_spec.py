@@ -34,7 +34,14 @@ _PARAM_KEYS = {
 _SAMPLER_KEYS = ("name", "seed", "options")
 _PRUNER_KEYS = ("name", "options")
 _BUDGET_KEYS = ("n_trials", "timeout")
-_RESOURCES_KEYS = ("workers", "heartbeat_interval", "grace_period", "max_retry")
+_RESOURCES_KEYS = (
+    "workers",
+    "devices_per_trial",
+    "heartbeat_interval",
+    "grace_period",
+    "max_retry",
+    "dist_timeout",
+)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -337,14 +344,17 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
 
     resources_raw = c.table(raw, "resources", "")
     c.keys(resources_raw, _RESOURCES_KEYS, "resources")
+    defaults = {
+        "workers": 1,
+        "devices_per_trial": 1,
+        "heartbeat_interval": 10,
+        "grace_period": 60,
+        "max_retry": 3,
+        "dist_timeout": 600,
+    }
     resources = {
         key: c.positive_int(resources_raw, key, "resources", default)
-        for key, default in (
-            ("workers", 1),
-            ("heartbeat_interval", 10),
-            ("grace_period", 60),
-            ("max_retry", 3),
-        )
+        for key, default in defaults.items()
     }
     if resources["grace_period"] <= resources["heartbeat_interval"]:
         raise c.fail("resources", "grace_period must be longer than heartbeat_interval.")

@@ -26,9 +26,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from objectives import ObjectiveError, load_objective
+from objectives import Objective, ObjectiveError, load_objective
 from search._budget import ERROR, budget_state, claim_slot, refill
 from search._errors import HpsearchError
+from search._ranks import RankGroup
 from search._space import suggest
 from search._study import LoadedStudy, load_study
 from storage import StorageError
@@ -45,6 +46,7 @@ class WorkerArgs:
     deadline: float | None  # time.time() after which no trial starts
     seed_offset: int
     log_trials: bool  # one line per finished trial (off when a live display runs)
+    devices_per_trial: int = 1  # > 1: each trial runs as a DDP group of this many ranks
 
 
 class Heartbeat:
@@ -100,7 +102,7 @@ def _record_error(study: optuna.Study, trial_id: int, err: BaseException) -> Non
 
 
 def run_trial(
-    loaded: LoadedStudy, trial_id: int, objective: Any, *, log_trials: bool
+    loaded: LoadedStudy, trial_id: int, objective: Objective, *, log_trials: bool
 ) -> TrialState:
     """Run one claimed trial to a finished state."""
     study, spec = loaded.study, loaded.spec
@@ -156,22 +158,53 @@ def run_trial(
 def work(args: WorkerArgs) -> None:
     """One worker's loop: until the budget is used up, the deadline passes, or it is interrupted."""
     loaded = load_study(args.study, args.url, seed_offset=args.seed_offset)
-    objective = load_objective(loaded.spec.objective)
     study, spec = loaded.study, loaded.spec
+    group: RankGroup | None = None
+
+    def runner() -> Objective:
+        nonlocal group
+        if args.devices_per_trial == 1:
+            return load_objective(spec.objective)
+        if group is not None:
+            group.close()
+        group = RankGroup(
+            world_size=args.devices_per_trial,
+            objective=spec.objective,
+            threads=args.threads,
+            timeout=spec.resources["dist_timeout"],
+        )
+        return group.run
+
+    objective = runner()
     reap_every = loaded.storage.get_heartbeat_interval() or 10
     last_reap = 0.0
-    while args.deadline is None or time.time() < args.deadline:
-        if time.monotonic() - last_reap >= reap_every:
-            # Fail trials whose worker died; the retry callback puts them back in the queue.
-            optuna.storages.fail_stale_trials(study)
-            last_reap = time.monotonic()
-        trial_id = claim_slot(study)
-        if trial_id is None:
-            if budget_state(study.get_trials(deepcopy=False), spec.n_trials).finished:
+    # This loop is an optimize loop in Optuna's sense: samplers may call study.stop() from
+    # after_trial (the grid sampler does once its grid is exhausted), which Optuna only allows
+    # inside Study.optimize. Mark the loop as one, as Study.optimize does, and honour the flag.
+    study._thread_local.in_optimize_loop = True
+    study._stop_flag = False
+    try:
+        while args.deadline is None or time.time() < args.deadline:
+            if study._stop_flag:
+                log.info("the sampler stopped the study (its search space is exhausted)")
                 return
-            time.sleep(0.5)  # others still run trials that may come back, or a batch is coming
-            continue
-        run_trial(loaded, trial_id, objective, log_trials=args.log_trials)
+            if time.monotonic() - last_reap >= reap_every:
+                # Fail trials whose worker died; the retry callback puts them back in the queue.
+                optuna.storages.fail_stale_trials(study)
+                last_reap = time.monotonic()
+            trial_id = claim_slot(study)
+            if trial_id is None:
+                if budget_state(study.get_trials(deepcopy=False), spec.n_trials).finished:
+                    return
+                time.sleep(0.5)  # others still run trials that may come back, or a batch is coming
+                continue
+            run_trial(loaded, trial_id, objective, log_trials=args.log_trials)
+            if group is not None and not group.in_step:
+                log.warning("restarting the %d ranks after a failed trial", args.devices_per_trial)
+                objective = runner()
+    finally:
+        if group is not None:
+            group.close()
 
 
 def _configure_process(args: WorkerArgs) -> None:
@@ -221,11 +254,12 @@ def start_workers(
     timeout: float | None,
     include_host: bool,
     log_trials: bool,
+    devices_per_trial: int = 1,
 ) -> list[multiprocessing.process.BaseProcess]:
     """Spawn (never fork: CUDA and gRPC do not survive a fork) ``workers`` worker processes."""
     context = multiprocessing.get_context("spawn")
     deadline = None if timeout is None else time.time() + timeout
-    threads = cpu_threads_per_worker(workers)
+    threads = cpu_threads_per_worker(workers * devices_per_trial)
     base = node_seed_offset(include_host=include_host)
     processes: list[multiprocessing.process.BaseProcess] = []
     for index in range(workers):
@@ -237,6 +271,7 @@ def start_workers(
             deadline=deadline,
             seed_offset=base + 7919 * index,
             log_trials=log_trials,
+            devices_per_trial=devices_per_trial,
         )
         process = context.Process(target=worker_main, args=(args,), name=f"hpsearch-worker-{index}")
         process.start()

@@ -43,7 +43,13 @@ def _positive_float(text: str) -> float:
 
 
 def _run_local_workers(
-    study_name: str, url: str, *, workers: int, timeout: float | None, include_host: bool
+    study_name: str,
+    url: str,
+    *,
+    workers: int,
+    timeout: float | None,
+    include_host: bool,
+    devices_per_trial: int,
 ) -> int:
     """Start the workers, show progress until they end, return the worst exit code."""
     loaded = load_study(study_name, url)
@@ -57,6 +63,7 @@ def _run_local_workers(
         timeout=timeout,
         include_host=include_host,
         log_trials=not live,
+        devices_per_trial=devices_per_trial,
     )
     try:
         while any(p.is_alive() for p in processes):
@@ -98,7 +105,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"{verb} study {spec.name!r} in {redact_url(url)}", file=sys.stderr)
     workers = args.workers or spec.resources["workers"]
     timeout = args.timeout if args.timeout is not None else spec.timeout
-    code = _run_local_workers(spec.name, url, workers=workers, timeout=timeout, include_host=False)
+    code = _run_local_workers(
+        spec.name,
+        url,
+        workers=workers,
+        timeout=timeout,
+        include_host=False,
+        devices_per_trial=args.devices_per_trial or spec.resources["devices_per_trial"],
+    )
     if code in (0, 130):
         _print_summary(spec.name, url)
     return code
@@ -122,7 +136,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     loaded = load_study(args.study, url)  # fail fast, in one line, before spawning anything
     timeout = args.timeout if args.timeout is not None else loaded.spec.timeout
     return _run_local_workers(
-        args.study, url, workers=args.workers, timeout=timeout, include_host=True
+        args.study,
+        url,
+        workers=args.workers,
+        timeout=timeout,
+        include_host=True,
+        devices_per_trial=args.devices_per_trial or loaded.spec.resources["devices_per_trial"],
     )
 
 
@@ -207,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
         f"database URL; default ${ENV_VAR}, else {DEFAULT_STORAGE_URL} (a SQLite file here)"
     )
 
+    devices_help = (
+        "ranks per trial: > 1 runs each trial as DDP (default [resources].devices_per_trial)"
+    )
+
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--storage", help=storage_help)
@@ -218,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=_positive_int, help="worker processes (default [resources].workers)"
     )
     run.add_argument("--timeout", type=_positive_float, help="seconds after which no trial starts")
+    run.add_argument("--devices-per-trial", type=_positive_int, help=devices_help)
     run.set_defaults(handler=cmd_run)
 
     create = add("create", "create a study from a study file (the same file again is a no-op)")

@@ -106,3 +106,13 @@ def test_registry_and_user_objectives(tmp_path: Any) -> None:
     assert load_objective(ref)(None, {}) == 1.0
     with pytest.raises(ObjectiveError, match="has no function 'nf'"):
         resolve_objective("mine.py:nf", base_dir=str(tmp_path))
+
+
+def test_registry_names_the_datasets_the_loader_knows() -> None:
+    # The registry stays importable without torch, so it keeps its own copy of the names.
+    from objectives._registry import DATASETS
+    from objectives.datasets import DATASETS as LOADABLE
+
+    assert DATASETS == LOADABLE
+    for objective in BUILTIN_OBJECTIVES.values():
+        assert objective.options["dataset"] in LOADABLE

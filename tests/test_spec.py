@@ -243,3 +243,11 @@ def test_grid_needs_steps_for_floats(write_study: Any) -> None:
     path.write_text(path.read_text().replace('name = "tpe"', 'name = "grid"'))
     with pytest.raises(SpecError, match=r"grid sampler needs a step for float parameters"):
         load_spec_file(str(path))
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist", "fashion", "cifar10"])
+def test_every_builtin_study_file_validates(name: str) -> None:
+    from objectives import BUILTIN_OBJECTIVES
+
+    spec = load_spec_file(str(Path(__file__).parent.parent / "studies" / f"{name}.toml"))
+    assert spec.objective in BUILTIN_OBJECTIVES

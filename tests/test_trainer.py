@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -157,7 +158,7 @@ def test_cosine_warmup_and_onecycle_step_per_optimizer_step() -> None:
         schedule.after_optimizer_step()
     assert lrs[:4] == pytest.approx([0.025, 0.05, 0.075, 0.1])  # linear warmup over one epoch
     assert lrs[4] == pytest.approx(0.1) and lrs[-1] < 0.01  # then cosine decay towards 0
-    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[4:]))
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     schedule = make_schedule(
