@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -183,7 +184,7 @@ class _Loop:
 
     def _accumulate(self, shard: torch.Tensor) -> torch.Tensor:
         """Forward/backward over one device's shard of an optimizer step; the summed loss."""
-        total = torch.zeros((), device=self.device)
+        total: torch.Tensor | None = None
         for index, last in self._micro_batches(shard):
             no_sync = self.world > 1 and not last and hasattr(self.train_model, "no_sync")
             with self.train_model.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
@@ -195,10 +196,12 @@ class _Loop:
                     loss = loss + self.cfg.l1 * l1_penalty(
                         self.model, all_params=self.cfg.l1_all_params
                     )
-                # Each micro-batch is 1/accumulation of the step: the gradient is the mean's.
-                loss = loss / self.plan.accumulation
+                if self.plan.accumulation > 1:
+                    # Each micro-batch is 1/accumulation of the step: the gradient is the mean's.
+                    loss = loss / self.plan.accumulation
                 (self.scaler.scale(loss) if self.scaler else loss).backward()  # type: ignore[no-untyped-call]
-            total += loss.detach()
+            total = loss.detach() if total is None else total + loss.detach()
+        assert total is not None  # accumulation >= 1
         return total
 
     def _step(self, epoch: int, step: int, shard: torch.Tensor) -> torch.Tensor:
@@ -231,11 +234,16 @@ class _Loop:
                 self.trial.set_user_attr("oom_fallbacks", self.result.oom_fallbacks)
 
     def _check_finite(self, loss: torch.Tensor, epoch: int) -> None:
+        if self.world == 1:
+            value = float(loss)  # one host sync per optimizer step
+            if not math.isfinite(value):
+                raise NonFiniteLoss(f"loss became {value} at epoch {epoch}")
+            return
         finite = torch.isfinite(loss).to(torch.int32)
-        if self.world > 1:  # every rank decides together, or one would wait in all-reduce alone
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        # Every rank decides together, or one would wait in the next all-reduce alone.
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if not bool(finite):
-            raise NonFiniteLoss(f"loss became {loss.item()} at epoch {epoch}")
+            raise NonFiniteLoss(f"loss became {loss.item()} at epoch {epoch} on some rank")
 
     def run(self) -> TrainResult:
         import optuna
