@@ -1,7 +1,8 @@
 """Backends for the storage contract: SQLite always, PostgreSQL and MySQL on 127.0.0.1.
 
 A server that cannot be reached fails the tests that need it (never a silent skip). Each
-session gets a fresh database on each server, so tests see exactly what they created.
+session gets a fresh database of its own on each server (dropped at the end), so tests see
+exactly what they created and several sessions can run side by side.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 import sqlalchemy
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_DB = "hpsearch_test"
+TEST_DB = f"hpsearch_test_{os.getpid()}"
 SERVER_URLS = {
     "postgresql": os.environ.get(
         "HPSEARCH_TEST_POSTGRES_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -28,16 +29,18 @@ SERVER_URLS = {
 }
 
 
+def _drop(connection: sqlalchemy.Connection, backend: str) -> None:
+    force = " WITH (FORCE)" if backend == "postgresql" else ""
+    connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {TEST_DB}{force}")
+
+
 def _fresh_database(admin_url: str) -> str:
     """Drop and create the test database; return its URL."""
     url = sqlalchemy.make_url(admin_url)
     engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as connection:
-            if url.get_backend_name() == "postgresql":
-                connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)")
-            else:
-                connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {TEST_DB}")
+            _drop(connection, url.get_backend_name())
             connection.exec_driver_sql(f"CREATE DATABASE {TEST_DB}")
     except sqlalchemy.exc.OperationalError as err:
         pytest.fail(
@@ -51,8 +54,18 @@ def _fresh_database(admin_url: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def server_urls() -> dict[str, str]:
-    return {name: _fresh_database(url) for name, url in SERVER_URLS.items()}
+def server_urls() -> Iterator[dict[str, str]]:
+    yield {name: _fresh_database(url) for name, url in SERVER_URLS.items()}
+    for admin_url in SERVER_URLS.values():
+        url = sqlalchemy.make_url(admin_url)
+        engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as connection:
+                _drop(connection, url.get_backend_name())
+        except sqlalchemy.exc.SQLAlchemyError:
+            pass  # a server stopped by a test is restarted by the next session's setup
+        finally:
+            engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])
