@@ -16,7 +16,9 @@ from typing import Any
 
 from objectives._errors import ObjectiveError
 
-Objective = Callable[[Any, dict[str, Any]], "float | Sequence[float]"]
+# One value per direction, or a mapping read by the study's metric names (extra entries are kept
+# for constraints).
+Objective = Callable[[Any, dict[str, Any]], "float | Sequence[float] | Mapping[str, float]"]
 
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu", "elu", "tanh", "sigmoid")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -33,6 +35,9 @@ class BuiltinObjective:
     options: Mapping[str, Any] = field(default_factory=dict)
     # Options whose values come from a closed set.
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # What the objective returns, by name, with each one's natural direction: any of them may be
+    # a study's metric or a constraint.
+    measurements: Mapping[str, str] = field(default_factory=dict)
 
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
@@ -64,6 +69,22 @@ _TRAINING_OPTIONS: dict[str, Any] = {
     "seed": 0,
     "on_nonfinite": "prune",
 }
+QUANTIZE_MODES = ("none", "dynamic-int8")
+# Compression after training (objectives/compression.py); every step off by default.
+_COMPRESSION_OPTIONS: dict[str, Any] = {
+    "prune_amount": 0.0,  # global unstructured L1 magnitude pruning, fraction of weights
+    "prune_structured": 0.0,  # fraction of hidden neurons / conv channels removed
+    "low_rank": 0.0,  # 0: off; else rank fraction of each hidden Linear's truncated SVD
+    "quantize": "none",  # or "dynamic-int8" (CPU only)
+    "finetune_epochs": 0,  # after pruning / low-rank, with the pruning masks fixed
+}
+# What the built-ins measure after compression, with each one's natural direction.
+MEASUREMENTS = {
+    "val_accuracy": "maximize",
+    "params": "minimize",  # non-zero parameters
+    "size_bytes": "minimize",  # bytes of the saved state_dict
+    "latency_ms": "minimize",  # median forward time of one validation batch of 256
+}
 _MLP_OPTIONS = {"activation": "relu", "width": 512, "depth": 1, "dropout": 0.0}
 _VGG_OPTIONS = {"activation": "relu", "width": 0.25, "dropout": 0.0, "batch_norm": True}
 _CHOICES = {
@@ -73,6 +94,7 @@ _CHOICES = {
     "dataset": DATASETS,
     "schedule": SCHEDULES,
     "amp": ("auto", "off", "bf16", "fp16"),
+    "quantize": QUANTIZE_MODES,
 }
 
 
@@ -84,7 +106,13 @@ def _builtin(
     description: str,
     **overrides: Any,
 ) -> BuiltinObjective:
-    options = {**_TRAINING_OPTIONS, **model, "dataset": dataset, **overrides}
+    options = {
+        **_TRAINING_OPTIONS,
+        **_COMPRESSION_OPTIONS,
+        **model,
+        "dataset": dataset,
+        **overrides,
+    }
     return BuiltinObjective(
         name=name,
         target=f"objectives.builtin:{function}",
@@ -93,6 +121,7 @@ def _builtin(
         description=description,
         options=options,
         choices=_CHOICES,
+        measurements=MEASUREMENTS,
     )
 
 

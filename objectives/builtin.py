@@ -1,4 +1,7 @@
-"""Built-in objectives: a model trained on a dataset, the validation accuracy returned.
+"""Built-in objectives: a model trained on a dataset, compressed, and measured.
+
+Each returns ``{val_accuracy, params, size_bytes, latency_ms}`` (see objectives/compression.py);
+the study's metrics pick from it.
 
 Each reads the suggested parameters merged over the study's fixed [training] options, falling
 back to the defaults in the registry.
@@ -6,6 +9,7 @@ back to the defaults in the registry.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import optuna
@@ -13,6 +17,7 @@ import torch
 from torch import nn
 
 from objectives._registry import BUILTIN_OBJECTIVES
+from objectives.compression import CompressionRecipe, check_device, compress
 from objectives.data import TensorDataset
 from objectives.datasets import load_dataset
 from objectives.models import MLP, VGG
@@ -24,6 +29,9 @@ from objectives.trainer import (
     distributed_rank,
     train_classifier,
 )
+
+# The model each built-in trains ("mlp" or "vgg"), by objective name.
+MODEL_KINDS = {"digits-mlp": "mlp", "mnist-mlp": "mlp", "fashion-mlp": "mlp", "cifar10-vgg": "vgg"}
 
 
 def _device(name: str) -> torch.device:
@@ -87,9 +95,23 @@ def build_model(kind: str, data: TensorDataset, options: dict[str, Any]) -> nn.M
 
 def run_classification(
     trial: TrialLike, params: dict[str, Any], *, objective: str, model_kind: str
-) -> float:
+) -> dict[str, float | int]:
+    """Train, compress as the options say, and return every measurement by name."""
+    return train_builtin(trial, params, objective=objective, model_kind=model_kind)[0]
+
+
+def train_builtin(
+    trial: TrialLike, params: dict[str, Any], *, objective: str, model_kind: str | None = None
+) -> tuple[dict[str, float | int], nn.Module]:
+    """Like ``run_classification``, and hand back the trained (compressed) model too.
+
+    ``hpsearch train`` uses it to save the model; ``model_kind`` defaults to the objective's.
+    """
+    model_kind = model_kind or MODEL_KINDS[objective]
     options = {**BUILTIN_OBJECTIVES[objective].options, **params}
     device = _device(str(options["device"]))
+    recipe = CompressionRecipe.from_options(options)
+    check_device(recipe, device)  # before training, not after
     data = load_dataset(
         str(options["dataset"]),
         str(options["data_dir"]),
@@ -99,7 +121,12 @@ def run_classification(
     torch.manual_seed(int(options["seed"]))  # the same initial weights on every rank
     model = build_model(model_kind, data, options).to(device)
     try:
-        return train_classifier(trial, model, data, train_config(options)).metric
+        # The worker names the trial's checkpoint file; a retried trial finds its predecessor's.
+        checkpoint = getattr(trial, "user_attrs", {}).get("checkpoint")
+        cfg = dataclasses.replace(train_config(options), checkpoint=checkpoint)
+        train_classifier(trial, model, data, cfg)
+        model, measurements = compress(model, data, recipe, train_config=cfg, trial=trial)
+        return measurements, model
     except NonFiniteLoss as err:
         trial.set_user_attr("nonfinite_loss", str(err))
         if options["on_nonfinite"] == "prune":
@@ -107,17 +134,17 @@ def run_classification(
         raise
 
 
-def digits_mlp(trial: TrialLike, params: dict[str, Any]) -> float:
+def digits_mlp(trial: TrialLike, params: dict[str, Any]) -> dict[str, float | int]:
     return run_classification(trial, params, objective="digits-mlp", model_kind="mlp")
 
 
-def mnist_mlp(trial: TrialLike, params: dict[str, Any]) -> float:
+def mnist_mlp(trial: TrialLike, params: dict[str, Any]) -> dict[str, float | int]:
     return run_classification(trial, params, objective="mnist-mlp", model_kind="mlp")
 
 
-def fashion_mlp(trial: TrialLike, params: dict[str, Any]) -> float:
+def fashion_mlp(trial: TrialLike, params: dict[str, Any]) -> dict[str, float | int]:
     return run_classification(trial, params, objective="fashion-mlp", model_kind="mlp")
 
 
-def cifar10_vgg(trial: TrialLike, params: dict[str, Any]) -> float:
+def cifar10_vgg(trial: TrialLike, params: dict[str, Any]) -> dict[str, float | int]:
     return run_classification(trial, params, objective="cifar10-vgg", model_kind="vgg")

@@ -26,6 +26,10 @@ class DistributedTrial:
             raise ValueError("rank 0 passes the Optuna trial, the other ranks pass None")
         self._trial = trial
         self.number: int = self._share(trial.number if trial is not None else None)
+        # Read once at the start: the worker sets what the objective needs (e.g. "checkpoint").
+        self.user_attrs: dict[str, Any] = self._share(
+            dict(trial.user_attrs) if trial is not None else None
+        )
 
     def _share(self, value: Any) -> Any:
         """Rank 0's value, on every rank."""

@@ -9,8 +9,10 @@ DistributedTrial that lets rank 0 alone talk to the study.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -20,6 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from objectives import interrupt
 from objectives.batching import BatchPlan, halved, plan_batches
 from objectives.data import TensorDataset
 from objectives.schedules import ScheduleConfig, make_schedule
@@ -58,6 +61,7 @@ class TrainConfig:
     amp: str = "auto"  # autocast on CUDA: bf16 where supported ("auto"), "fp16", or "off"
     compile: bool = False
     maximize: bool = True  # direction of the validation metric (for ReduceLROnPlateau)
+    checkpoint: str | None = None  # file saved after every epoch and resumed from if present
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -171,6 +175,8 @@ class _Loop:
             maximize=cfg.maximize,
         )
         self.result = TrainResult(metric=float("nan"), plan=self.plan)
+        # The same generator on every rank: all ranks agree on each step's batch.
+        self.generator = torch.Generator().manual_seed(cfg.seed)
         trial.set_user_attr("batch", self.plan.as_dict())
         log.debug("batch plan %s, %d steps per epoch", self.plan, self.steps_per_epoch)
 
@@ -245,17 +251,59 @@ class _Loop:
         if not bool(finite):
             raise NonFiniteLoss(f"loss became {loss.item()} at epoch {epoch} on some rank")
 
+    def _save(self, next_epoch: int) -> None:
+        """Everything needed to continue exactly where this epoch ended, written atomically."""
+        assert self.cfg.checkpoint is not None
+        state = {
+            "epoch": next_epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.scheduler.state_dict() if self.schedule.scheduler else None,
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "lr_history": self.result.lr_history,
+            "config": _identity(self.cfg),  # the config that produced it
+            "shapes": _shapes(self.model),
+        }
+        os.makedirs(os.path.dirname(os.path.abspath(self.cfg.checkpoint)), exist_ok=True)
+        partial = f"{self.cfg.checkpoint}.partial"
+        torch.save(state, partial)
+        os.replace(partial, self.cfg.checkpoint)
+
+    def _restore(self) -> int:
+        """The epoch to start from: 0, or the one after the last checkpointed epoch."""
+        path = self.cfg.checkpoint
+        if not path or not os.path.exists(path):
+            return 0
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state.get("config") != _identity(self.cfg) or state.get("shapes") != _shapes(self.model):
+            log.warning("checkpoint %s was made with another configuration; starting over", path)
+            return 0
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.schedule.scheduler is not None and state["scheduler"] is not None:
+            self.schedule.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.result.lr_history = list(state["lr_history"])
+        epoch = int(state["epoch"])
+        self.trial.set_user_attr("resumed_from_epoch", epoch)
+        log.info("resuming from %s at epoch %d", path, epoch)
+        return epoch
+
     def run(self) -> TrainResult:
         import optuna
 
         cfg, n = self.cfg, len(self.data.x_train)
         per_device = cfg.batch_size // self.world
-        # The same generator on every rank: all ranks agree on each step's batch.
-        generator = torch.Generator().manual_seed(cfg.seed)
-        for epoch in range(cfg.epochs):
+        for epoch in range(self._restore(), cfg.epochs):
             self.train_model.train()
-            order = torch.randperm(n, generator=generator).to(self.device)
+            order = torch.randperm(n, generator=self.generator).to(self.device)
             for step in range(self.steps_per_epoch):
+                interrupt.check()
                 batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
                 shard = batch[self.rank * per_device : (self.rank + 1) * per_device]
                 loss = self._step(epoch, step, shard)
@@ -272,9 +320,20 @@ class _Loop:
             self.trial.report(metric, epoch)
             self.schedule.after_epoch(metric)
             self.result.lr_history.append(float(self.optimizer.param_groups[0]["lr"]))
+            if cfg.checkpoint and self.rank == 0:
+                self._save(epoch + 1)
             if self.trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} with val accuracy {metric:.4f}")
         return self.result
+
+
+def _shapes(model: nn.Module) -> dict[str, list[int]]:
+    return {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def _identity(cfg: TrainConfig) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the config without its own path."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "checkpoint"}
 
 
 def train_classifier(

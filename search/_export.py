@@ -1,9 +1,20 @@
-"""Export the best configuration (or the Pareto front) in a form that alone says how to train."""
+"""Export the best configuration (or the Pareto front) in a form that alone says how to train.
+
+Besides the configuration, the bundle records what reproducing the trial needs: the seed, the
+batch decomposition the trial ran with, package versions, the code revision, where the trial's
+checkpoint is and the command that retrains it. ``--format csv`` writes every trial instead.
+"""
 
 from __future__ import annotations
 
+import csv
+import importlib.metadata
+import io
 import json
 import os
+import platform
+import shlex
+import subprocess
 import tempfile
 from typing import Any
 
@@ -12,10 +23,13 @@ import tomli_w
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from objectives import BUILTIN_OBJECTIVES
 from search._errors import HpsearchError
 from search._spec import StudySpec
 
-FORMATS = ("yaml", "json", "toml")
+FORMATS = ("yaml", "json", "toml")  # documents: the best trial and how to retrain it
+EXPORT_FORMATS = (*FORMATS, "csv")  # csv: every trial, one row each, for pandas
+CHECKPOINT_ATTR = "checkpoint"  # trial user attribute set by the checkpointing feature
 
 
 def best_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -24,14 +38,31 @@ def best_trials(study: optuna.Study) -> list[FrozenTrial]:
     if not complete:
         return []
     if len(study.directions) == 1:
-        return [study.best_trial]
-    front = study.best_trials
+        try:
+            # Optuna 5 picks the best among trials that meet their constraints (set_constraint).
+            return [study.best_trial]
+        except ValueError:  # completed trials exist, but none is feasible
+            return []
+    front = study.best_trials  # feasible trials only, as above
     sign = 1 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1
     return sorted(front, key=lambda t: (sign * t.values[0], t.number))
 
 
-def export_document(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
+def export_document(
+    study: optuna.Study, spec: StudySpec, *, top: int | None = None, output: str | None = None
+) -> dict[str, Any]:
+    """The best trial's configuration and what it takes to retrain it.
+
+    ``top``: also list the ``top`` best trials (one direction only). ``output``: the file the
+    document is written to, named in the ``retrain`` command.
+    """
     trials = best_trials(study)
+    if not trials and spec.constraints and study.get_trials(states=(TrialState.COMPLETE,)):
+        raise HpsearchError(
+            f"Study {spec.name!r} has no completed trial that meets its [constraints] "
+            f"({_bounds_text(spec)}) yet; run more trials (`hpsearch worker --study {spec.name}`) "
+            "or loosen the constraints in a new study."
+        )
     if not trials:
         raise HpsearchError(
             f"Study {spec.name!r} has no completed trial yet; run `hpsearch worker --study "
@@ -39,21 +70,173 @@ def export_document(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
         )
     best = trials[0]
     single = len(spec.directions) == 1
+    params = dict(best.params)
     document: dict[str, Any] = {
         "study": spec.name,
         "objective": spec.objective,
         "metric": spec.metrics[0] if single else spec.metrics,
         "value": best.value if single else best.values,
         "trial": best.number,
-        "params": dict(best.params),
+        "params": params,
         "training": spec.training,
         "direction": spec.directions[0] if single else spec.directions,
+        "seed": training_seed(spec, params),
+        "batch": best.user_attrs.get("batch"),
+        "checkpoint": best.user_attrs.get(CHECKPOINT_ATTR),
+        "versions": package_versions(),
+        "revision": git_revision(),
+        "retrain": retrain_command(output),
     }
+    measurement_names = _measurement_names(spec)
+    if measurement_names:
+        # What the exported model measured after compression, and the recipe that compressed it.
+        document["measurements"] = _measurements(best, measurement_names)
+        document["compression"] = best.user_attrs.get("compression")
+    if spec.constraints:
+        document["constraints"] = spec.constraints
     if not single:
         document["pareto_front"] = [
-            {"trial": t.number, "values": list(t.values), "params": dict(t.params)} for t in trials
+            {
+                "trial": t.number,
+                "values": list(t.values),
+                "params": dict(t.params),
+                **(
+                    {"measurements": _measurements(t, measurement_names)}
+                    if measurement_names
+                    else {}
+                ),
+            }
+            for t in trials
         ]
+    if top is not None:
+        document["top"] = [_trial_entry(t) for t in top_trials(study, spec, top)]
     return document
+
+
+def _measurement_names(spec: StudySpec) -> list[str]:
+    builtin = BUILTIN_OBJECTIVES.get(spec.objective)
+    return list(builtin.measurements) if builtin else []
+
+
+def _measurements(trial: FrozenTrial, names: list[str]) -> dict[str, Any]:
+    return {name: trial.user_attrs[name] for name in names if name in trial.user_attrs}
+
+
+def _bounds_text(spec: StudySpec) -> str:
+    return ", ".join(
+        f"{name} {'<=' if bound == 'max' else '>='} {value}"
+        for name, bounds in spec.constraints.items()
+        for bound, value in bounds.items()
+    )
+
+
+def training_seed(spec: StudySpec, params: dict[str, Any]) -> int | None:
+    """The seed the objective trained with: searched, fixed, or the built-in's default."""
+    options = {**spec.training, **params}
+    if "seed" in options:
+        return int(options["seed"])
+    builtin = BUILTIN_OBJECTIVES.get(spec.objective)
+    return int(builtin.options["seed"]) if builtin else None
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for package in ("hpsearch", "optuna", "torch"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def git_revision(folder: str | None = None) -> str | None:
+    """The commit checked out in ``folder`` (default: the working directory), else None."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):  # no git, or it hung
+        return None
+    revision = result.stdout.strip()
+    return revision if result.returncode == 0 and revision else None
+
+
+def retrain_command(output: str | None) -> str:
+    exported = output or "best.yaml"  # printed to standard output: saved under this name
+    return f"hpsearch train {shlex.quote(exported)} --output model"
+
+
+def top_trials(study: optuna.Study, spec: StudySpec, k: int) -> list[FrozenTrial]:
+    if len(spec.directions) > 1:
+        raise HpsearchError(
+            f"--top {k}: study {spec.name!r} has {len(spec.directions)} objectives, so no single "
+            "ranking exists; export without --top (the document lists the whole Pareto front)."
+        )
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
+    ranked = sorted(complete, key=lambda t: (sign * float(t.values[0]), t.number))
+    return ranked[:k]
+
+
+def _trial_entry(trial: FrozenTrial) -> dict[str, Any]:
+    return {
+        "trial": trial.number,
+        "value": trial.values[0],
+        "params": dict(trial.params),
+        "batch": trial.user_attrs.get("batch"),
+        "checkpoint": trial.user_attrs.get(CHECKPOINT_ATTR),
+    }
+
+
+def trials_csv(study: optuna.Study, spec: StudySpec) -> str:
+    """Every trial, one row each: number, state, one column per metric and per parameter.
+
+    Unclaimed budget slots (WAITING trials with nothing in them yet) are left out.
+    """
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    names = sorted({name for t in trials for name in t.params})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(
+        [
+            "number",
+            "state",
+            *spec.metrics,
+            *(f"params_{n}" for n in names),
+            "duration_seconds",
+            "datetime_start",
+            "datetime_complete",
+            "host",
+        ]
+    )
+    for t in trials:
+        values = list(t.values) if t.values is not None else [None] * len(spec.metrics)
+        duration = t.duration.total_seconds() if t.duration is not None else None
+        writer.writerow(
+            _csv_cells(
+                [
+                    t.number,
+                    t.state.name.lower(),
+                    *values,
+                    *(t.params.get(n) for n in names),
+                    duration,
+                    t.datetime_start.isoformat() if t.datetime_start else None,
+                    t.datetime_complete.isoformat() if t.datetime_complete else None,
+                    t.user_attrs.get("host"),
+                ]
+            )
+        )
+    return buffer.getvalue()
+
+
+def _csv_cells(cells: list[Any]) -> list[str]:
+    # An empty cell is what pandas reads as missing; repr keeps floats exact.
+    return ["" if c is None else repr(c) if isinstance(c, float) else str(c) for c in cells]
 
 
 def render(document: dict[str, Any], fmt: str) -> str:
@@ -86,6 +269,10 @@ def write_atomically(path: str, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        # mkstemp makes the file private (0600); give it the mode any new file would get.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -118,7 +118,7 @@ class RankGroup:
         dist.broadcast_object_list(box, src=0)
         try:
             return self.objective(DistributedTrial(trial), params)
-        except Exception as err:
+        except BaseException as err:  # an interrupt on rank 0 leaves the others mid-collective
             if type(err).__name__ not in _LOCKSTEP_ERRORS:
                 self.in_step = False
             raise

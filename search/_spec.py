@@ -15,7 +15,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from objectives import BUILTIN_OBJECTIVES, ObjectiveError, check_options, resolve_objective
+from objectives import (
+    BUILTIN_OBJECTIVES,
+    BuiltinObjective,
+    ObjectiveError,
+    check_options,
+    resolve_objective,
+)
+from search._constraints import parse_constraints
 from search._errors import SpecError
 
 SPEC_VERSION = 1
@@ -24,7 +31,16 @@ PRUNERS = ("hyperband", "median", "none", "percentile", "successive-halving", "w
 DIRECTIONS = ("maximize", "minimize")
 PARAM_TYPES = ("categorical", "float", "int")
 
-_SECTIONS = ("study", "space", "sampler", "pruner", "budget", "training", "resources")
+_SECTIONS = (
+    "study",
+    "space",
+    "sampler",
+    "pruner",
+    "budget",
+    "training",
+    "resources",
+    "constraints",
+)
 _STUDY_KEYS = ("name", "objective", "direction", "directions", "metric", "metrics")
 _PARAM_KEYS = {
     "float": ("type", "low", "high", "log", "step", "when"),
@@ -41,7 +57,22 @@ _RESOURCES_KEYS = (
     "grace_period",
     "max_retry",
     "dist_timeout",
+    "db_timeout",
+    "artifacts",
+    "keep_checkpoints",
 )
+KEEP_CHECKPOINTS = ("best", "all", "none")
+RESOURCE_DEFAULTS: dict[str, Any] = {
+    "workers": 1,
+    "devices_per_trial": 1,
+    "heartbeat_interval": 10,
+    "grace_period": 60,
+    "max_retry": 3,
+    "dist_timeout": 600,
+    "db_timeout": 300,
+    "artifacts": "hpsearch-artifacts",
+    "keep_checkpoints": "best",
+}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -245,7 +276,12 @@ def _parse_study(c: _Checker, raw: Mapping[str, Any], base_dir: str) -> dict[str
                 raise c.fail("study", f"{many} must be strings, got {value!r}.")
         return list(values)
 
-    directions = plural("direction", "directions", [builtin.direction] if builtin else None)
+    default_directions = [builtin.direction] if builtin else None
+    named = table.get("metrics", [table["metric"]] if "metric" in table else None)
+    if builtin and isinstance(named, list) and all(_measures(builtin, m) for m in named):
+        # A built-in knows which way each of its measurements is better.
+        default_directions = [_measurements(builtin)[m] for m in named]
+    directions = plural("direction", "directions", default_directions)
     for direction in directions:
         if direction not in DIRECTIONS:
             raise c.fail(
@@ -267,7 +303,24 @@ def _parse_study(c: _Checker, raw: Mapping[str, Any], base_dir: str) -> dict[str
         )
     if len(set(metrics)) != len(metrics):
         raise c.fail("study", f"metric names must be distinct, got {metrics!r}.")
+    for metric in metrics:
+        if builtin is not None and not _measures(builtin, metric):
+            allowed = list(_measurements(builtin))
+            raise c.fail(
+                "study",
+                f"metric {metric!r} is not measured by {objective!r}.{_suggest(metric, allowed)} "
+                f"Allowed: {', '.join(allowed)}.",
+            )
     return {"name": name, "objective": objective, "directions": directions, "metrics": metrics}
+
+
+def _measurements(builtin: BuiltinObjective) -> Mapping[str, str]:
+    """A built-in's measurements by name, with each one's natural direction."""
+    return builtin.measurements or {builtin.metric: builtin.direction}
+
+
+def _measures(builtin: BuiltinObjective | None, metric: Any) -> bool:
+    return builtin is not None and isinstance(metric, str) and metric in _measurements(builtin)
 
 
 def _parse_component(
@@ -301,6 +354,12 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
     c = _Checker(source)
     c.keys(raw, _SECTIONS, "")
     study = _parse_study(c, raw, base_dir)
+    builtin = BUILTIN_OBJECTIVES.get(study["objective"])
+    constraints = parse_constraints(
+        c.table(raw, "constraints", ""),
+        allowed=list(_measurements(builtin)) if builtin else None,
+        fail=c.fail,
+    )
 
     space_raw = c.table(raw, "space", "")
     if not space_raw:
@@ -344,18 +403,23 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
 
     resources_raw = c.table(raw, "resources", "")
     c.keys(resources_raw, _RESOURCES_KEYS, "resources")
-    defaults = {
-        "workers": 1,
-        "devices_per_trial": 1,
-        "heartbeat_interval": 10,
-        "grace_period": 60,
-        "max_retry": 3,
-        "dist_timeout": 600,
-    }
-    resources = {
+    resources: dict[str, Any] = {
         key: c.positive_int(resources_raw, key, "resources", default)
-        for key, default in defaults.items()
+        for key, default in RESOURCE_DEFAULTS.items()
+        if isinstance(default, int)
     }
+    # Where checkpoints go: a folder every node sees (relative to each worker's directory).
+    artifacts = resources_raw.get("artifacts", RESOURCE_DEFAULTS["artifacts"])
+    if not isinstance(artifacts, str) or not artifacts.strip():
+        raise c.fail("resources", f"artifacts must be a folder path, got {artifacts!r}.")
+    keep = resources_raw.get("keep_checkpoints", RESOURCE_DEFAULTS["keep_checkpoints"])
+    if keep not in KEEP_CHECKPOINTS:
+        raise c.fail(
+            "resources",
+            f"keep_checkpoints must be one of {', '.join(KEEP_CHECKPOINTS)}, got {keep!r}."
+            f"{_suggest(str(keep), KEEP_CHECKPOINTS)}",
+        )
+    resources.update(artifacts=artifacts, keep_checkpoints=keep)
     if resources["grace_period"] <= resources["heartbeat_interval"]:
         raise c.fail("resources", "grace_period must be longer than heartbeat_interval.")
 
@@ -369,6 +433,8 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
             "budget": budget,
             "training": dict(training),
             "resources": resources,
+            # Only when given: a spec without constraints stays identical to earlier versions'.
+            **({"constraints": constraints} if constraints else {}),
         }
     )
     # Construct the sampler and pruner once so that bad options are refused now, not in a worker.
@@ -436,8 +502,14 @@ class StudySpec:
         return dict(self.data["training"])
 
     @property
-    def resources(self) -> dict[str, int]:
-        return dict(self.data["resources"])
+    def resources(self) -> dict[str, Any]:
+        # Defaults first: a spec stored by an older version lacks the newer settings.
+        return {**RESOURCE_DEFAULTS, **self.data["resources"]}
+
+    @property
+    def constraints(self) -> dict[str, dict[str, float]]:
+        """``{measurement: {"max": x, "min": y}}`` from ``[constraints]`` (may be empty)."""
+        return dict(self.data.get("constraints", {}))
 
     @property
     def is_conditional(self) -> bool:

@@ -39,6 +39,7 @@ def status_document(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
             "trial": t.number,
             "host": t.user_attrs.get("host"),
             "pid": t.user_attrs.get("pid"),
+            "devices": t.user_attrs.get("devices"),  # the worker's GPUs ("0,1") or "cpu"
             "epoch": max(t.intermediate_values) if t.intermediate_values else None,
             "seconds": round((now - t.datetime_start).total_seconds(), 1)
             if t.datetime_start
@@ -91,7 +92,8 @@ def format_status(doc: dict[str, Any]) -> str:
         lines.append(f"{label:<10} trial {best['trial']}: {values}  {best['params']}")
     for run in doc["running"]:
         lines.append(
-            f"running    trial {run['trial']} on {run['host']} (pid {run['pid']}), "
-            f"epoch {run['epoch']}, {run['seconds']}s"
+            f"running    trial {run['trial']} on {run['host']} (pid {run['pid']}"
+            + (f", {run['devices']}" if run["devices"] else "")
+            + f"), epoch {run['epoch']}, {run['seconds']}s"
         )
     return "\n".join(lines)

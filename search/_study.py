@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -11,18 +12,24 @@ import optuna
 
 from search._budget import enqueue_first_batch
 from search._errors import HpsearchError
+from search._note import save_spec_note
 from search._samplers import build_pruner, build_sampler
 from search._spec import StudySpec, spec_differences
 from storage import (
     MissingSchemaError,
     StorageSettings,
+    WorkerStorage,
+    close_storage,
     create_schema,
     open_storage,
+    open_worker_storage,
     redact_url,
     translate_errors,
 )
 
 SPEC_ATTR = "hpsearch:spec"
+# A name for this study that no earlier study of the same name shares (checkpoint folders use it).
+UID_ATTR = "hpsearch:uid"
 
 
 def settings_from(spec: StudySpec) -> StorageSettings:
@@ -31,6 +38,7 @@ def settings_from(spec: StudySpec) -> StorageSettings:
         heartbeat_interval=resources["heartbeat_interval"],
         grace_period=resources["grace_period"],
         max_retry=resources["max_retry"],
+        outage_timeout=resources["db_timeout"],
     )
 
 
@@ -68,6 +76,8 @@ def create_study(spec: StudySpec, url: str) -> CreateResult:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(spec.metrics)
             study.set_user_attr(SPEC_ATTR, spec.data)
+            study.set_user_attr(UID_ATTR, uuid.uuid4().hex[:12])
+            save_spec_note(study, spec)
             enqueue_first_batch(study, spec.n_trials)
         except BaseException:
             # Leave no half-made study behind.
@@ -94,7 +104,7 @@ def _stored_spec(storage: optuna.storages.BaseStorage, name: str, url: str) -> S
 class LoadedStudy:
     study: optuna.Study
     spec: StudySpec
-    storage: optuna.storages.RDBStorage
+    storage: WorkerStorage  # the database, or an `hpsearch proxy` (grpc://HOST:PORT) before it
 
 
 def load_study(name: str, url: str, *, seed_offset: int = 0) -> LoadedStudy:
@@ -104,7 +114,7 @@ def load_study(name: str, url: str, *, seed_offset: int = 0) -> LoadedStudy:
     propose the same points (QMC keeps one seed: its workers share one scrambled sequence).
     """
     try:
-        storage = open_storage(url)
+        storage = open_worker_storage(url)
     except MissingSchemaError:
         raise HpsearchError(
             f"Study {name!r} not found in {redact_url(url)} (the storage holds no studies); "
@@ -124,8 +134,8 @@ def load_study(name: str, url: str, *, seed_offset: int = 0) -> LoadedStudy:
             ) from None
         spec = _stored_spec(storage, name, url)
     # The heartbeat and retry settings are the study's own: reopen with them.
-    storage.engine.dispose()
-    storage = open_storage(url, settings=settings_from(spec))
+    close_storage(storage)
+    storage = open_worker_storage(url, settings=settings_from(spec))
     seed = spec.data["sampler"]["seed"]
     if seed is not None and spec.data["sampler"]["name"] != "qmc":
         seed = (seed + seed_offset) % 2**32

@@ -7,6 +7,7 @@ interrupted one is handed back to the queue.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import multiprocessing
@@ -18,7 +19,7 @@ import time
 import traceback
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -26,15 +27,23 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from objectives import Objective, ObjectiveError, load_objective
-from search._budget import ERROR, budget_state, claim_slot, refill
+from objectives import Objective, ObjectiveError, interrupt, load_objective
+from search._budget import ERROR, SLOT, budget_state, claim_slot, refill
+from search._checkpoints import ATTR as CHECKPOINT
+from search._checkpoints import checkpoint_path, tidy
+from search._constraints import apply_constraints, measurements
+from search._devices import WorkerDevices, assign_devices
 from search._errors import HpsearchError
+from search._multi_objective import objective_trial
 from search._ranks import RankGroup
 from search._space import suggest
-from search._study import LoadedStudy, load_study
-from storage import StorageError
+from search._stop import install_worker_handlers
+from search._study import UID_ATTR, LoadedStudy, load_study
+from storage import StorageError, WorkerStorage
 
 log = logging.getLogger("hpsearch.worker")
+# How long a stopping worker waits for its objective to reach a safe point before interrupting it.
+STOP_BOUND_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -47,12 +56,13 @@ class WorkerArgs:
     seed_offset: int
     log_trials: bool  # one line per finished trial (off when a live display runs)
     devices_per_trial: int = 1  # > 1: each trial runs as a DDP group of this many ranks
+    devices: str = "cpu"  # recorded on each trial: the CUDA_VISIBLE_DEVICES of this worker
 
 
 class Heartbeat:
     """Records the trial's heartbeat every interval on a thread, so a dead worker is noticed."""
 
-    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int) -> None:
+    def __init__(self, storage: WorkerStorage, trial_id: int) -> None:
         self._storage = storage
         self._trial_id = trial_id
         self._stop = threading.Event()
@@ -84,8 +94,19 @@ class Heartbeat:
             self._thread.join()
 
 
-def _as_values(result: Any, n_directions: int) -> list[float]:
-    raw = list(result) if isinstance(result, Sequence) else [result]
+def _as_values(result: Any, metrics: Sequence[str]) -> list[float]:
+    n_directions = len(metrics)
+    if isinstance(result, Mapping):
+        # A mapping is read by the study's metric names; its other entries serve constraints.
+        missing = [m for m in metrics if m not in result]
+        if missing:
+            raise ValueError(
+                f"objective returned no {missing[0]!r}; it returned "
+                f"{', '.join(map(str, result))}: name those in [study] metrics"
+            )
+        raw = [result[m] for m in metrics]
+    else:
+        raw = list(result) if isinstance(result, Sequence) else [result]
     if len(raw) != n_directions:
         raise ValueError(f"objective returned {len(raw)} value(s) for {n_directions} direction(s)")
     values = [float(v) for v in raw]
@@ -102,21 +123,34 @@ def _record_error(study: optuna.Study, trial_id: int, err: BaseException) -> Non
 
 
 def run_trial(
-    loaded: LoadedStudy, trial_id: int, objective: Objective, *, log_trials: bool
+    loaded: LoadedStudy,
+    trial_id: int,
+    objective: Objective,
+    *,
+    log_trials: bool,
+    devices: str = "cpu",
 ) -> TrialState:
     """Run one claimed trial to a finished state."""
     study, spec = loaded.study, loaded.spec
     state, values = TrialState.FAIL, None
     started = time.monotonic()
     with Heartbeat(loaded.storage, trial_id):
-        trial = optuna.Trial(study, trial_id)
+        trial = objective_trial(study, trial_id)
         try:
-            refill(study, study._storage.get_trial(trial_id), spec.n_trials)
+            claimed = study._storage.get_trial(trial_id)
+            refill(study, claimed, spec.n_trials)
             trial.set_user_attr("host", socket.gethostname())
             trial.set_user_attr("pid", os.getpid())
+            trial.set_user_attr("devices", devices)
+            slot = claimed.system_attrs.get(SLOT)
+            if slot is not None:
+                uid = str(study.user_attrs.get(UID_ATTR, "study"))
+                trial.set_user_attr(CHECKPOINT, checkpoint_path(spec, int(slot), uid))
             params = suggest(trial, spec.space)
             result = objective(trial, {**spec.training, **params})
-            values = _as_values(result, len(spec.directions))
+            values = _as_values(result, spec.metrics)
+            measured = measurements(result, spec.metrics, values)
+            apply_constraints(trial, spec.constraints, measured)
             state = TrialState.COMPLETE
         except optuna.TrialPruned:
             state = TrialState.PRUNED
@@ -132,13 +166,15 @@ def run_trial(
                 ).rstrip(),
             )
         except BaseException:
-            # Interrupted (Ctrl-C, SystemExit): hand the trial back to the queue, unused.
+            # Interrupted (a stop signal, Ctrl-C): hand the trial back to the queue, unused; its
+            # retry resumes from the last checkpoint with the values reported so far.
             frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             retry = loaded.storage.get_heartbeat_stale_trial_callback()
             if retry is not None:
                 retry(study, frozen)
             raise
         frozen = study.tell(trial, values=values, state=state, skip_if_finished=True)
+    tidy(study, frozen, spec.resources["keep_checkpoints"])
     if log_trials:
         shown = (
             ""
@@ -185,6 +221,8 @@ def work(args: WorkerArgs) -> None:
     study._stop_flag = False
     try:
         while args.deadline is None or time.time() < args.deadline:
+            if interrupt.STOP.is_set():
+                return
             if study._stop_flag:
                 log.info("the sampler stopped the study (its search space is exhausted)")
                 return
@@ -198,7 +236,7 @@ def work(args: WorkerArgs) -> None:
                     return
                 time.sleep(0.5)  # others still run trials that may come back, or a batch is coming
                 continue
-            run_trial(loaded, trial_id, objective, log_trials=args.log_trials)
+            run_trial(loaded, trial_id, objective, log_trials=args.log_trials, devices=args.devices)
             if group is not None and not group.in_step:
                 log.warning("restarting the %d ranks after a failed trial", args.devices_per_trial)
                 objective = runner()
@@ -222,15 +260,32 @@ def _configure_process(args: WorkerArgs) -> None:
 
 
 def worker_main(args: WorkerArgs) -> None:
-    """Entry point of a spawned worker process; exits 0, 2 (a user error) or 130 (interrupted)."""
+    """Entry point of a spawned worker process.
+
+    Exits 0 when done or stopped by a signal (its trial handed back), 2 on a user error.
+    """
     _configure_process(args)
+    install_worker_handlers(bound=STOP_BOUND_SECONDS)
     try:
         work(args)
     except (HpsearchError, StorageError, ObjectiveError) as err:
         print(f"hpsearch worker {args.index}: {err}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except (KeyboardInterrupt, interrupt.TrialInterrupted):
+        if not interrupt.STOP.is_set():
+            raise
+    if interrupt.STOP.is_set():
+        log.warning("stopped; the running trial went back to the queue")
+
+
+def reap_stale_trials(loaded: LoadedStudy) -> list[int]:
+    """Fail RUNNING trials whose heartbeat is older than the grace period; their retries are
+    queued by the storage's retry callback. Returns the failed trials' numbers."""
+    study = loaded.study
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    optuna.storages.fail_stale_trials(study)
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    return sorted(t.number for t in failed if t.number in running)
 
 
 def node_seed_offset(*, include_host: bool) -> int:
@@ -238,42 +293,74 @@ def node_seed_offset(*, include_host: bool) -> int:
     return zlib.crc32(socket.gethostname().encode()) % 100_003 if include_host else 0
 
 
-def cpu_threads_per_worker(workers: int) -> int:
+def available_cores() -> int:
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // workers)
+        return os.cpu_count() or 1
 
 
 def start_workers(
     study: str,
     url: str,
     *,
-    workers: int,
+    workers: int = 1,
     timeout: float | None,
     include_host: bool,
     log_trials: bool,
     devices_per_trial: int = 1,
+    assignments: Sequence[WorkerDevices] | None = None,
 ) -> list[multiprocessing.process.BaseProcess]:
-    """Spawn (never fork: CUDA and gRPC do not survive a fork) ``workers`` worker processes."""
+    """Spawn (never fork: CUDA and gRPC do not survive a fork) one process per worker.
+
+    ``assignments`` (from search._devices) gives each worker its GPUs; without it, ``workers``
+    CPU workers with ``devices_per_trial`` ranks per trial share the cores.
+    """
+    if assignments is None:
+        assignments = assign_devices(
+            gpus=[],
+            visible_gpus=0,
+            gpus_per_trial=devices_per_trial,
+            workers=workers,
+            cores=available_cores(),
+        )
     context = multiprocessing.get_context("spawn")
     deadline = None if timeout is None else time.time() + timeout
-    threads = cpu_threads_per_worker(workers * devices_per_trial)
     base = node_seed_offset(include_host=include_host)
     processes: list[multiprocessing.process.BaseProcess] = []
-    for index in range(workers):
+    for devices in assignments:
         args = WorkerArgs(
             study=study,
             url=url,
-            index=index,
-            threads=threads,
+            index=devices.index,
+            threads=devices.threads,
             deadline=deadline,
-            seed_offset=base + 7919 * index,
+            seed_offset=base + 7919 * devices.index,
             log_trials=log_trials,
-            devices_per_trial=devices_per_trial,
+            devices_per_trial=devices.ranks,
+            devices=devices.cuda_visible_devices or "cpu",
         )
-        process = context.Process(target=worker_main, args=(args,), name=f"hpsearch-worker-{index}")
-        process.start()
+        process = context.Process(
+            target=worker_main, args=(args,), name=f"hpsearch-worker-{devices.index}"
+        )
+        # A spawned child reads CUDA_VISIBLE_DEVICES from the environment it starts with.
+        with _environment("CUDA_VISIBLE_DEVICES", devices.cuda_visible_devices):
+            process.start()
         processes.append(process)
     return processes
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str | None) -> Iterator[None]:
+    if value is None:
+        yield
+        return
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous

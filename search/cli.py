@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import time
 import warnings
@@ -12,13 +13,23 @@ from collections.abc import Sequence
 import optuna
 
 from objectives import ObjectiveError
+from search._deploy_cli import add_deploy_commands
+from search._devices import WorkerDevices, assign_devices, parse_gpus
 from search._errors import HpsearchError
-from search._export import FORMATS, export_document, render, write_atomically
+from search._export import (
+    EXPORT_FORMATS,
+    export_document,
+    render,
+    trials_csv,
+    write_atomically,
+)
+from search._preflight import check_node
 from search._progress import Progress, progress_line
 from search._spec import load_spec_file
 from search._status import format_status, status_document
+from search._stop import install_parent_handlers
 from search._study import create_study, load_study, study_summaries
-from search._worker import start_workers
+from search._worker import available_cores, reap_stale_trials, start_workers
 from storage import DEFAULT_STORAGE_URL, ENV_VAR, StorageError, redact_url, resolve_storage_url
 
 
@@ -46,43 +57,60 @@ def _run_local_workers(
     study_name: str,
     url: str,
     *,
-    workers: int,
+    assignments: list[WorkerDevices],
     timeout: float | None,
     include_host: bool,
-    devices_per_trial: int,
 ) -> int:
-    """Start the workers, show progress until they end, return the worst exit code."""
+    """Start the workers, show progress until they end, return the worst exit code.
+
+    SIGTERM/SIGINT are passed on to the workers, which hand their trials back and exit 0.
+    """
     loaded = load_study(study_name, url)
+    check_node(loaded.spec, assignments)
     live = sys.stderr.isatty()
     progress = Progress(sys.stderr, live=live, every=1.0 if live else 30.0)
     started = time.monotonic()
     processes = start_workers(
         study_name,
         url,
-        workers=workers,
         timeout=timeout,
         include_host=include_host,
         log_trials=not live,
-        devices_per_trial=devices_per_trial,
+        assignments=assignments,
     )
-    try:
-        while any(p.is_alive() for p in processes):
-            progress.show(progress_line(loaded.study, loaded.spec, started))
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        # The workers got the same Ctrl-C: each hands its trial back to the queue and exits.
-        for process in processes:
-            process.join(timeout=60)
-        progress.close()
-        print("hpsearch: interrupted; running trials were put back in the queue.", file=sys.stderr)
-        return 130
-    finally:
-        for process in processes:
-            process.join()
+    install_parent_handlers(processes)
+    while any(p.is_alive() for p in processes):
+        progress.show(progress_line(loaded.study, loaded.spec, started))
+        time.sleep(0.5)
+    for process in processes:
+        process.join()
     progress.show(progress_line(loaded.study, loaded.spec, started), force=True)
     progress.close()
-    codes = [p.exitcode or 0 for p in processes]
-    return max(codes)
+    return max(p.exitcode or 0 for p in processes)
+
+
+def _assignments(
+    args: argparse.Namespace, spec_ranks: int, default_workers: int
+) -> list[WorkerDevices]:
+    """The node's workers and their devices, from --gpus/--gpus-per-trial/--workers."""
+    import torch
+
+    gpus = parse_gpus(args.gpus) if args.gpus is not None else None
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return assign_devices(
+        gpus=gpus,
+        visible_gpus=visible,
+        gpus_per_trial=args.devices_per_trial,
+        workers=args.workers or (None if visible or gpus else default_workers),
+        cores=available_cores(),
+        default_ranks=spec_ranks,
+    )
+
+
+def _show_assignments(assignments: list[WorkerDevices]) -> None:
+    print(f"node {socket.gethostname()}: {len(assignments)} worker process(es)")
+    for devices in assignments:
+        print(f"  {devices.describe()}")
 
 
 def _print_summary(study_name: str, url: str) -> None:
@@ -103,17 +131,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = create_study(spec, url)
     verb = "created" if result.created else "resuming"
     print(f"{verb} study {spec.name!r} in {redact_url(url)}", file=sys.stderr)
-    workers = args.workers or spec.resources["workers"]
+    assignments = _assignments(args, spec.resources["devices_per_trial"], spec.resources["workers"])
     timeout = args.timeout if args.timeout is not None else spec.timeout
     code = _run_local_workers(
-        spec.name,
-        url,
-        workers=workers,
-        timeout=timeout,
-        include_host=False,
-        devices_per_trial=args.devices_per_trial or spec.resources["devices_per_trial"],
+        spec.name, url, assignments=assignments, timeout=timeout, include_host=False
     )
-    if code in (0, 130):
+    if code == 0:
         _print_summary(spec.name, url)
     return code
 
@@ -134,15 +157,25 @@ def cmd_create(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     url = resolve_storage_url(args.storage)
     loaded = load_study(args.study, url)  # fail fast, in one line, before spawning anything
+    assignments = _assignments(args, loaded.spec.resources["devices_per_trial"], 1)
+    if args.dry_run:
+        _show_assignments(assignments)
+        return 0
     timeout = args.timeout if args.timeout is not None else loaded.spec.timeout
     return _run_local_workers(
-        args.study,
-        url,
-        workers=args.workers,
-        timeout=timeout,
-        include_host=True,
-        devices_per_trial=args.devices_per_trial or loaded.spec.resources["devices_per_trial"],
+        args.study, url, assignments=assignments, timeout=timeout, include_host=True
     )
+
+
+def cmd_reap(args: argparse.Namespace) -> int:
+    url = resolve_storage_url(args.storage)
+    loaded = load_study(args.study, url)
+    reaped = reap_stale_trials(loaded)
+    print(
+        f"failed {len(reaped)} stale trial(s) of {args.study!r}"
+        + (f" ({', '.join(map(str, reaped))}); they are back in the queue" if reaped else "")
+    )
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -165,7 +198,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     url = resolve_storage_url(args.storage)
     loaded = load_study(args.study, url)
     fmt = args.format or _format_from_path(args.output)
-    text = render(export_document(loaded.study, loaded.spec), fmt)
+    if fmt == "csv":
+        if args.top is not None:
+            raise HpsearchError(
+                f"--top {args.top} with --format csv: the CSV holds every trial already; "
+                "drop --top, or export yaml/json/toml for the K best."
+            )
+        text = trials_csv(loaded.study, loaded.spec)
+    else:
+        document = export_document(loaded.study, loaded.spec, top=args.top, output=args.output)
+        text = render(document, fmt)
     if args.output:
         write_atomically(args.output, text)
         print(f"wrote {args.output}", file=sys.stderr)
@@ -179,7 +221,7 @@ def _format_from_path(path: str | None) -> str:
         extension = os.path.splitext(path)[1].lower().lstrip(".")
         if extension == "yml":
             return "yaml"
-        if extension in FORMATS:
+        if extension in EXPORT_FORMATS:
             return extension
     return "yaml"
 
@@ -207,12 +249,42 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     from storage import open_storage
 
+    artifact_store = None
+    if args.artifacts is not None:
+        from optuna.artifacts import FileSystemArtifactStore
+
+        if not os.path.isdir(args.artifacts):
+            raise HpsearchError(
+                f"--artifacts {args.artifacts!r} is not a folder; pass the artifact store's "
+                "folder (it must exist), or leave --artifacts out."
+            )
+        artifact_store = FileSystemArtifactStore(args.artifacts)
     url = resolve_storage_url(args.storage)
     storage = open_storage(url)
     print(
-        f"optuna-dashboard on http://{args.host}:{args.port} for {redact_url(url)}", file=sys.stderr
+        f"optuna-dashboard on http://{args.host}:{args.port} for {redact_url(url)}"
+        + (f" with artifacts in {args.artifacts}" if args.artifacts else ""),
+        file=sys.stderr,
     )
-    run_server(storage, host=args.host, port=args.port)
+    run_server(storage, host=args.host, port=args.port, artifact_store=artifact_store)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from search._report import write_report
+
+    url = resolve_storage_url(args.storage)
+    loaded = load_study(args.study, url)
+    write_report(loaded.study, loaded.spec, args.output)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from search._train import describe, train_from_export
+
+    outcome = train_from_export(args.config, args.output)
+    print("\n".join(describe(outcome)))
     return 0
 
 
@@ -226,9 +298,20 @@ def build_parser() -> argparse.ArgumentParser:
         f"database URL; default ${ENV_VAR}, else {DEFAULT_STORAGE_URL} (a SQLite file here)"
     )
 
-    devices_help = (
-        "ranks per trial: > 1 runs each trial as DDP (default [resources].devices_per_trial)"
-    )
+    def add_device_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--gpus",
+            help="GPU ids for this node's workers, e.g. 0,1,2,3; 'all' (default: every visible "
+            "GPU) or 'none' (CPU workers)",
+        )
+        sub.add_argument(
+            "--gpus-per-trial",
+            "--devices-per-trial",
+            dest="devices_per_trial",
+            type=_positive_int,
+            help="devices (DDP ranks) per trial; one worker process per group "
+            "(default [resources].devices_per_trial)",
+        )
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -241,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=_positive_int, help="worker processes (default [resources].workers)"
     )
     run.add_argument("--timeout", type=_positive_float, help="seconds after which no trial starts")
-    run.add_argument("--devices-per-trial", type=_positive_int, help=devices_help)
+    add_device_options(run)
     run.set_defaults(handler=cmd_run)
 
     create = add("create", "create a study from a study file (the same file again is a no-op)")
@@ -251,12 +334,22 @@ def build_parser() -> argparse.ArgumentParser:
     worker = add("worker", "run worker processes on this node for an existing study")
     worker.add_argument("--study", required=True, help="study name")
     worker.add_argument(
-        "--workers", type=_positive_int, default=1, help="worker processes (default 1)"
+        "--workers",
+        type=_positive_int,
+        help="worker processes (default: one per GPU group, else 1)",
     )
     worker.add_argument(
         "--timeout", type=_positive_float, help="seconds after which no trial starts"
     )
+    add_device_options(worker)
+    worker.add_argument(
+        "--dry-run", action="store_true", help="print the device assignment and exit"
+    )
     worker.set_defaults(handler=cmd_worker)
+
+    reap = add("reap", "fail the study's stale RUNNING trials (dead workers) and re-queue them")
+    reap.add_argument("--study", required=True, help="study name")
+    reap.set_defaults(handler=cmd_reap)
 
     status = add("status", "show a study's progress, best result and running trials")
     status.add_argument("--study", required=True, help="study name")
@@ -272,9 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
     export = add("export", "write the best configuration (or the Pareto front)")
     export.add_argument("--study", required=True, help="study name")
     export.add_argument(
-        "--format", choices=FORMATS, help="default: from --output's extension, else yaml"
+        "--format",
+        choices=EXPORT_FORMATS,
+        help="default: from --output's extension, else yaml; csv: every trial, one row each",
     )
     export.add_argument("--output", "-o", help="file to write (default: standard output)")
+    export.add_argument(
+        "--top", type=_positive_int, metavar="K", help="also list the K best trials (as `top`)"
+    )
     export.set_defaults(handler=cmd_export)
 
     studies = add("studies", "list the studies in a storage")
@@ -285,7 +383,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to bind (default localhost only)"
     )
     dashboard.add_argument("--port", type=_positive_int, default=8080)
+    dashboard.add_argument(
+        "--artifacts",
+        metavar="DIR",
+        help="folder of an Optuna FileSystemArtifactStore to browse (default: none)",
+    )
     dashboard.set_defaults(handler=cmd_dashboard)
+
+    report = add("report", "write one self-contained HTML report of a study (works offline)")
+    report.add_argument("--study", required=True, help="study name")
+    report.add_argument("--output", "-o", default="report.html", help="default report.html")
+    report.set_defaults(handler=cmd_report)
+
+    train = commands.add_parser(
+        "train",
+        help="retrain an exported configuration and save the model",
+        description="retrain an exported configuration (hpsearch export), save the model "
+        "(built-in objectives) and report the metric",
+    )
+    train.add_argument("config", help="file written by `hpsearch export` (yaml, json or toml)")
+    train.add_argument(
+        "--output",
+        "-o",
+        default="model",
+        help="folder for model.pt and config.json (default model)",
+    )
+    train.set_defaults(handler=cmd_train)
+
+    add_deploy_commands(commands, storage_help)  # proxy, db check, db upgrade
     return parser
 
 

@@ -6,6 +6,13 @@ Nothing here knows about search spaces or training; ``search`` builds on these n
 from __future__ import annotations
 
 from storage._errors import MissingSchemaError, StorageError
+from storage._proxy import (
+    ProxyStorage,
+    WorkerStorage,
+    close_storage,
+    open_worker_storage,
+    start_proxy_server,
+)
 from storage._rdb import (
     StorageSettings,
     create_schema,
@@ -13,18 +20,30 @@ from storage._rdb import (
     open_storage,
     translate_errors,
 )
-from storage._url import DEFAULT_STORAGE_URL, ENV_VAR, redact_url, resolve_storage_url
+from storage._url import (
+    DEFAULT_STORAGE_URL,
+    ENV_VAR,
+    is_proxy_url,
+    redact_url,
+    resolve_storage_url,
+)
 
 __all__ = [
     "DEFAULT_STORAGE_URL",
     "ENV_VAR",
     "MissingSchemaError",
+    "ProxyStorage",
     "StorageError",
     "StorageSettings",
+    "WorkerStorage",
+    "close_storage",
     "create_schema",
     "describe_driver_error",
+    "is_proxy_url",
     "open_storage",
+    "open_worker_storage",
     "redact_url",
     "resolve_storage_url",
+    "start_proxy_server",
     "translate_errors",
 ]

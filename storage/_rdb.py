@@ -15,7 +15,8 @@ import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
 from storage._errors import MissingSchemaError, StorageError
-from storage._url import dialect_of, redact_url
+from storage._resilient import ResilientRDBStorage
+from storage._url import dialect_of, is_proxy_url, redact_url
 
 SUPPORTED = "sqlite:///FILE, postgresql+psycopg://USER:PW@HOST/DB, mysql+pymysql://USER:PW@HOST/DB"
 
@@ -31,6 +32,7 @@ class StorageSettings:
     grace_period: int = 60
     max_retry: int = 3
     connect_timeout: int = 10
+    outage_timeout: int = 300  # seconds a worker waits for the database before giving up
 
 
 def _engine_kwargs(url: str, settings: StorageSettings) -> dict[str, Any]:
@@ -72,6 +74,11 @@ def open_storage(
     Only ``hpsearch create`` passes ``create_tables=True``: many workers creating the schema at
     once race each other, so workers only load.
     """
+    if is_proxy_url(url):
+        raise StorageError(
+            f"{url} is an hpsearch proxy, not a database; creating studies and checking or "
+            "upgrading the schema need the database URL itself (e.g. postgresql+psycopg://...)."
+        )
     settings = settings or StorageSettings()
     sqlite = dialect_of(url) == "sqlite"
     if sqlite:
@@ -79,16 +86,18 @@ def open_storage(
     with translate_errors(url), warnings.catch_warnings():
         # Heartbeats are marked experimental in Optuna; hpsearch relies on them deliberately.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(
+        storage = ResilientRDBStorage(
             url,
             engine_kwargs=_engine_kwargs(url, settings),
             heartbeat_interval=settings.heartbeat_interval,
             grace_period=settings.grace_period,
+            # The retry keeps the dead trial's reported values; its checkpoint resumes training.
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=settings.max_retry
+                max_retry=settings.max_retry, inherit_intermediate_values=True
             ),
             skip_table_creation=not create_tables,
         )
+    storage.outage_timeout = settings.outage_timeout
     if sqlite:
         _serialize_sqlite_transactions(storage.engine)
     return storage

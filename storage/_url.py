@@ -36,6 +36,31 @@ def redact_url(url: str) -> str:
         return f"{scheme}://{user}:***@{host}"
 
 
+PROXY_SCHEME = "grpc://"
+DEFAULT_PROXY_PORT = 13000  # Optuna's own default for its gRPC storage proxy
+
+
+def is_proxy_url(url: str) -> bool:
+    """``grpc://HOST:PORT``: an ``hpsearch proxy`` in front of the database, not a database."""
+    return url.strip().lower().startswith(PROXY_SCHEME)
+
+
+def proxy_address(url: str) -> tuple[str, int]:
+    """Host and port of a ``grpc://HOST[:PORT]`` URL, or a StorageError naming the fix."""
+    rest = url.strip()[len(PROXY_SCHEME) :].rstrip("/")
+    host, sep, port_text = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    host = host.strip("[]")  # an IPv6 literal is written grpc://[::1]:13000
+    if not host or "/" in host or "@" in host or (sep and not port_text.isdigit()):
+        raise StorageError(
+            f"Malformed proxy URL {url!r}; expected grpc://HOST:PORT, e.g. grpc://proxy-host:13000 "
+            "(the address `hpsearch proxy --host HOST --port PORT` listens on)."
+        )
+    port = int(port_text) if sep else DEFAULT_PROXY_PORT
+    if not 0 < port < 65536:
+        raise StorageError(f"Proxy port {port} in {url!r} is out of range; expected 1-65535.")
+    return host, port
+
+
 def dialect_of(url: str) -> str:
     """The backend name (``sqlite``, ``postgresql``, ``mysql``) or a StorageError."""
     try:

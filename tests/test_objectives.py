@@ -44,7 +44,7 @@ def test_digits_is_offline_and_split_once() -> None:
 
 def test_digits_mlp_learns_and_reports_every_epoch() -> None:
     trial = RecordingTrial()
-    accuracy = digits_mlp(trial, {"epochs": 4, "lr": 0.01, "width": 64, "depth": 1})
+    accuracy = digits_mlp(trial, {"epochs": 4, "lr": 0.01, "width": 64, "depth": 1})["val_accuracy"]
     assert [step for step, _ in trial.reports] == [0, 1, 2, 3]
     assert accuracy == trial.reports[-1][1]
     assert accuracy > 0.9
@@ -52,7 +52,8 @@ def test_digits_mlp_learns_and_reports_every_epoch() -> None:
 
 def test_digits_mlp_is_repeatable_with_a_seed() -> None:
     params = {"epochs": 2, "lr": 0.01, "dropout": 0.2, "seed": 7}
-    assert digits_mlp(RecordingTrial(), params) == digits_mlp(RecordingTrial(), params)
+    first, second = digits_mlp(RecordingTrial(), params), digits_mlp(RecordingTrial(), params)
+    assert first["val_accuracy"] == second["val_accuracy"]  # latency_ms is a timing: it varies
 
 
 def test_pruning_is_honoured() -> None:

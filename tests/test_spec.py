@@ -222,6 +222,8 @@ def test_unreadable_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
 
 def test_builtin_objective_rejects_unknown_option(write_study: Any) -> None:
     path = write_study(objective="digits-mlp")
+    # A built-in's metric must be one of its measurements (the fixture names it "loss").
+    path.write_text(path.read_text().replace('metric = "loss"', 'metric = "val_accuracy"'))
     with pytest.raises(SpecError, match=r"objective 'digits-mlp' has no option 'x'"):
         load_spec_file(str(path))
 

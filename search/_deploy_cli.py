@@ -1,0 +1,121 @@
+"""The deployment commands of the ``hpsearch`` CLI: ``proxy``, ``db check`` and ``db upgrade``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from types import FrameType
+
+from search._errors import HpsearchError
+from search._proxy import serve_proxy
+from storage import StorageError, is_proxy_url, redact_url, resolve_storage_url
+from storage._doctor import check_storage, failures, upgrade_schema
+from storage._proxy import DEFAULT_PROXY_THREADS
+from storage._url import DEFAULT_PROXY_PORT
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def _stop_on_sigterm() -> None:
+    """`docker stop` and Kubernetes send SIGTERM: leave through ``finally`` (the server stops)."""
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    url = resolve_storage_url(args.storage)
+    if is_proxy_url(url):
+        raise StorageError(
+            f"`hpsearch proxy --storage {url}` would proxy a proxy; pass the database URL "
+            "(postgresql+psycopg://... or mysql+pymysql://...)."
+        )
+    _stop_on_sigterm()
+    print(
+        f"hpsearch proxy on grpc://{args.host}:{args.port} for {redact_url(url)} "
+        f"({args.threads} threads); workers: --storage grpc://THIS_HOST:{args.port}",
+        file=sys.stderr,
+        flush=True,
+    )
+    serve_proxy(url, host=args.host, port=args.port, threads=args.threads)
+    return 0
+
+
+def cmd_db_check(args: argparse.Namespace) -> int:
+    url = resolve_storage_url(args.storage)
+    checks = check_storage(url, workers=args.workers, nodes=args.nodes)
+    if args.json:
+        document = {
+            "storage": redact_url(url),
+            "workers": args.workers,
+            "nodes": args.nodes,
+            "ok": not failures(checks),
+            "checks": [c.as_dict() for c in checks],
+        }
+        print(json.dumps(document, indent=2))
+    else:
+        for check in checks:
+            print(check.line())
+    failed = failures(checks)
+    if failed:
+        raise HpsearchError(f"db check of {redact_url(url)} failed: {failed[0].message}")
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    url = resolve_storage_url(args.storage)
+    before, after = upgrade_schema(url)
+    if before == after:
+        print(f"schema of {redact_url(url)} is already current ({after}); nothing to do")
+    else:
+        print(f"upgraded the schema of {redact_url(url)} from {before} to {after}")
+    return 0
+
+
+def add_deploy_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], storage_help: str
+) -> None:
+    """Register ``proxy`` and ``db`` (``check``, ``upgrade``) on the CLI's subcommands."""
+    proxy_help = "serve Optuna's gRPC storage proxy: workers use --storage grpc://HOST:PORT"
+    proxy = commands.add_parser("proxy", help=proxy_help, description=proxy_help)
+    proxy.add_argument("--storage", help=storage_help + " (the database the proxy serves)")
+    proxy.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default localhost; 0.0.0.0: all)"
+    )
+    proxy.add_argument("--port", type=_count, default=DEFAULT_PROXY_PORT)
+    proxy.add_argument(
+        "--threads",
+        type=_count,
+        default=DEFAULT_PROXY_THREADS,
+        help=f"serving threads, one database connection each (default {DEFAULT_PROXY_THREADS})",
+    )
+    proxy.set_defaults(handler=cmd_proxy)
+
+    db_help = "check the storage for a deployment, or upgrade its schema"
+    db = commands.add_parser("db", help=db_help, description=db_help)
+    actions = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    check_help = "server, schema, connections for N workers, SQLite pitfalls, proxy advice"
+    check = actions.add_parser("check", help=check_help, description=check_help)
+    check.add_argument("--storage", help=storage_help)
+    check.add_argument(
+        "--workers", type=_count, default=1, help="worker processes in all (default 1)"
+    )
+    check.add_argument("--nodes", type=_count, default=1, help="machines they run on (default 1)")
+    check.add_argument("--json", action="store_true", help="print the checks as JSON")
+    check.set_defaults(handler=cmd_db_check)
+    upgrade_help = "upgrade Optuna's schema to this optuna version (back up the database first)"
+    upgrade = actions.add_parser("upgrade", help=upgrade_help, description=upgrade_help)
+    upgrade.add_argument("--storage", help=storage_help)
+    upgrade.set_defaults(handler=cmd_db_upgrade)

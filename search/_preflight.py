@@ -1,0 +1,71 @@
+"""The node smoke test: before a worker takes trials, check what would make it fail them all.
+
+The storage was reached when the study was loaded; here the devices each worker will use must
+work, and a built-in objective's data must be present. A broken node then refuses to start with
+one clear line instead of failing trials in bulk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from objectives import BUILTIN_OBJECTIVES, ObjectiveError, load_objective
+from search._devices import WorkerDevices
+from search._errors import HpsearchError
+from search._spec import StudySpec
+
+
+def _check_gpus(assignments: Sequence[WorkerDevices]) -> None:
+    import torch
+
+    wanted = sorted({gpu for a in assignments for gpu in a.gpus})
+    if not wanted:
+        return
+    # Physical ids are checked against what this process sees (it has no CUDA_VISIBLE_DEVICES
+    # restriction of its own, or the ids refer to that restriction).
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    missing = [gpu for gpu in wanted if gpu >= count]
+    if missing:
+        raise HpsearchError(
+            f"GPU(s) {','.join(map(str, missing))} not available on this node (it sees {count}); "
+            "fix --gpus, or use --gpus none for CPU workers."
+        )
+    for gpu in wanted:
+        try:
+            value = (torch.ones(4, device=f"cuda:{gpu}") * 2).sum().item()
+        except RuntimeError as err:
+            raise HpsearchError(f"GPU {gpu} does not work: {str(err).splitlines()[0]}") from None
+        if value != 8.0:
+            raise HpsearchError(f"GPU {gpu} computed 2*4 ones as {value}; the device is faulty.")
+
+
+def _check_data(spec: StudySpec) -> None:
+    builtin = BUILTIN_OBJECTIVES.get(spec.objective)
+    if builtin is None:
+        return
+    options = {**builtin.options, **spec.training}
+    dataset = options["dataset"]
+    # A searched dataset is checked for every choice.
+    if "dataset" in spec.space:
+        choices = spec.space["dataset"].get("choices", [dataset])
+    else:
+        choices = [dataset]
+    from objectives.datasets import load_dataset
+
+    for name in choices:
+        load_dataset(
+            str(name),
+            str(options["data_dir"]),
+            download=bool(options["download"]),
+            val_fraction=float(options["val_fraction"]),
+        )
+
+
+def check_node(spec: StudySpec, assignments: Sequence[WorkerDevices]) -> None:
+    """Raise a one-line HpsearchError/ObjectiveError if this node cannot run the study's trials."""
+    try:
+        load_objective(spec.objective)
+        _check_data(spec)
+    except ObjectiveError as err:
+        raise HpsearchError(f"This node cannot run study {spec.name!r}: {err}") from None
+    _check_gpus(assignments)

@@ -1,0 +1,80 @@
+"""``hpsearch proxy``: Optuna's gRPC storage proxy in front of the database, and its stale-trial reaper.
+
+Workers behind the proxy cannot read the heartbeat table, so the proxy process fails their dead
+trials itself (each study with its own grace period and retry count) and the retry callback puts
+them back in the queue, as a directly connected worker would.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import optuna
+
+from search._spec import StudySpec
+from search._study import SPEC_ATTR, settings_from
+from storage import (
+    StorageSettings,
+    open_storage,
+    start_proxy_server,
+    translate_errors,
+)
+
+log = logging.getLogger("hpsearch.proxy")
+
+DEFAULT_REAP_INTERVAL = 10.0
+
+
+class StaleTrialReaper:
+    """Fails the RUNNING trials whose heartbeat stopped, in every hpsearch study of a database."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._storages: dict[StorageSettings, optuna.storages.RDBStorage] = {}
+        self.interval = DEFAULT_REAP_INTERVAL
+
+    def _storage(self, settings: StorageSettings) -> optuna.storages.RDBStorage:
+        if settings not in self._storages:
+            self._storages[settings] = open_storage(self._url, settings=settings)
+        return self._storages[settings]
+
+    def reap(self) -> None:
+        """One pass over every study; a later pass follows a study's heartbeat interval."""
+        with translate_errors(self._url), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            plain = self._storage(StorageSettings())
+            intervals = [DEFAULT_REAP_INTERVAL]
+            for frozen in plain.get_all_studies():
+                data = frozen.user_attrs.get(SPEC_ATTR)
+                if data is None:
+                    continue  # not an hpsearch study: its owner decides about stale trials
+                settings = settings_from(StudySpec(data))
+                intervals.append(settings.heartbeat_interval)
+                study = optuna.load_study(
+                    study_name=frozen.study_name, storage=self._storage(settings)
+                )
+                optuna.storages.fail_stale_trials(study)
+            self.interval = float(min(intervals))
+
+    def close(self) -> None:
+        for storage in self._storages.values():
+            storage.engine.dispose()
+
+
+def serve_proxy(url: str, *, host: str, port: int, threads: int) -> None:
+    """Serve until the process is stopped; reap stale trials between waits."""
+    server = start_proxy_server(url, host=host, port=port, threads=threads)
+    reaper = StaleTrialReaper(url)
+    try:
+        while True:
+            try:
+                reaper.reap()
+            except Exception as err:  # a database blip must not take the proxy down
+                log.warning("stale-trial check failed: %s", err)
+            timed_out = server.wait_for_termination(timeout=reaper.interval)
+            if not timed_out:  # the server stopped
+                return
+    finally:
+        server.stop(grace=5)
+        reaper.close()

@@ -1,0 +1,238 @@
+"""``hpsearch train``: retrain the configuration in an exported file, without any study.
+
+The objective gets the same ``params`` a worker gave it (the file's ``training`` merged under
+its ``params``) and a local stand-in for the Optuna trial that prints each reported value. A
+built-in objective's trained model is saved as ``model.pt`` (a state_dict) beside
+``config.json`` (everything that produced it); a user objective's model is its own business,
+so only its metric is reported. With the same seed on the same hardware (and thread count) the
+metric equals the trial's: the training is deterministic on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import yaml
+
+from search._errors import HpsearchError
+from search._export import package_versions, write_atomically
+
+
+@dataclass
+class LocalTrial:
+    """What an objective may use of ``optuna.Trial``, with no study behind it.
+
+    ``report`` prints progress; nothing is ever pruned. The trainer's ``checkpoint`` attribute
+    is deliberately absent, so a retrain always starts from scratch.
+    """
+
+    number: int
+    params: dict[str, Any]
+    metric: str
+    epochs: int | None
+    stream: TextIO
+    reports: list[tuple[int, float]] = field(default_factory=list)
+    user_attrs: dict[str, Any] = field(default_factory=dict)
+
+    def report(self, value: float, step: int) -> None:
+        self.reports.append((step, float(value)))
+        if self.epochs is None:
+            where = f"epoch {step + 1}"
+        elif step < self.epochs:
+            where = f"epoch {step + 1}/{self.epochs}"
+        else:  # e.g. fine-tuning after compression reports past the training epochs
+            where = f"epoch {step + 1} (after training)"
+        print(f"{where} {self.metric} {value:.4f}", file=self.stream, flush=True)
+
+    def should_prune(self) -> bool:
+        return False
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        self.user_attrs[key] = value
+
+
+def read_export(path: str) -> dict[str, Any]:
+    """An exported file (yaml, json or toml, by extension), checked for what training needs."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as err:
+        raise HpsearchError(
+            f"Cannot read exported file {path!r}: {err.strerror}; write one with "
+            "`hpsearch export --study NAME --output best.yaml`."
+        ) from None
+    extension = os.path.splitext(path)[1].lower()
+    try:
+        text = raw.decode("utf-8")
+        if extension == ".toml":
+            document: Any = tomllib.loads(text)
+        elif extension == ".json":
+            document = json.loads(text)
+        else:  # YAML also reads JSON
+            document = yaml.safe_load(text)
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError, yaml.YAMLError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HpsearchError(
+            f"Cannot parse exported file {path!r}: {first}; expected the yaml, json or toml "
+            "that `hpsearch export` writes."
+        ) from None
+    _check_document(path, document)
+    return dict(document)
+
+
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "objective": str,
+    "params": dict,
+    "training": dict,
+    "metric": (str, list),
+}
+
+
+def _check_document(path: str, document: Any) -> None:
+    if not isinstance(document, dict):
+        raise HpsearchError(
+            f"Exported file {path!r} holds a {type(document).__name__}, not a table of keys; "
+            "expected the output of `hpsearch export`."
+        )
+    for key, kind in _REQUIRED.items():
+        if key not in document:
+            raise HpsearchError(
+                f"Exported file {path!r} has no {key!r} key; expected the keys "
+                f"{', '.join(_REQUIRED)} that `hpsearch export` writes."
+            )
+        if not isinstance(document[key], kind):
+            raise HpsearchError(
+                f"Exported file {path!r}: {key!r} is a {type(document[key]).__name__}, which "
+                "`hpsearch export` never writes; export the study again."
+            )
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    metrics: list[str]
+    values: list[float]  # what this run measured, one per metric
+    exported: list[float] | None  # what the trial measured, from the file
+    trial: int | None  # the trial's number, from the file
+    model_path: str | None  # None for a user objective
+
+
+def _metrics(document: dict[str, Any]) -> list[str]:
+    metric = document["metric"]
+    return [str(m) for m in metric] if isinstance(metric, list) else [str(metric)]
+
+
+def _exported_values(document: dict[str, Any]) -> list[float] | None:
+    value: Any = document.get("value")
+    values: list[Any] = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return None  # absent or hand-edited: nothing to compare with
+    return [float(v) for v in values]
+
+
+@contextlib.contextmanager
+def _one_line_failures(path: str) -> Iterator[None]:
+    """A refused configuration or a pruned run ends in one line; a bug keeps its traceback."""
+    import optuna
+
+    try:
+        yield
+    except optuna.TrialPruned as err:  # e.g. the loss became NaN with on_nonfinite = "prune"
+        raise HpsearchError(
+            f"Training from {path!r} stopped: {err}; the trial itself ended the same way, or "
+            "this hardware differs from the trial's."
+        ) from None
+    except ValueError as err:  # the trainer's checks of a configuration
+        raise HpsearchError(f"Training from {path!r} refused its configuration: {err}.") from None
+
+
+def train_from_export(path: str, output: str, *, stream: TextIO = sys.stderr) -> TrainOutcome:
+    """Retrain what ``path`` describes; save a built-in's model under ``output``."""
+    from objectives import BUILTIN_OBJECTIVES, load_objective, resolve_objective
+    from search._worker import _as_values
+
+    document = read_export(path)
+    # Exports name objective files by absolute path; a hand-edited relative one is the file's.
+    objective = resolve_objective(
+        document["objective"], base_dir=os.path.dirname(os.path.abspath(path))
+    )
+    metrics = _metrics(document)
+    params = {**document["training"], **document["params"]}
+    builtin = BUILTIN_OBJECTIVES.get(objective)
+    options = {**(builtin.options if builtin else {}), **params}
+    epochs = options.get("epochs")
+    trial = LocalTrial(
+        number=document["trial"] if isinstance(document.get("trial"), int) else 0,
+        params=dict(document["params"]),
+        # Built-ins report the validation accuracy every epoch, whatever the study optimizes.
+        metric=builtin.metric if builtin else metrics[0],
+        epochs=int(epochs) if isinstance(epochs, int) else None,
+        stream=stream,
+    )
+    batch = document.get("batch")
+    if (
+        isinstance(batch, dict)
+        and isinstance(batch.get("world_size"), int)
+        and batch["world_size"] > 1
+    ):
+        print(
+            f"note: trial {trial.number} ran on {batch['world_size']} ranks and this runs on one: "
+            "the batch is the same, the floating-point sums may differ slightly",
+            file=stream,
+        )
+    if builtin is None:
+        function = load_objective(objective)
+        with _one_line_failures(path):
+            values = _as_values(function(trial, params), metrics)
+        return TrainOutcome(metrics, values, _exported_values(document), trial.number, None)
+
+    import torch
+
+    from objectives.builtin import train_builtin
+
+    with _one_line_failures(path):
+        measurements, model = train_builtin(trial, params, objective=objective)
+        values = _as_values(measurements, metrics)
+    os.makedirs(output, exist_ok=True)
+    model_path = os.path.join(output, "model.pt")
+    partial = f"{model_path}.partial"
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, partial)
+    os.replace(partial, model_path)
+    config = {
+        "objective": objective,
+        "options": options,  # every option the model was trained with, defaults included
+        "metrics": dict(zip(metrics, values, strict=True)),
+        "measurements": dict(measurements),
+        "batch": trial.user_attrs.get("batch"),
+        "exported_from": os.path.abspath(path),
+        "study": document.get("study"),
+        "trial": document.get("trial"),
+        "versions": package_versions(),
+    }
+    write_atomically(
+        os.path.join(output, "config.json"), json.dumps(config, indent=2, default=str) + "\n"
+    )
+    return TrainOutcome(metrics, values, _exported_values(document), trial.number, model_path)
+
+
+def describe(outcome: TrainOutcome) -> list[str]:
+    """The lines ``hpsearch train`` ends with: the metric, and how it compares to the trial's."""
+    lines = []
+    for i, (metric, value) in enumerate(zip(outcome.metrics, outcome.values, strict=True)):
+        line = f"{metric} {value!r}"
+        if outcome.exported is not None and i < len(outcome.exported):
+            before = outcome.exported[i]
+            same = "equal" if value == before else f"differs by {value - before:+.3g}"
+            line += f" (trial {outcome.trial}: {before!r}, {same})"
+        lines.append(line)
+    if outcome.model_path is None:
+        lines.append("a user objective: only its metric is reported, its model is not saved")
+    else:
+        lines.append(f"saved {outcome.model_path} and config.json")
+    return lines

@@ -1,0 +1,140 @@
+"""RDBStorage that rides out database restarts and short outages.
+
+Every storage call a worker makes goes through a retry with exponential backoff on connection
+errors (the server restarting, a network blip, SQLite's lock, a MySQL deadlock), with one log line
+when the outage starts and one when it ends. After ``outage_timeout`` seconds it gives up with a
+StorageError. Errors that are not about the connection (a missing table, bad data) are raised at
+once. Optuna's cache wraps this class like any RDBStorage, so reads stay incremental.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import optuna
+import sqlalchemy.exc
+from optuna.trial import TrialState
+
+from storage._errors import StorageError
+from storage._url import redact_url
+
+log = logging.getLogger("hpsearch.storage")
+
+_CONNECTION_ERRORS = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.DisconnectionError,
+)
+# Storage calls a worker makes after start-up. Study creation and schema changes are not
+# retried: they run once, from `hpsearch create`, where a clear failure is better.
+_RETRIED = (
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "set_trial_param",
+    "get_trial_param",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial",
+    "get_all_trials",
+    "_get_trials",
+    "get_best_trial",
+    "record_heartbeat",
+    "_get_stale_trial_ids",
+)
+
+T = TypeVar("T")
+
+
+def is_connection_error(err: BaseException) -> bool:
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, _CONNECTION_ERRORS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class ResilientRDBStorage(optuna.storages.RDBStorage):
+    outage_timeout: float = 300.0
+
+    def _retry(self, call: Callable[[], T], what: str) -> T:
+        delay, started = 0.5, None
+        while True:
+            try:
+                result = call()
+            except Exception as err:
+                if not is_connection_error(err):
+                    raise
+                now = time.monotonic()
+                if started is None:
+                    started = now
+                    first = (
+                        str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                    )
+                    log.warning(
+                        "database %s unreachable (%s); retrying for up to %ds",
+                        redact_url(self.url),
+                        first[:200],
+                        self.outage_timeout,
+                    )
+                if now - started >= self.outage_timeout:
+                    raise StorageError(
+                        f"Database {redact_url(self.url)} unreachable for {self.outage_timeout:.0f}s "
+                        f"during {what}; check the server, then restart the worker (its trial "
+                        "resumes from its checkpoint)."
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            if started is not None:
+                log.warning(
+                    "database reachable again after %.1fs; continuing", time.monotonic() - started
+                )
+            return result
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        attempts = 0
+
+        def call() -> bool:
+            nonlocal attempts
+            attempts += 1
+            try:
+                return super(ResilientRDBStorage, self).set_trial_state_values(
+                    trial_id, state, values
+                )
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # A retry after a lost acknowledgement: the first attempt may have committed.
+                if attempts > 1 and self.get_trial(trial_id).state == state:
+                    return True
+                raise
+
+        return self._retry(call, "set_trial_state_values")
+
+
+def _retrying(name: str) -> Callable[..., Any]:
+    method = getattr(optuna.storages.RDBStorage, name)
+
+    @functools.wraps(method)
+    def wrapper(self: ResilientRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        return self._retry(lambda: method(self, *args, **kwargs), name)
+
+    return wrapper
+
+
+for _name in _RETRIED:
+    setattr(ResilientRDBStorage, _name, _retrying(_name))

@@ -1,0 +1,133 @@
+"""Workers through `hpsearch proxy` (Optuna's gRPC storage proxy) against PostgreSQL."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search import budget_state, load_spec_file
+from search._budget import SLOT, claim_slot
+from search._study import load_study
+from storage import ProxyStorage
+
+from .conftest import hpsearch_command
+from .test_workers import assert_exact_budget
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _create(path: Path, url: str) -> str:
+    result = subprocess.run(
+        [*hpsearch_command(), "create", str(path), "--storage", url],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return load_spec_file(str(path)).name
+
+
+@pytest.fixture
+def proxy(postgres_url: str, write_study: Any, tmp_path: Path, study_name: str) -> Iterator[str]:
+    """A real `hpsearch proxy` process on a free port; yields its grpc:// URL."""
+    # The schema must exist before the proxy starts: `hpsearch create` is what makes it.
+    _create(write_study(name=f"{study_name}-first", filename="first.toml"), postgres_url)
+    port = _free_port()
+    log = (tmp_path / "proxy.log").open("w")
+    process = subprocess.Popen(
+        [*hpsearch_command(), "proxy", "--storage", postgres_url, "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            assert process.poll() is None, (tmp_path / "proxy.log").read_text()
+            assert time.monotonic() < deadline, "the proxy did not start listening"
+            time.sleep(0.2)
+        yield f"grpc://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0, (tmp_path / "proxy.log").read_text()
+        log.close()
+    assert "Traceback" not in (tmp_path / "proxy.log").read_text()
+
+
+def test_worker_commands_through_the_proxy_reach_the_exact_budget(
+    proxy: str, postgres_url: str, write_study: Any, tmp_path: Path
+) -> None:
+    n_trials = 70  # crosses a batch boundary: a worker enqueues the next batch through the proxy
+    name = _create(write_study(n_trials=n_trials), postgres_url)
+    command = [*hpsearch_command(), "worker", "--study", name, "--storage", proxy]
+    nodes = [
+        subprocess.Popen(
+            [*command, "--workers", "2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+        )
+        for _ in range(2)
+    ]
+    outputs = [node.communicate(timeout=400) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    assert "Traceback" not in "".join(out + err for out, err in outputs)
+    assert_exact_budget(postgres_url, name, n_trials)
+    trials = optuna.load_study(study_name=name, storage=postgres_url).get_trials()
+    assert budget_state(trials, n_trials).lost == 0
+    assert len({t.user_attrs["pid"] for t in trials}) >= 2, "several workers took part"
+
+
+def test_heartbeats_pass_through_and_the_proxy_requeues_a_dead_workers_trial(
+    proxy: str, postgres_url: str, write_study: Any
+) -> None:
+    body = "[resources]\nheartbeat_interval = 1\ngrace_period = 2\n"
+    name = _create(write_study(n_trials=3, body=body), postgres_url)
+    loaded = load_study(name, proxy)
+    assert isinstance(loaded.storage, ProxyStorage)
+    trial_id = claim_slot(loaded.study)
+    assert trial_id is not None
+    loaded.storage.record_heartbeat(trial_id)  # a worker's beat, relayed as a heartbeat row
+    direct = optuna.storages.RDBStorage(postgres_url, skip_table_creation=True)
+    with direct.engine.connect() as connection:
+        rows = connection.exec_driver_sql(
+            f"SELECT count(*) FROM trial_heartbeats WHERE trial_id = {trial_id}"
+        ).scalar()
+    assert rows == 1
+    assert SLOT in direct.get_trial(trial_id).system_attrs
+    assert "hpsearch:heartbeat" not in direct.get_trial(trial_id).system_attrs
+    # The worker "dies": no more beats. The proxy fails the trial after the grace period and
+    # its retry takes the slot back to the queue.
+    deadline = time.monotonic() + 60
+    while direct.get_trial(trial_id).state == TrialState.RUNNING:
+        assert time.monotonic() < deadline, "the proxy never failed the stale trial"
+        time.sleep(0.5)
+    trials = optuna.load_study(study_name=name, storage=postgres_url).get_trials()
+    dead = direct.get_trial(trial_id)
+    assert dead.state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert [t.state for t in retries] == [TrialState.WAITING]
+    assert retries[0].system_attrs[SLOT] == dead.system_attrs[SLOT]
+
+
+def test_study_creation_needs_the_database_not_the_proxy(proxy: str, write_study: Any) -> None:
+    result = subprocess.run(
+        [*hpsearch_command(), "create", str(write_study()), "--storage", proxy],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "not a database" in result.stderr

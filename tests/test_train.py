@@ -1,0 +1,160 @@
+"""Export -> `hpsearch train` reproduces the trial's metric exactly on CPU, and saves the model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+
+from search.cli import main
+
+from .conftest import hpsearch_command
+
+DIGITS_STUDY = """
+[study]
+name = "digits-retrain"
+objective = "digits-mlp"
+
+[budget]
+n_trials = 3
+
+[sampler]
+name = "random"
+seed = 7
+
+[pruner]
+name = "none"
+
+[resources]
+workers = 1
+
+[training]
+epochs = 3
+device = "cpu"
+seed = 11
+
+[space.lr]
+type = "float"
+low = 1e-3
+high = 5e-2
+log = true
+
+[space.width]
+type = "int"
+low = 16
+high = 64
+
+[space.optimizer]
+type = "categorical"
+choices = ["adam", "sgd"]
+"""
+
+
+def _train(config: Path, output: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*hpsearch_command(), "train", str(config), "--output", str(output)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_retraining_an_export_reproduces_the_trial_metric(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # checkpoints and exports stay in the test's folder
+    url = f"sqlite:///{tmp_path / 'digits.db'}"
+    (tmp_path / "digits.toml").write_text(DIGITS_STUDY)
+    assert main(["run", "digits.toml", "--storage", url, "--workers", "1"]) == 0
+    export = tmp_path / "best.yaml"
+    assert main(["export", "--study", "digits-retrain", "--storage", url, "-o", str(export)]) == 0
+    capsys.readouterr()
+    best = optuna.load_study(study_name="digits-retrain", storage=url).best_trial
+
+    result = _train(export, tmp_path / "model", tmp_path)
+    assert result.returncode == 0, result.stderr
+    # Progress per epoch, then the metric next to the trial's.
+    for epoch in (1, 2, 3):
+        assert f"epoch {epoch}/3 val_accuracy " in result.stderr
+    assert f"val_accuracy {best.value!r} (trial {best.number}: {best.value!r}, equal)" in (
+        result.stdout
+    )
+
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["metrics"] == {"val_accuracy": best.value}  # bit for bit
+    assert config["options"]["seed"] == 11 and config["options"]["epochs"] == 3
+    assert {k: config["options"][k] for k in best.params} == best.params
+    assert config["batch"] == best.user_attrs["batch"]
+
+    # The saved weights are the trained model: they score the same on the validation split.
+    from objectives.builtin import build_model
+    from objectives.datasets import load_dataset
+    from objectives.trainer import evaluate
+
+    options = config["options"]
+    data = load_dataset(
+        options["dataset"], options["data_dir"], val_fraction=options["val_fraction"]
+    )
+    model = build_model("mlp", data, options)
+    model.load_state_dict(torch.load(tmp_path / "model" / "model.pt", weights_only=True))
+    assert evaluate(model, data.x_val, data.y_val) == best.value
+
+
+def test_retraining_a_user_objective_reports_only_the_metric(
+    tmp_path: Path, write_study: Any, study_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    path = write_study(n_trials=4, body="[training]\nsteps = 3\n")
+    assert main(["run", str(path), "--storage", url, "--workers", "1"]) == 0
+    export = tmp_path / "best.json"
+    assert main(["export", "--study", study_name, "--storage", url, "-o", str(export)]) == 0
+    capsys.readouterr()
+    best = optuna.load_study(study_name=study_name, storage=url).best_trial
+
+    result = _train(export, tmp_path / "model", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "epoch 3 loss " in result.stderr  # the objective reported 3 steps; no epoch count
+    assert f"loss {best.value!r} (trial {best.number}: {best.value!r}, equal)" in result.stdout
+    assert "only its metric is reported" in result.stdout
+    assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("absent.yaml", None, "Cannot read exported file"),
+        ("broken.yaml", "objective: [unclosed\n", "Cannot parse exported file"),
+        ("broken.toml", "objective = \n", "Cannot parse exported file"),
+        ("list.json", "[1, 2]\n", "holds a list, not a table of keys"),
+        ("nokey.yaml", "objective: digits-mlp\nparams: {}\n", "has no 'training' key"),
+        (
+            "badtype.yaml",
+            "objective: digits-mlp\nparams: 3\ntraining: {}\nmetric: val_accuracy\n",
+            "'params' is a int",
+        ),
+        (
+            "unknown.yaml",
+            "objective: nosuch-objective\nparams: {}\ntraining: {}\nmetric: m\n",
+            "Unknown objective 'nosuch-objective'",
+        ),
+    ],
+)
+def test_a_bad_export_file_is_one_line_and_exit_2(
+    tmp_path: Path, name: str, text: str | None, expected: str
+) -> None:
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(textwrap.dedent(text))
+    result = _train(path, tmp_path / "model", tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("hpsearch: error: ") and result.stderr.count("\n") == 1
+    assert expected in result.stderr, result.stderr
+    assert not (tmp_path / "model").exists()
