@@ -8,22 +8,13 @@ import signal
 import sys
 from types import FrameType
 
+from search._argtypes import positive_int
 from search._errors import HpsearchError
 from search._proxy import serve_proxy
 from storage import StorageError, is_proxy_url, redact_url, resolve_storage_url
 from storage._doctor import check_storage, failures, upgrade_schema
 from storage._proxy import DEFAULT_PROXY_THREADS
 from storage._url import DEFAULT_PROXY_PORT
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
 
 
 def _stop_on_sigterm() -> None:
@@ -94,10 +85,10 @@ def add_deploy_commands(
     proxy.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default localhost; 0.0.0.0: all)"
     )
-    proxy.add_argument("--port", type=_count, default=DEFAULT_PROXY_PORT)
+    proxy.add_argument("--port", type=positive_int, default=DEFAULT_PROXY_PORT)
     proxy.add_argument(
         "--threads",
-        type=_count,
+        type=positive_int,
         default=DEFAULT_PROXY_THREADS,
         help=f"serving threads, one database connection each (default {DEFAULT_PROXY_THREADS})",
     )
@@ -110,9 +101,11 @@ def add_deploy_commands(
     check = actions.add_parser("check", help=check_help, description=check_help)
     check.add_argument("--storage", help=storage_help)
     check.add_argument(
-        "--workers", type=_count, default=1, help="worker processes in all (default 1)"
+        "--workers", type=positive_int, default=1, help="worker processes in all (default 1)"
     )
-    check.add_argument("--nodes", type=_count, default=1, help="machines they run on (default 1)")
+    check.add_argument(
+        "--nodes", type=positive_int, default=1, help="machines they run on (default 1)"
+    )
     check.add_argument("--json", action="store_true", help="print the checks as JSON")
     check.set_defaults(handler=cmd_db_check)
     upgrade_help = "upgrade Optuna's schema to this optuna version (back up the database first)"

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import optuna
 
 from objectives import ObjectiveError
+from search._argtypes import positive_float, positive_int
 from search._deploy_cli import add_deploy_commands
 from search._devices import WorkerDevices, assign_devices, parse_gpus
 from search._errors import HpsearchError
@@ -31,26 +32,6 @@ from search._stop import install_parent_handlers
 from search._study import create_study, load_study, study_summaries
 from search._worker import available_cores, reap_stale_trials, start_workers
 from storage import DEFAULT_STORAGE_URL, ENV_VAR, StorageError, redact_url, resolve_storage_url
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {value}")
-    return value
 
 
 def _run_local_workers(
@@ -308,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--gpus-per-trial",
             "--devices-per-trial",
             dest="devices_per_trial",
-            type=_positive_int,
+            type=positive_int,
             help="devices (DDP ranks) per trial; one worker process per group "
             "(default [resources].devices_per_trial)",
         )
@@ -321,9 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = add("run", "create or resume a study and run local workers until its budget is used")
     run.add_argument("study_file", help="study file (TOML)")
     run.add_argument(
-        "--workers", type=_positive_int, help="worker processes (default [resources].workers)"
+        "--workers", type=positive_int, help="worker processes (default [resources].workers)"
     )
-    run.add_argument("--timeout", type=_positive_float, help="seconds after which no trial starts")
+    run.add_argument("--timeout", type=positive_float, help="seconds after which no trial starts")
     add_device_options(run)
     run.set_defaults(handler=cmd_run)
 
@@ -335,11 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--study", required=True, help="study name")
     worker.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         help="worker processes (default: one per GPU group, else 1)",
     )
     worker.add_argument(
-        "--timeout", type=_positive_float, help="seconds after which no trial starts"
+        "--timeout", type=positive_float, help="seconds after which no trial starts"
     )
     add_device_options(worker)
     worker.add_argument(
@@ -358,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--watch", action="store_true", help="refresh until interrupted")
     status.add_argument(
-        "--interval", type=_positive_float, default=5.0, help="seconds between refreshes"
+        "--interval", type=positive_float, default=5.0, help="seconds between refreshes"
     )
     status.set_defaults(handler=cmd_status)
 
@@ -371,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--output", "-o", help="file to write (default: standard output)")
     export.add_argument(
-        "--top", type=_positive_int, metavar="K", help="also list the K best trials (as `top`)"
+        "--top", type=positive_int, metavar="K", help="also list the K best trials (as `top`)"
     )
     export.set_defaults(handler=cmd_export)
 
@@ -382,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default localhost only)"
     )
-    dashboard.add_argument("--port", type=_positive_int, default=8080)
+    dashboard.add_argument("--port", type=positive_int, default=8080)
     dashboard.add_argument(
         "--artifacts",
         metavar="DIR",

@@ -7,12 +7,17 @@ exactly what they created and several sessions can run side by side.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import sys
 import textwrap
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy
@@ -158,3 +163,22 @@ def hpsearch_command() -> list[str]:
     """The installed ``hpsearch`` entry point, run as a user would."""
     script = Path(sys.executable).parent / "hpsearch"
     return [str(script)] if script.exists() else [sys.executable, "-m", "search.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def get_json(url: str, timeout: float = 60.0) -> Any:
+    """GET a JSON document, waiting up to ``timeout`` for a server that is still starting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return json.loads(response.read())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)

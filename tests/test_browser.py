@@ -7,13 +7,9 @@ not reach anything but the dashboard: every other request is refused and counted
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import socket
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +18,7 @@ import pytest
 
 from search import create_study, load_spec_file, start_workers
 
-from .conftest import hpsearch_command
+from .conftest import free_port, get_json, hpsearch_command
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -36,24 +32,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 N_TRIALS = 5
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _get_json(url: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return json.loads(response.read())
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
 
 
 def _require_browser() -> None:
@@ -80,7 +58,7 @@ def test_study_page_shows_trial_count_and_best_value(
         process.join(timeout=300)
     best = optuna.load_study(study_name=study_name, storage=postgres_url).best_trial
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [*hpsearch_command(), "dashboard", "--storage", postgres_url, "--port", str(port)],
         stdout=subprocess.DEVNULL,
@@ -98,7 +76,7 @@ def test_study_page_shows_trial_count_and_best_value(
             route.abort()
 
     try:
-        summaries = _get_json(f"{base}/api/studies")["study_summaries"]
+        summaries = get_json(f"{base}/api/studies")["study_summaries"]
         (study_id,) = [s["study_id"] for s in summaries if s["study_name"] == study_name]
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

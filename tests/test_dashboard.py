@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -17,25 +14,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
 from search import create_study, load_spec_file, start_workers
 
-from .conftest import hpsearch_command
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _get_json(url: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return json.loads(response.read())
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
+from .conftest import free_port, get_json, hpsearch_command
 
 
 @pytest.fixture
@@ -53,7 +32,7 @@ def pg_study(postgres_url: str, write_study: Any) -> str:
 def test_dashboard_api_lists_the_study(
     launcher: str, pg_study: str, postgres_url: str, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     if launcher == "optuna-dashboard":
         command = [
             str(Path(sys.executable).parent / "optuna-dashboard"),
@@ -69,10 +48,10 @@ def test_dashboard_api_lists_the_study(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path
     )
     try:
-        summaries = _get_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]
+        summaries = get_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]
         ours = [s for s in summaries if s["study_name"] == pg_study]
         assert len(ours) == 1
-        detail = _get_json(f"http://127.0.0.1:{port}/api/studies/{ours[0]['study_id']}")
+        detail = get_json(f"http://127.0.0.1:{port}/api/studies/{ours[0]['study_id']}")
         assert len([t for t in detail["trials"] if t["state"] == "Complete"]) == 4
         # The dashboard names the objectives from the study's metric names.
         assert detail["objective_names"] == ["loss"]
@@ -98,7 +77,7 @@ def test_dashboard_serves_the_artifact_store(
         file_path=str(model),
         study_or_trial=study,
     )
-    port = _free_port()
+    port = free_port()
     command = [
         *hpsearch_command(),
         "dashboard",
@@ -113,7 +92,7 @@ def test_dashboard_serves_the_artifact_store(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path
     )
     try:
-        assert _get_json(f"http://127.0.0.1:{port}/api/meta")["artifact_is_available"] is True
+        assert get_json(f"http://127.0.0.1:{port}/api/meta")["artifact_is_available"] is True
         url = f"http://127.0.0.1:{port}/artifacts/{study._study_id}/{artifact_id}"
         with urllib.request.urlopen(url, timeout=10) as response:
             assert response.read() == b"weights of the best model"

@@ -18,14 +18,8 @@ from search._budget import SLOT, claim_slot
 from search._study import load_study
 from storage import ProxyStorage
 
-from .conftest import hpsearch_command
+from .conftest import free_port, hpsearch_command
 from .test_workers import assert_exact_budget
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _create(path: Path, url: str) -> str:
@@ -44,7 +38,7 @@ def proxy(postgres_url: str, write_study: Any, tmp_path: Path, study_name: str) 
     """A real `hpsearch proxy` process on a free port; yields its grpc:// URL."""
     # The schema must exist before the proxy starts: `hpsearch create` is what makes it.
     _create(write_study(name=f"{study_name}-first", filename="first.toml"), postgres_url)
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "proxy.log").open("w")
     process = subprocess.Popen(
         [*hpsearch_command(), "proxy", "--storage", postgres_url, "--port", str(port)],
