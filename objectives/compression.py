@@ -290,7 +290,11 @@ def _compact(value: Any) -> Any:
 
 def serialize(model: nn.Module) -> bytes:
     """The model's state_dict as ``torch.save`` writes it; ``size_bytes`` is its length."""
-    state = {key: _compact(value) for key, value in model.state_dict().items()}
+    # Changed in place: the state_dict's _metadata (module versions) must travel with it, or
+    # int8 layers load as their old format and fail.
+    state = model.state_dict()
+    for key, value in state.items():
+        state[key] = _compact(value)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.getvalue()

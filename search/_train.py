@@ -192,9 +192,8 @@ def train_from_export(path: str, output: str, *, stream: TextIO = sys.stderr) ->
             values = _as_values(function(trial, params), metrics)
         return TrainOutcome(metrics, values, _exported_values(document), trial.number, None)
 
-    import torch
-
     from objectives.builtin import train_builtin
+    from objectives.compression import serialize
 
     with _one_line_failures(path):
         measurements, model = train_builtin(trial, params, objective=objective)
@@ -202,7 +201,10 @@ def train_from_export(path: str, output: str, *, stream: TextIO = sys.stderr) ->
     os.makedirs(output, exist_ok=True)
     model_path = os.path.join(output, "model.pt")
     partial = f"{model_path}.partial"
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, partial)
+    # The bytes `size_bytes` measured: sparse weights stay compact, int8 layers stay packed
+    # (`objectives.compression.load_serialized` reads them back into the compressed model).
+    with open(partial, "wb") as handle:
+        handle.write(serialize(model.to("cpu")))
     os.replace(partial, model_path)
     config = {
         "objective": objective,

@@ -158,3 +158,43 @@ def test_a_bad_export_file_is_one_line_and_exit_2(
     assert result.stderr.startswith("hpsearch: error: ") and result.stderr.count("\n") == 1
     assert expected in result.stderr, result.stderr
     assert not (tmp_path / "model").exists()
+
+
+def test_retraining_a_compressed_export_saves_the_compressed_model(tmp_path: Path) -> None:
+    """The export's compression recipe is reproduced: pruned and int8 layers, saved as measured."""
+    export = tmp_path / "compressed.json"
+    export.write_text(
+        json.dumps(
+            {
+                "study": "by-hand",
+                "objective": "digits-mlp",
+                "metric": "val_accuracy",
+                "value": 0.0,
+                "trial": 0,
+                "params": {"lr": 0.01, "prune_amount": 0.5, "quantize": "dynamic-int8"},
+                "training": {"epochs": 2, "width": 64, "device": "cpu", "seed": 3},
+            }
+        )
+    )
+    result = _train(export, tmp_path / "model", tmp_path)
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    blob = (tmp_path / "model" / "model.pt").read_bytes()
+    assert len(blob) == config["measurements"]["size_bytes"]
+
+    from objectives.compression import load_serialized
+    from objectives.trainer import evaluate
+
+    # The bytes load back into the compressed architecture and score what was measured.
+    rebuilt, data = _compressed_architecture(config["options"])
+    load_serialized(rebuilt, blob)
+    assert evaluate(rebuilt, data.x_val, data.y_val) == config["measurements"]["val_accuracy"]
+
+
+def _compressed_architecture(options: dict[str, object]) -> tuple[torch.nn.Module, object]:
+    from objectives.builtin import build_model
+    from objectives.datasets import load_dataset
+
+    data = load_dataset("digits", val_fraction=float(options["val_fraction"]))  # type: ignore[arg-type]
+    model = build_model("mlp", data, options)
+    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8), data
