@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import math
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -266,17 +267,28 @@ class _Loop:
             "config": _identity(self.cfg),  # the config that produced it
             "shapes": _shapes(self.model),
         }
-        os.makedirs(os.path.dirname(os.path.abspath(self.cfg.checkpoint)), exist_ok=True)
-        partial = f"{self.cfg.checkpoint}.partial"
-        torch.save(state, partial)
-        os.replace(partial, self.cfg.checkpoint)
+        folder = os.path.dirname(os.path.abspath(self.cfg.checkpoint))
+        os.makedirs(folder, exist_ok=True)
+        # A unique temporary name: a trial taken over elsewhere may still be writing here.
+        handle, partial = tempfile.mkstemp(dir=folder, prefix="checkpoint-", suffix=".partial")
+        os.close(handle)
+        try:
+            torch.save(state, partial)
+            os.replace(partial, self.cfg.checkpoint)
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
 
     def _restore(self) -> int:
         """The epoch to start from: 0, or the one after the last checkpointed epoch."""
         path = self.cfg.checkpoint
         if not path or not os.path.exists(path):
             return 0
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as err:  # a torn or foreign file: training from scratch is still right
+            log.warning("checkpoint %s is unreadable (%s); starting over", path, err)
+            return 0
         if state.get("config") != _identity(self.cfg) or state.get("shapes") != _shapes(self.model):
             log.warning("checkpoint %s was made with another configuration; starting over", path)
             return 0

@@ -47,9 +47,9 @@ def refill(study: optuna.Study, claimed: FrozenTrial, n_trials: int) -> None:
     if not next_range:
         return
     start, stop = next_range
-    if any(t.system_attrs.get(SLOT) == start for t in study.get_trials(deepcopy=False)):
-        return  # a previous holder of this duty enqueued it before it died
-    enqueue_slots(study, range(start, stop), n_trials)
+    # A previous holder of this duty may have died half-way through the batch.
+    existing = {t.system_attrs.get(SLOT) for t in study.get_trials(deepcopy=False)}
+    enqueue_slots(study, [s for s in range(start, stop) if s not in existing], n_trials)
 
 
 def claim_slot(study: optuna.Study) -> int | None:

@@ -265,6 +265,8 @@ def write_atomically(path: str, text: str) -> None:
         raise HpsearchError(
             f"Cannot write {path!r}: folder {folder!r} does not exist; create it first."
         )
+    if os.path.isdir(path):
+        raise HpsearchError(f"Cannot write {path!r}: it is a folder; name a file to write.")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".hpsearch-export-")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import multiprocessing
 import os
+import signal
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,10 @@ def _free_port() -> int:
 
 def _init(args: GroupArgs, rank: int) -> None:
     torch.set_num_threads(args.threads)
+    if args.backend == "nccl":
+        # NCCL collectives run on the current device: each rank must own its GPU before the
+        # first broadcast, or every rank would use cuda:0.
+        torch.cuda.set_device(rank)
     dist.init_process_group(
         args.backend,
         init_method=args.init_method,
@@ -66,6 +71,10 @@ def _receive() -> Any:
 def follower_main(rank: int, args: GroupArgs) -> None:
     """A follower rank: run the objective for each trial rank 0 announces, until told to stop."""
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s [rank {rank}] %(message)s")
+    # Stop signals are rank 0's to handle (it hands the trial back, then ends this group);
+    # a follower dying first would only turn the stop into a failed collective.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
     _init(args, rank)
     objective = load_objective(args.objective)
     try:
@@ -132,7 +141,7 @@ class RankGroup:
         for process in self.followers:
             process.join(timeout=10 if self.in_step else 0)
             if process.is_alive():
-                process.terminate()
+                process.kill()  # followers ignore SIGTERM
                 process.join()
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -150,6 +150,13 @@ def _one_line_failures(path: str) -> Iterator[None]:
         ) from None
     except ValueError as err:  # the trainer's checks of a configuration
         raise HpsearchError(f"Training from {path!r} refused its configuration: {err}.") from None
+    except RuntimeError as err:
+        if type(err).__name__ != "NonFiniteLoss":  # on_nonfinite = "fail"
+            raise
+        raise HpsearchError(
+            f"Training from {path!r} stopped: {err}; the trial itself ended the same way, or "
+            "this hardware differs from the trial's."
+        ) from None
 
 
 def train_from_export(path: str, output: str, *, stream: TextIO = sys.stderr) -> TrainOutcome:
@@ -198,7 +205,12 @@ def train_from_export(path: str, output: str, *, stream: TextIO = sys.stderr) ->
     with _one_line_failures(path):
         measurements, model = train_builtin(trial, params, objective=objective)
         values = _as_values(measurements, metrics)
-    os.makedirs(output, exist_ok=True)
+    try:
+        os.makedirs(output, exist_ok=True)
+    except OSError as err:
+        raise HpsearchError(
+            f"Cannot use --output {output!r}: {err.strerror}; name a folder that can be created."
+        ) from None
     model_path = os.path.join(output, "model.pt")
     partial = f"{model_path}.partial"
     # The bytes `size_bytes` measured: sparse weights stay compact, int8 layers stay packed

@@ -154,25 +154,40 @@ def run_trial(
             state = TrialState.COMPLETE
         except optuna.TrialPruned:
             state = TrialState.PRUNED
-        except Exception as err:  # one bad trial never kills the worker
-            _record_error(study, trial_id, err)
-            log.warning(
-                "trial %d failed: %s: %s\n%s",
-                trial.number,
-                type(err).__name__,
-                err,
-                "".join(
-                    traceback.format_exception(type(err), err, err.__traceback__)[-6:]
-                ).rstrip(),
-            )
-        except BaseException:
-            # Interrupted (a stop signal, Ctrl-C): hand the trial back to the queue, unused; its
-            # retry resumes from the last checkpoint with the values reported so far.
-            frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            retry = loaded.storage.get_heartbeat_stale_trial_callback()
-            if retry is not None:
-                retry(study, frozen)
+        except StorageError:
+            # The database stayed away: not the objective's fault. The worker stops; the trial
+            # is reaped after its grace period and retried, uncounted.
             raise
+        except BaseException as err:
+            if study._storage.get_trial(trial_id).state.is_finished():
+                # Failed and re-queued elsewhere while this worker could not reach the database.
+                log.warning("trial %d was taken over by another worker; dropping it", trial.number)
+                if isinstance(err, Exception):
+                    return TrialState.FAIL
+                raise
+            if isinstance(err, Exception) and not interrupt.STOP.is_set():
+                # One bad trial never kills the worker.
+                _record_error(study, trial_id, err)
+                log.warning(
+                    "trial %d failed: %s: %s\n%s",
+                    trial.number,
+                    type(err).__name__,
+                    err,
+                    "".join(
+                        traceback.format_exception(type(err), err, err.__traceback__)[-6:]
+                    ).rstrip(),
+                )
+            else:
+                # Interrupted (a stop signal, Ctrl-C, or a DDP rank ended by the same signal):
+                # hand the trial back to the queue, unused; its retry resumes from the last
+                # checkpoint with the values reported so far.
+                frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                retry = loaded.storage.get_heartbeat_stale_trial_callback()
+                if retry is not None:
+                    retry(study, frozen)
+                if isinstance(err, Exception):
+                    raise interrupt.TrialInterrupted("stop requested") from err
+                raise
         frozen = study.tell(trial, values=values, state=state, skip_if_finished=True)
     tidy(study, frozen, spec.resources["keep_checkpoints"])
     if log_trials:
@@ -338,16 +353,28 @@ def start_workers(
             seed_offset=base + 7919 * devices.index,
             log_trials=log_trials,
             devices_per_trial=devices.ranks,
-            devices=devices.cuda_visible_devices or "cpu",
+            devices=_visible(devices) or "cpu",
         )
         process = context.Process(
             target=worker_main, args=(args,), name=f"hpsearch-worker-{devices.index}"
         )
         # A spawned child reads CUDA_VISIBLE_DEVICES from the environment it starts with.
-        with _environment("CUDA_VISIBLE_DEVICES", devices.cuda_visible_devices):
+        with _environment("CUDA_VISIBLE_DEVICES", _visible(devices)):
             process.start()
         processes.append(process)
     return processes
+
+
+def _visible(devices: WorkerDevices) -> str | None:
+    """The worker's CUDA_VISIBLE_DEVICES. GPU ids are indices as this process sees them: under
+    a CUDA_VISIBLE_DEVICES of its own (a scheduler's allocation), they map through it."""
+    if not devices.gpus:
+        return None
+    inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not inherited:
+        return devices.cuda_visible_devices
+    allocation = [part.strip() for part in inherited.split(",") if part.strip()]
+    return ",".join(allocation[gpu] for gpu in devices.gpus if gpu < len(allocation))
 
 
 @contextlib.contextmanager

@@ -67,7 +67,8 @@ def _run_local_workers(
         process.join()
     progress.show(progress_line(loaded.study, loaded.spec, started), force=True)
     progress.close()
-    return max(p.exitcode or 0 for p in processes)
+    # A negative exit code is a worker killed by a signal (e.g. the kernel's OOM killer).
+    return max(1 if (p.exitcode or 0) < 0 else (p.exitcode or 0) for p in processes)
 
 
 def _assignments(

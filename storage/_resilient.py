@@ -13,10 +13,13 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy.exc
+import sqlalchemy.orm
+from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
 from storage._errors import StorageError
@@ -54,17 +57,20 @@ _RETRIED = (
     "_get_trials",
     "get_best_trial",
     "record_heartbeat",
-    "_get_stale_trial_ids",
 )
 
 T = TypeVar("T")
+
+
+# OperationalErrors that waiting does not cure: raised at once.
+_PERMANENT = ("no such table", "doesn't exist", 'relation "', "disk is full", "disk full")
 
 
 def is_connection_error(err: BaseException) -> bool:
     seen: BaseException | None = err
     while seen is not None:
         if isinstance(seen, _CONNECTION_ERRORS):
-            return True
+            return not any(marker in str(seen).lower() for marker in _PERMANENT)
         seen = seen.__cause__ or seen.__context__
     return False
 
@@ -124,6 +130,33 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                 raise
 
         return self._retry(call, "set_trial_state_values")
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's stale trials, plus RUNNING trials that never wrote a heartbeat.
+
+        Optuna skips a trial without a heartbeat row, so a worker killed between claiming a
+        trial and its first heartbeat would leave it RUNNING forever, and the study unfinished.
+        """
+        return self._retry(lambda: self._stale_trial_ids(study_id), "_get_stale_trial_ids")
+
+    def _stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = set(super()._get_stale_trial_ids(study_id))
+        grace = timedelta(seconds=self.grace_period or 2 * (self.heartbeat_interval or 60))
+        # datetime_start is written with the claiming worker's clock, as this comparison is.
+        oldest = datetime.now() - grace
+        with self.scoped_session() as session:
+            rows = (
+                session.query(models.TrialModel)
+                .options(sqlalchemy.orm.selectinload(models.TrialModel.heartbeats))
+                .filter(models.TrialModel.study_id == study_id)
+                .filter(models.TrialModel.state == TrialState.RUNNING)
+                .all()
+            )
+            for trial in rows:
+                if not trial.heartbeats and trial.datetime_start and trial.datetime_start < oldest:
+                    stale.add(int(trial.trial_id))
+        self.scoped_session.remove()
+        return sorted(stale)
 
 
 def _retrying(name: str) -> Callable[..., Any]:
