@@ -24,6 +24,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from objectives import BUILTIN_OBJECTIVES
+from search._constraints import is_feasible
 from search._errors import HpsearchError
 from search._spec import StudySpec
 
@@ -179,7 +180,10 @@ def top_trials(study: optuna.Study, spec: StudySpec, k: int) -> list[FrozenTrial
         )
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
-    ranked = sorted(complete, key=lambda t: (sign * float(t.values[0]), t.number))
+    # Feasible trials first (as best_trial chooses), each group best first.
+    ranked = sorted(
+        complete, key=lambda t: (not is_feasible(t), sign * float(t.values[0]), t.number)
+    )
     return ranked[:k]
 
 

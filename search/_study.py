@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 
 from search._budget import enqueue_first_batch
+from search._constraints import is_feasible
 from search._errors import HpsearchError
 from search._note import save_spec_note
 from search._samplers import build_pruner, build_sampler
@@ -163,7 +164,12 @@ def study_summaries(url: str) -> list[dict[str, Any]]:
             state = budget_state(trials, n_trials)
             best: Any = None
             if len(frozen.directions) == 1:
-                done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+                # Among feasible trials, as Optuna's best_trial chooses.
+                done = [
+                    t
+                    for t in trials
+                    if t.state == optuna.trial.TrialState.COMPLETE and is_feasible(t)
+                ]
                 if done:
                     pick = (
                         max if frozen.directions[0] == optuna.study.StudyDirection.MAXIMIZE else min

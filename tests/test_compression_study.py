@@ -158,6 +158,32 @@ def test_constraint_marks_infeasible_trials_and_the_best_is_feasible(
     assert document["trial"] == best.number
     assert document["measurements"]["size_bytes"] <= 20_000
     assert document["constraints"] == {"size_bytes": {"max": 20_000}}
+    # --top ranks the feasible trials first, and `hpsearch studies` shows a feasible best.
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "export",
+                "--study",
+                "compress-constrained",
+                "--storage",
+                url,
+                "--top",
+                "4",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
+    top = json.loads(capsys.readouterr().out)["top"]
+    assert [entry["trial"] for entry in top[:2]] == [
+        t.number for t in sorted(feasible, key=lambda t: (-t.value, t.number))
+    ]
+    from search import study_summaries
+
+    (row,) = study_summaries(url)
+    assert row["best_value"] == best.value
 
 
 def test_constraints_nobody_meets_leave_export_with_a_clear_error(
