@@ -29,6 +29,10 @@ from pathlib import Path
 import optuna
 import sqlalchemy
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.pg_soak import fresh_database
+
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE = "hpsearch_bench_proxy"
 STUDY = """
@@ -60,16 +64,6 @@ high = 10.0
 
 def _hpsearch() -> list[str]:
     return [str(Path(sys.executable).parent / "hpsearch")]
-
-
-def _fresh_database(admin_url: str) -> str:
-    url = sqlalchemy.make_url(admin_url)
-    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        connection.exec_driver_sql(f"CREATE DATABASE {DATABASE}")
-    engine.dispose()
-    return url.set(database=DATABASE).render_as_string(hide_password=False)
 
 
 class ConnectionSampler:
@@ -138,7 +132,7 @@ def main() -> None:
     parser.add_argument("--output", help="also write the JSON here")
     args = parser.parse_args()
 
-    db_url = _fresh_database(args.admin_url)
+    db_url = fresh_database(args.admin_url, DATABASE)
     workdir = Path(tempfile.mkdtemp(prefix="hpsearch-bench-proxy-"))
     shutil.copy(ROOT / "examples" / "quadratic.py", workdir / "quadratic.py")
     # The proxy needs the schema: the first study creates it.

@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 SLOT = "hpsearch:slot"
 REFILL = "hpsearch:refill"
 ERROR = "error"  # user attribute set when the objective raised; such a trial used its slot
+CHECKPOINT = "checkpoint"  # user attribute: the trial's checkpoint file
 BATCH = 64
 
 

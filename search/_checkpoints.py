@@ -18,12 +18,12 @@ import optuna
 import optuna.artifacts
 from optuna.trial import FrozenTrial, TrialState
 
+from search._budget import CHECKPOINT as ATTR
 from search._budget import ERROR
 from search._export import best_trials
 from search._spec import StudySpec
 
 log = logging.getLogger("hpsearch.checkpoints")
-ATTR = "checkpoint"
 
 
 def checkpoint_path(spec: StudySpec, slot: int, study_uid: str) -> str:

@@ -24,13 +24,13 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from objectives import BUILTIN_OBJECTIVES
+from search._budget import CHECKPOINT
 from search._constraints import is_feasible
 from search._errors import HpsearchError
 from search._spec import StudySpec
 
 FORMATS = ("yaml", "json", "toml")  # documents: the best trial and how to retrain it
 EXPORT_FORMATS = (*FORMATS, "csv")  # csv: every trial, one row each, for pandas
-CHECKPOINT_ATTR = "checkpoint"  # trial user attribute set by the checkpointing feature
 
 
 def best_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -83,7 +83,7 @@ def export_document(
         "direction": spec.directions[0] if single else spec.directions,
         "seed": training_seed(spec, params),
         "batch": best.user_attrs.get("batch"),
-        "checkpoint": best.user_attrs.get(CHECKPOINT_ATTR),
+        "checkpoint": best.user_attrs.get(CHECKPOINT),
         "versions": package_versions(),
         "revision": git_revision(),
         "retrain": retrain_command(output),
@@ -193,7 +193,7 @@ def _trial_entry(trial: FrozenTrial) -> dict[str, Any]:
         "value": trial.values[0],
         "params": dict(trial.params),
         "batch": trial.user_attrs.get("batch"),
-        "checkpoint": trial.user_attrs.get(CHECKPOINT_ATTR),
+        "checkpoint": trial.user_attrs.get(CHECKPOINT),
     }
 
 

@@ -28,8 +28,7 @@ import optuna
 from optuna.trial import TrialState
 
 from objectives import Objective, ObjectiveError, interrupt, load_objective
-from search._budget import ERROR, SLOT, budget_state, claim_slot, refill
-from search._checkpoints import ATTR as CHECKPOINT
+from search._budget import CHECKPOINT, ERROR, SLOT, budget_state, claim_slot, refill
 from search._checkpoints import checkpoint_path, tidy
 from search._constraints import apply_constraints, measurements
 from search._devices import WorkerDevices, assign_devices

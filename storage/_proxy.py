@@ -26,6 +26,7 @@ from storage._rdb import (
     _engine_kwargs,
     _serialize_sqlite_transactions,
     open_storage,
+    retry_callback,
     translate_errors,
 )
 from storage._resilient import ResilientRDBStorage
@@ -75,14 +76,7 @@ class ProxyStorage(GrpcStorageProxy):
         self,
     ) -> Callable[[optuna.Study, FrozenTrial], None]:
         # Used when a worker is interrupted: its trial is re-queued at once, as with RDBStorage.
-        return _retry_callback(self._settings)
-
-
-def _retry_callback(settings: StorageSettings) -> optuna.storages.RetryHeartbeatStaleTrialCallback:
-    # As in open_storage: the retry keeps the dead trial's reported values (its checkpoint resumes).
-    return optuna.storages.RetryHeartbeatStaleTrialCallback(
-        max_retry=settings.max_retry, inherit_intermediate_values=True
-    )
+        return retry_callback(self._settings)
 
 
 class _HeartbeatRelayStorage(ResilientRDBStorage):
@@ -112,7 +106,7 @@ def open_proxy_backend(
             engine_kwargs=engine_kwargs,
             heartbeat_interval=settings.heartbeat_interval,
             grace_period=settings.grace_period,
-            heartbeat_stale_trial_callback=_retry_callback(settings),
+            heartbeat_stale_trial_callback=retry_callback(settings),
             skip_table_creation=True,
         )
     backend.outage_timeout = settings.outage_timeout

@@ -63,6 +63,14 @@ def _check_sqlite_path(url: str) -> None:
             )
 
 
+def retry_callback(settings: StorageSettings) -> optuna.storages.RetryHeartbeatStaleTrialCallback:
+    """Re-queue a dead worker's trial; the retry keeps its reported values (its checkpoint
+    resumes training)."""
+    return optuna.storages.RetryHeartbeatStaleTrialCallback(
+        max_retry=settings.max_retry, inherit_intermediate_values=True
+    )
+
+
 def open_storage(
     url: str,
     *,
@@ -91,10 +99,7 @@ def open_storage(
             engine_kwargs=_engine_kwargs(url, settings),
             heartbeat_interval=settings.heartbeat_interval,
             grace_period=settings.grace_period,
-            # The retry keeps the dead trial's reported values; its checkpoint resumes training.
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=settings.max_retry, inherit_intermediate_values=True
-            ),
+            heartbeat_stale_trial_callback=retry_callback(settings),
             skip_table_creation=not create_tables,
         )
     storage.outage_timeout = settings.outage_timeout
