@@ -269,12 +269,15 @@ def test_postgres_restart_while_workers_run(
     assert len(before) >= 6
     cluster = sorted(os.listdir("/etc/postgresql"))[0]
     try:
+        # Down for a few seconds, longer than a trial: a quick restart can fall between two
+        # storage calls, and the pool's pre-ping would reconnect without an outage to ride out.
         subprocess.run(
-            ["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "restart"],
+            ["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "stop"],
             check=True,
             capture_output=True,
             timeout=120,
         )
+        time.sleep(4)
     finally:  # leave the server running whatever happens
         subprocess.run(
             ["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "start"],
