@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -31,6 +30,8 @@ from objectives.schedules import ScheduleConfig, make_schedule
 log = logging.getLogger(__name__)
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
+# How often (optimizer steps) the loss is checked for NaN/inf: each check is a host sync.
+FINITE_CHECK_STEPS = 32
 
 
 class TrialLike(Protocol):
@@ -176,6 +177,7 @@ class _Loop:
             maximize=cfg.maximize,
         )
         self.result = TrainResult(metric=float("nan"), plan=self.plan)
+        self._recent_losses: list[torch.Tensor] = []  # since the last NaN/inf check
         # The same generator on every rank: all ranks agree on each step's batch.
         self.generator = torch.Generator().manual_seed(cfg.seed)
         trial.set_user_attr("batch", self.plan.as_dict())
@@ -240,17 +242,27 @@ class _Loop:
                 self.trial.set_user_attr("batch", self.plan.as_dict())
                 self.trial.set_user_attr("oom_fallbacks", self.result.oom_fallbacks)
 
-    def _check_finite(self, loss: torch.Tensor, epoch: int) -> None:
-        if self.world == 1:
-            value = float(loss)  # one host sync per optimizer step
-            if not math.isfinite(value):
-                raise NonFiniteLoss(f"loss became {value} at epoch {epoch}")
+    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        """Raise NonFiniteLoss once a loss since the last check was NaN or infinite.
+
+        The losses are checked every FINITE_CHECK_STEPS optimizer steps and at the end of each
+        epoch, not every step: reading a GPU value forces a host sync, which would drain the
+        queue of kernels every step (under DDP the decision is an all-reduce, taken together).
+        """
+        self._recent_losses.append(loss)
+        if step != self.steps_per_epoch - 1 and len(self._recent_losses) < FINITE_CHECK_STEPS:
             return
-        finite = torch.isfinite(loss).to(torch.int32)
-        # Every rank decides together, or one would wait in the next all-reduce alone.
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if not bool(finite):
-            raise NonFiniteLoss(f"loss became {loss.item()} at epoch {epoch} on some rank")
+        losses, self._recent_losses = torch.stack(self._recent_losses), []
+        flag = (~torch.isfinite(losses)).any().to(torch.int32)
+        if self.world > 1:
+            # Every rank decides together, or one would wait in the next all-reduce alone.
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if bool(flag):
+            where = "" if self.world == 1 else " on some rank"
+            raise NonFiniteLoss(
+                f"loss became NaN or infinite by step {step} of epoch {epoch}{where} "
+                f"(last loss {loss.item()})"
+            )
 
     def _save(self, next_epoch: int) -> None:
         """Everything needed to continue exactly where this epoch ended, written atomically."""
@@ -319,7 +331,7 @@ class _Loop:
                 batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
                 shard = batch[self.rank * per_device : (self.rank + 1) * per_device]
                 loss = self._step(epoch, step, shard)
-                self._check_finite(loss, epoch)
+                self._check_finite(loss, epoch, step)
                 if self.scaler:
                     self.scaler.step(self.optimizer)
                     self.scaler.update()

@@ -164,8 +164,13 @@ def describe_driver_error(url: str, err: BaseException) -> str:
         text = text.replace(str(password), "***")
     lowered = text.lower()
     first_line = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-    if isinstance(err, (sqlalchemy.exc.NoSuchModuleError, ModuleNotFoundError, ImportError)):
+    if isinstance(err, sqlalchemy.exc.NoSuchModuleError):
         return f"Unknown or missing database driver in storage URL {where}; supported: {SUPPORTED}."
+    if isinstance(err, ImportError):  # the driver, or something Optuna's storage needs, is broken
+        return (
+            f"Unknown or missing database driver in storage URL {where} ({first_line}); "
+            f"supported: {SUPPORTED}; reinstall hpsearch's dependencies."
+        )
     if "password authentication failed" in lowered or "access denied" in lowered:
         return (
             f"The database refused the credentials in {where} ({first_line}); "
