@@ -52,7 +52,7 @@ for name in ("digits-mlp", "cifar10-vgg"):
     trials = optuna.load_study(study_name=name, storage=url).get_trials()
     summary[name] = {
         "states": {s: sum(t.state.name == s for t in trials) for s in {t.state.name for t in trials}},
-        "devices": sorted({str(t.user_attrs.get("devices")) for t in trials}),
+        "devices": sorted({str(t.user_attrs.get("worker", {}).get("devices")) for t in trials}),
         "batch": sorted({json.dumps(t.user_attrs.get("batch")) for t in trials}),
         "median_trial_seconds": sorted(
             (t.datetime_complete - t.datetime_start).total_seconds() for t in trials

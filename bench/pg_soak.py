@@ -137,7 +137,7 @@ def main() -> int:
         "exact_budget": len(trials) == args.trials and all(t.state.is_finished() for t in trials),
         "storage_error_lines": sum(1 for line in log.splitlines() if STORAGE_ERROR.search(line)),
         "failed_with_error": sum(1 for t in trials if "error" in t.user_attrs),
-        "distinct_worker_pids": len({t.user_attrs.get("pid") for t in trials}),
+        "distinct_worker_pids": len({t.user_attrs["worker"]["pid"] for t in trials}),
         "wall_seconds": round(seconds, 1),
     }
     text = json.dumps(figures, indent=2)

@@ -134,22 +134,16 @@ def measure(methods: dict[str, Callable[[], None]], repeats: int) -> dict[str, f
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--samples", type=int, default=12000, help="training images (MNIST has 60000)"
-    )
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--output", help="write the figures as JSON here")
-    args = parser.parse_args()
+def measure_all(samples: int, repeats: int) -> dict[str, Any]:
+    """Every comparison of this script, as one dictionary of figures."""
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
-        "samples": args.samples,
-        "repeats": args.repeats,
+        "samples": samples,
+        "repeats": repeats,
     }
     with tempfile.TemporaryDirectory() as root:
-        write_mnist(Path(root), n_train=args.samples)
+        write_mnist(Path(root), n_train=samples)
         for width in (512, 64):
             medians = measure(
                 {
@@ -157,7 +151,7 @@ def main() -> int:
                     "ours": our_trainer(root, width),
                     "hand_written": hand_loop(root, width),
                 },
-                args.repeats,
+                repeats,
             )
             results[f"mlp_784_{width}_10"] = {
                 "median_seconds": {k: round(v, 4) for k, v in medians.items()},
@@ -171,7 +165,7 @@ def main() -> int:
                 "hand_1x256": hand_accumulation(root, 512, batch=256, micro=256),
                 "hand_4x64": hand_accumulation(root, 512, batch=256, micro=64),
             },
-            args.repeats,
+            repeats,
         )
         results["accumulation_256"] = {
             "median_seconds": {k: round(v, 4) for k, v in accumulation.items()},
@@ -186,6 +180,18 @@ def main() -> int:
                 accumulation["ours_4x64"] / accumulation["hand_4x64"], 3
             ),
         }
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--samples", type=int, default=12000, help="training images (MNIST has 60000)"
+    )
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output", help="write the figures as JSON here")
+    args = parser.parse_args()
+    results = measure_all(args.samples, args.repeats)
     text = json.dumps(results, indent=2)
     print(text)
     if args.output:

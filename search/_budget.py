@@ -17,13 +17,27 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import optuna
+from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import FrozenTrial, TrialState
 
 SLOT = "hpsearch:slot"
 REFILL = "hpsearch:refill"
 ERROR = "error"  # user attribute set when the objective raised; such a trial used its slot
 CHECKPOINT = "checkpoint"  # user attribute: the trial's checkpoint file
-BATCH = 64
+WORKER = "worker"  # user attribute: {"host", "pid", "devices"} of the worker that ran the trial
+
+
+def worker_of(trial: FrozenTrial) -> dict[str, object]:
+    """Where a trial ran: host, pid and devices (the worker's GPUs, or "cpu"); None if unknown."""
+    info = trial.user_attrs.get(WORKER)
+    info = info if isinstance(info, dict) else {}
+    return {key: info.get(key) for key in ("host", "pid", "devices")}
+
+
+# Slots per batch. Optuna's cache re-reads every unfinished trial on each read (the sampler
+# reads once or twice per trial), so queued slots cost every trial something: keep few queued.
+BATCH = 8
+CLAIM_CANDIDATES = 8  # WAITING trials a claim tries before it looks again
 
 
 def _slot_trial(slot: int, n_trials: int) -> FrozenTrial:
@@ -53,17 +67,47 @@ def refill(study: optuna.Study, claimed: FrozenTrial, n_trials: int) -> None:
     enqueue_slots(study, [s for s in range(start, stop) if s not in existing], n_trials)
 
 
-def claim_slot(study: optuna.Study) -> int | None:
-    """Atomically take one WAITING trial and return its trial id, or None if none is left."""
-    # The study's own storage (Optuna's cache over RDBStorage), so that cached reads see the claim.
-    storage = study._storage
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
-                return int(trial._trial_id)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker claimed and finished it in between
+def claim_slot(study: optuna.Study, storage: object | None = None) -> FrozenTrial | None:
+    """Atomically take one WAITING trial; the trial as claimed, or None if none is left.
+
+    ``storage``: the study's backend; when it can list WAITING ids directly (our RDB storage),
+    that replaces a read of every unfinished trial, the bulk of a claim's cost otherwise.
+    """
+    waiting_ids = getattr(storage, "waiting_trial_ids", None)
+    if waiting_ids is None:
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            if _claim(study, trial._trial_id):
+                return trial
+        return None
+    for trial_id in waiting_ids(study._study_id, CLAIM_CANDIDATES):
+        if _claim(study, trial_id):
+            return _add_to_cache(study, trial_id)
     return None
+
+
+def _claim(study: optuna.Study, trial_id: int) -> bool:
+    try:
+        # Through the study's own storage (Optuna's cache), so that its reads see the claim.
+        return bool(study._storage.set_trial_state_values(trial_id, state=TrialState.RUNNING))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False  # another worker claimed (and maybe finished) it in between
+
+
+def _add_to_cache(study: optuna.Study, trial_id: int) -> FrozenTrial:
+    """Make Optuna's trial cache know a trial claimed without reading it through the cache.
+
+    The cache must know a trial before params can be set on it, and must re-read it while it
+    runs; a full read of the unfinished trials would cost what the direct claim saved.
+    """
+    cache = study._storage
+    if not isinstance(cache, _CachedStorage) or study._study_id not in cache._studies:
+        study.get_trials(deepcopy=False)  # the general way: one read through the cache
+        return study._storage.get_trial(trial_id)
+    trial = cache._backend.get_trial(trial_id)
+    with cache._lock:
+        cache._add_trials_to_cache(study._study_id, [trial])
+        cache._studies[study._study_id].unfinished_trial_ids.add(trial_id)
+    return trial
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,8 @@ def _tidy(study: optuna.Study, finished: FrozenTrial, keep: str) -> None:
     A trial that ended without a result of its own (interrupted, dead worker) keeps its
     checkpoint: its retry resumes from it.
     """
-    if keep == "all" or ATTR not in finished.user_attrs:
-        return
+    if keep == "all" or not os.path.exists(str(finished.user_attrs.get(ATTR, ""))):
+        return  # nothing to keep or remove (objectives that write no checkpoint end here)
     if finished.state == TrialState.FAIL and ERROR not in finished.user_attrs:
         return
     best = {t.number for t in best_trials(study)} if keep == "best" else set()

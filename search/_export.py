@@ -24,7 +24,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from objectives import BUILTIN_OBJECTIVES
-from search._budget import CHECKPOINT
+from search._budget import CHECKPOINT, worker_of
 from search._constraints import is_feasible
 from search._errors import HpsearchError
 from search._spec import StudySpec
@@ -231,7 +231,7 @@ def trials_csv(study: optuna.Study, spec: StudySpec) -> str:
                     duration,
                     t.datetime_start.isoformat() if t.datetime_start else None,
                     t.datetime_complete.isoformat() if t.datetime_complete else None,
-                    t.user_attrs.get("host"),
+                    worker_of(t)["host"],
                 ]
             )
         )

@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search._budget import worker_of
 from search._export import write_atomically
 from search._spec import StudySpec
 from search._status import status_document
@@ -191,7 +192,7 @@ def _trials_table(study: optuna.Study, spec: StudySpec) -> str:
             *values,
             *(t.params.get(n) for n in names),
             seconds,
-            t.user_attrs.get("host"),
+            worker_of(t)["host"],
         ]
         rows.append(
             "<tr>"

@@ -8,7 +8,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from search._budget import budget_state
+from search._budget import budget_state, worker_of
 from search._export import best_trials
 from search._spec import StudySpec
 
@@ -37,9 +37,7 @@ def status_document(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
     running = [
         {
             "trial": t.number,
-            "host": t.user_attrs.get("host"),
-            "pid": t.user_attrs.get("pid"),
-            "devices": t.user_attrs.get("devices"),  # the worker's GPUs ("0,1") or "cpu"
+            **worker_of(t),  # host, pid, devices: the worker's GPUs ("0,1") or "cpu"
             "epoch": max(t.intermediate_values) if t.intermediate_values else None,
             "seconds": round((now - t.datetime_start).total_seconds(), 1)
             if t.datetime_start

@@ -25,10 +25,18 @@ from types import TracebackType
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from objectives import Objective, ObjectiveError, interrupt, load_objective
-from search._budget import CHECKPOINT, ERROR, SLOT, budget_state, claim_slot, refill
+from search._budget import (
+    CHECKPOINT,
+    ERROR,
+    SLOT,
+    WORKER,
+    budget_state,
+    claim_slot,
+    refill,
+)
 from search._checkpoints import checkpoint_path, tidy
 from search._constraints import apply_constraints, measurements
 from search._devices import WorkerDevices, assign_devices
@@ -123,24 +131,24 @@ def _record_error(study: optuna.Study, trial_id: int, err: BaseException) -> Non
 
 def run_trial(
     loaded: LoadedStudy,
-    trial_id: int,
+    claimed: FrozenTrial,
     objective: Objective,
     *,
     log_trials: bool,
     devices: str = "cpu",
 ) -> TrialState:
     """Run one claimed trial to a finished state."""
-    study, spec = loaded.study, loaded.spec
+    study, spec, trial_id = loaded.study, loaded.spec, claimed._trial_id
     state, values = TrialState.FAIL, None
     started = time.monotonic()
     with Heartbeat(loaded.storage, trial_id):
         trial = objective_trial(study, trial_id)
         try:
-            claimed = study._storage.get_trial(trial_id)
             refill(study, claimed, spec.n_trials)
-            trial.set_user_attr("host", socket.gethostname())
-            trial.set_user_attr("pid", os.getpid())
-            trial.set_user_attr("devices", devices)
+            # One attribute, one write: every storage write is a round trip per trial.
+            trial.set_user_attr(
+                WORKER, {"host": socket.gethostname(), "pid": os.getpid(), "devices": devices}
+            )
             slot = claimed.system_attrs.get(SLOT)
             if slot is not None:
                 uid = str(study.user_attrs.get(UID_ATTR, "study"))
@@ -226,6 +234,8 @@ def work(args: WorkerArgs) -> None:
         return group.run
 
     objective = runner()
+    # Fill Optuna's trial cache once, up front: later reads fetch only new and unfinished trials.
+    study.get_trials(deepcopy=False)
     reap_every = loaded.storage.get_heartbeat_interval() or 10
     last_reap = 0.0
     # This loop is an optimize loop in Optuna's sense: samplers may call study.stop() from
@@ -244,13 +254,13 @@ def work(args: WorkerArgs) -> None:
                 # Fail trials whose worker died; the retry callback puts them back in the queue.
                 optuna.storages.fail_stale_trials(study)
                 last_reap = time.monotonic()
-            trial_id = claim_slot(study)
-            if trial_id is None:
+            claimed = claim_slot(study, loaded.storage)
+            if claimed is None:
                 if budget_state(study.get_trials(deepcopy=False), spec.n_trials).finished:
                     return
                 time.sleep(0.5)  # others still run trials that may come back, or a batch is coming
                 continue
-            run_trial(loaded, trial_id, objective, log_trials=args.log_trials, devices=args.devices)
+            run_trial(loaded, claimed, objective, log_trials=args.log_trials, devices=args.devices)
             if group is not None and not group.in_step:
                 log.warning("restarting the %d ranks after a failed trial", args.devices_per_trial)
                 objective = runner()

@@ -131,6 +131,28 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
 
         return self._retry(call, "set_trial_state_values")
 
+    def waiting_trial_ids(self, study_id: int, limit: int) -> list[int]:
+        """The ids of the study's oldest WAITING trials: what a worker may claim next.
+
+        One indexed query for ids alone. Going through Optuna's trial reads instead would build
+        every unfinished trial (params, attributes, reports) on each claim.
+        """
+
+        def query() -> list[int]:
+            with self.scoped_session() as session:
+                rows = (
+                    session.query(models.TrialModel.trial_id)
+                    .filter(models.TrialModel.study_id == study_id)
+                    .filter(models.TrialModel.state == TrialState.WAITING)
+                    .order_by(models.TrialModel.trial_id)
+                    .limit(limit)
+                    .all()
+                )
+            self.scoped_session.remove()
+            return [int(row[0]) for row in rows]
+
+        return self._retry(query, "waiting_trial_ids")
+
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         """Optuna's stale trials, plus RUNNING trials that never wrote a heartbeat.
 

@@ -57,3 +57,37 @@ def test_gpu_bench_refuses_without_a_gpu_in_one_line(tmp_path: Path) -> None:
     )
     assert result.returncode == 2 and "no CUDA device" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_epochs_to_target_counts_pruned_epochs_until_a_good_trial() -> None:
+    from bench.search_efficiency import epochs_to_target
+
+    history = [(2, None), (6, 0.90), (1, None), (6, 0.97), (6, 0.99)]
+    assert epochs_to_target(history, 0.95) == 2 + 6 + 1 + 6
+    assert epochs_to_target(history, 0.995) is None
+
+
+def test_suite_replaces_only_the_marked_readme_block(tmp_path: Path) -> None:
+    from bench.suite import BEGIN, END, update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\nbefore\n{BEGIN}\nold table\n{END}\nafter\n")
+    update_readme(readme, "| new | table |\n")
+    assert readme.read_text() == f"# title\n\nbefore\n{BEGIN}\n| new | table |\n{END}\nafter\n"
+
+
+def test_overhead_run_continues_a_prefilled_study_to_its_exact_budget(tmp_path: Path) -> None:
+    """The growth benchmark's bulk-filled study is one the workers carry on as their own."""
+    import optuna
+
+    from bench.overhead import STUDY, Run, timed_run
+    from search import budget_state
+
+    run = Run("ours", "sqlite", "random", workers=1, trials=12, prefilled=16)
+    figures = timed_run(run, str(tmp_path), "prefilled")  # raises unless 12 more completed
+    assert figures["ms_per_trial"] > 0
+    trials = optuna.load_study(
+        study_name=STUDY, storage=f"sqlite:///{tmp_path}/prefilled.db"
+    ).get_trials()
+    state = budget_state(trials, 28)
+    assert (state.complete, state.waiting, state.running, len(trials)) == (28, 0, 0, 28)

@@ -76,7 +76,7 @@ def _wait_for_running(
         for trial in _trials(url, name):
             if (
                 trial.state == TrialState.RUNNING
-                and trial.user_attrs.get("pid") in pids
+                and trial.user_attrs.get("worker", {}).get("pid") in pids
                 and len(trial.intermediate_values) >= epochs
             ):
                 return trial
@@ -215,7 +215,7 @@ def test_four_workers_500_trials_exact_budget(
         assert marker not in result.stderr
     trials = _trials(url, study_name)
     assert len(trials) == 500 and all(t.state == TrialState.COMPLETE for t in trials)
-    assert len({t.user_attrs["pid"] for t in trials}) == 4
+    assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 4
 
 
 SLOW_OBJECTIVE = """

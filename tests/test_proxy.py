@@ -81,7 +81,7 @@ def test_worker_commands_through_the_proxy_reach_the_exact_budget(
     assert_exact_budget(postgres_url, name, n_trials)
     trials = optuna.load_study(study_name=name, storage=postgres_url).get_trials()
     assert budget_state(trials, n_trials).lost == 0
-    assert len({t.user_attrs["pid"] for t in trials}) >= 2, "several workers took part"
+    assert len({t.user_attrs["worker"]["pid"] for t in trials}) >= 2, "several workers took part"
 
 
 def test_heartbeats_pass_through_and_the_proxy_requeues_a_dead_workers_trial(
@@ -91,8 +91,9 @@ def test_heartbeats_pass_through_and_the_proxy_requeues_a_dead_workers_trial(
     name = _create(write_study(n_trials=3, body=body), postgres_url)
     loaded = load_study(name, proxy)
     assert isinstance(loaded.storage, ProxyStorage)
-    trial_id = claim_slot(loaded.study)
-    assert trial_id is not None
+    claimed = claim_slot(loaded.study, loaded.storage)
+    assert claimed is not None
+    trial_id = claimed._trial_id
     loaded.storage.record_heartbeat(trial_id)  # a worker's beat, relayed as a heartbeat row
     direct = optuna.storages.RDBStorage(postgres_url, skip_table_creation=True)
     with direct.engine.connect() as connection:

@@ -42,11 +42,12 @@ def test_status_json_matches_the_documented_schema(
     # One more trial, running now: an enqueued extra claimed as a worker would claim it.
     study = optuna.load_study(study_name=study_name, storage=url)
     study.enqueue_trial({"x": 1.0})
-    trial_id = claim_slot(study)
-    assert trial_id is not None
-    study._storage.set_trial_user_attr(trial_id, "host", "node-7")
-    study._storage.set_trial_user_attr(trial_id, "pid", 4242)
-    study._storage.set_trial_user_attr(trial_id, "devices", "0,1")
+    claimed = claim_slot(study)
+    assert claimed is not None
+    trial_id = claimed._trial_id
+    study._storage.set_trial_user_attr(
+        trial_id, "worker", {"host": "node-7", "pid": 4242, "devices": "0,1"}
+    )
     study._storage.set_trial_intermediate_value(trial_id, 2, 0.5)
     capsys.readouterr()
 

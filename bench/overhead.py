@@ -1,0 +1,308 @@
+"""Coordination overhead: `hpsearch worker` against a plain Optuna loop, on a trivial objective.
+
+The objective costs nothing (``x ** 2``), so a trial's time is all coordination: the sampler, the
+storage round trips, and in hpsearch's case the budget queue, the heartbeat and the provenance
+attributes. Both sides run as separate processes on the same database server and sampler:
+
+- ours: ``hpsearch worker --workers W`` on a study created by ``hpsearch create``;
+- plain: W processes, each ``optuna.load_study(...).optimize(objective, n_trials=N / W)``.
+
+Per-trial cost = the span from the first measured trial's start to the last one's end, divided by
+the number of trials; process start-up is outside the span on both sides. For the growth with
+study size, the study is first filled with N0 finished trials in bulk (SQL inserts in Optuna's
+schema, as if earlier trials had run), and the next trials are timed the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.storages._rdb import models
+from optuna.trial import TrialState
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.pg_soak import fresh_database  # noqa: E402
+from search._budget import BATCH, SLOT, _slot_trial  # noqa: E402
+
+STUDY = "overhead"
+X = optuna.distributions.FloatDistribution(-10.0, 10.0)
+STUDY_FILE = """
+[study]
+name = "{name}"
+objective = "{objective}"
+direction = "minimize"
+
+[budget]
+n_trials = {n_trials}
+
+[sampler]
+name = "{sampler}"
+seed = 0
+
+[pruner]
+name = "none"
+
+[space.x]
+type = "float"
+low = -10.0
+high = 10.0
+"""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One timed run: `method` (ours | plain) on `dialect` with `workers` processes."""
+
+    method: str
+    dialect: str
+    sampler: str
+    workers: int
+    trials: int
+    prefilled: int = 0
+
+
+def _sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler hpsearch builds from the same study file (search/_samplers.py)."""
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def plain_worker(url: str, sampler: str, n_trials: int, seed: int) -> None:
+    """One plain Optuna worker process (run as ``python -m bench.overhead URL SAMPLER N SEED``)."""
+    from bench.trivial import plain_objective
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=STUDY, storage=url, sampler=_sampler(sampler, seed))
+    study.optimize(plain_objective, n_trials=n_trials)
+
+
+@contextmanager
+def database(dialect: str, folder: str, tag: str) -> Iterator[str]:
+    if dialect == "sqlite":
+        yield f"sqlite:///{folder}/{tag}.db"
+        return
+    admin = os.environ.get(
+        "HPSEARCH_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    )
+    yield fresh_database(admin, "hpsearch_bench_overhead")
+
+
+def prefill(url: str, n_done: int, n_trials: int, *, slots: bool) -> None:
+    """Put ``n_done`` finished trials in the study in bulk, as if they had run.
+
+    With ``slots`` (an hpsearch study) the finished trials hold budget slots 0..n_done-1 and the
+    queue is replaced by the batch that follows them, as the workers would have left it.
+    """
+    engine = sqlalchemy.create_engine(url)
+    trials, values = models.TrialModel.__table__, models.TrialValueModel.__table__
+    params, attrs = models.TrialParamModel.__table__, models.TrialSystemAttributeModel.__table__
+    rng = random.Random(0)
+    now = datetime.now()
+    with engine.begin() as connection:
+        study_id = connection.execute(
+            sqlalchemy.select(models.StudyModel.study_id).where(
+                models.StudyModel.study_name == STUDY
+            )
+        ).scalar_one()
+        waiting = [
+            row[0]
+            for row in connection.execute(
+                sqlalchemy.select(trials.c.trial_id).where(trials.c.study_id == study_id)
+            )
+        ]
+        connection.execute(attrs.delete().where(attrs.c.trial_id.in_(waiting)))
+        connection.execute(trials.delete().where(trials.c.trial_id.in_(waiting)))
+        queued = range(n_done, min(n_done + BATCH, n_trials)) if slots else range(0)
+        connection.execute(
+            trials.insert(),
+            [
+                {
+                    "number": n,
+                    "study_id": study_id,
+                    "state": TrialState.COMPLETE if n < n_done else TrialState.WAITING,
+                    "datetime_start": now if n < n_done else None,
+                    "datetime_complete": now if n < n_done else None,
+                }
+                for n in range(n_done + len(queued))
+            ],
+        )
+        ids = dict(
+            connection.execute(
+                sqlalchemy.select(trials.c.number, trials.c.trial_id).where(
+                    trials.c.study_id == study_id
+                )
+            ).all()
+        )
+        xs = [rng.uniform(-10, 10) for _ in range(n_done)]
+        connection.execute(
+            params.insert(),
+            [
+                {
+                    "trial_id": ids[n],
+                    "param_name": "x",
+                    "param_value": xs[n],
+                    "distribution_json": optuna.distributions.distribution_to_json(X),
+                }
+                for n in range(n_done)
+            ],
+        )
+        connection.execute(
+            values.insert(),
+            [
+                {
+                    "trial_id": ids[n],
+                    "objective": 0,
+                    "value": xs[n] ** 2,
+                    "value_type": models.TrialValueModel.TrialValueType.FINITE,
+                }
+                for n in range(n_done)
+            ],
+        )
+        if slots:
+            rows = [
+                {"trial_id": ids[n], "key": SLOT, "value_json": json.dumps(n)}
+                for n in range(n_done)
+            ]
+            for slot in queued:
+                for key, value in _slot_trial(slot, n_trials).system_attrs.items():
+                    rows.append(
+                        {"trial_id": ids[slot], "key": key, "value_json": json.dumps(value)}
+                    )
+            connection.execute(attrs.insert(), rows)
+    engine.dispose()
+
+
+def timed_run(run: Run, folder: str, tag: str) -> dict[str, Any]:
+    """Run it; per-trial milliseconds over the trials after the prefilled ones."""
+    hpsearch = str(Path(sys.executable).parent / "hpsearch")
+    total = run.prefilled + run.trials
+    with database(run.dialect, folder, tag) as url:
+        if run.method == "ours":
+            study_file = Path(folder) / f"{tag}.toml"
+            study_file.write_text(
+                STUDY_FILE.format(
+                    name=STUDY,
+                    objective=f"{ROOT / 'bench' / 'trivial.py'}:objective",
+                    n_trials=total,
+                    sampler=run.sampler,
+                )
+            )
+            subprocess.run(
+                [hpsearch, "create", str(study_file), "--storage", url],
+                check=True,
+                capture_output=True,
+            )
+            if run.prefilled:
+                prefill(url, run.prefilled, total, slots=True)
+            command = [[hpsearch, "worker", "--study", STUDY, "--storage", url]]
+            command[0] += ["--workers", str(run.workers)]
+        else:
+            optuna.create_study(study_name=STUDY, storage=url, direction="minimize")
+            if run.prefilled:
+                prefill(url, run.prefilled, total, slots=False)
+            shares = [run.trials // run.workers] * run.workers
+            shares[0] += run.trials - sum(shares)
+            command = [
+                [sys.executable, "-m", "bench.overhead", url, run.sampler, str(n), str(i)]
+                for i, n in enumerate(shares)
+            ]
+        processes = [
+            subprocess.Popen(c, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            for c in command
+        ]
+        errors = [p.communicate()[1].decode() for p in processes]
+        failed = [
+            e.strip().splitlines()[-1]
+            for p, e in zip(processes, errors, strict=True)
+            if p.returncode
+        ]
+        if failed:
+            raise RuntimeError(f"{run}: a worker failed: {failed[0]}")
+        storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
+        trials = [
+            t
+            for t in optuna.load_study(study_name=STUDY, storage=storage).get_trials(deepcopy=False)
+            if t.number >= run.prefilled
+        ]
+        storage.engine.dispose()
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    if len(done) != run.trials:
+        raise RuntimeError(f"{run}: {len(done)} trials completed, expected {run.trials}")
+    start = min(t.datetime_start for t in done if t.datetime_start)
+    end = max(t.datetime_complete for t in done if t.datetime_complete)
+    return {"ms_per_trial": (end - start).total_seconds() * 1000 / len(done)}
+
+
+def measure(*, quick: bool, dialects: tuple[str, ...] = ("sqlite", "postgresql")) -> dict[str, Any]:
+    """The overhead table (random sampler, 1 and 2 workers per dialect) and the growth with
+    study size (random and TPE samplers, one worker, SQLite). Medians of interleaved repeats.
+
+    The random sampler costs next to nothing, so the table shows coordination alone; TPE's own
+    cost grows with the study on both sides alike, which the growth rows show."""
+    repeats = 1 if quick else 3
+    n_trials = 30 if quick else 100
+    sizes = (64, 256) if quick else (1024, 9984)
+    growth_trials = {"random": 20 if quick else 100, "tpe": 5 if quick else 10}
+    figures: dict[str, Any] = {"trials_per_run": n_trials, "repeats": repeats, "overhead": []}
+    with tempfile.TemporaryDirectory(prefix="hpsearch-bench-") as folder:
+        for dialect in dialects:
+            for workers in (1, 2):
+                costs = _interleaved(
+                    [Run(m, dialect, "random", workers, n_trials) for m in ("plain", "ours")],
+                    repeats,
+                    folder,
+                )
+                figures["overhead"].append(
+                    {"dialect": dialect, "sampler": "random", "workers": workers, **costs}
+                )
+        figures["growth"] = []
+        for sampler, trials in growth_trials.items():
+            for size in sizes:
+                costs = _interleaved(
+                    [Run(m, "sqlite", sampler, 1, trials, size) for m in ("plain", "ours")],
+                    repeats if sampler == "random" else 1,
+                    folder,
+                )
+                figures["growth"].append({"sampler": sampler, "study_size": size, **costs})
+    return figures
+
+
+def _interleaved(runs: list[Run], repeats: int, folder: str) -> dict[str, Any]:
+    times: dict[str, list[float]] = {run.method: [] for run in runs}
+    for repeat in range(repeats):
+        for run in runs:  # interleaved, so drift hits both alike
+            tag = f"{run.method}-{run.dialect}-{run.workers}-{run.prefilled}-{repeat}"
+            times[run.method].append(timed_run(run, folder, tag)["ms_per_trial"])
+    ours, plain = statistics.median(times["ours"]), statistics.median(times["plain"])
+    return {
+        "ours_ms_per_trial": round(ours, 2),
+        "plain_ms_per_trial": round(plain, 2),
+        "overhead": round(ours / plain - 1, 3),
+    }
+
+
+def main() -> int:
+    url, sampler, n_trials, seed = sys.argv[1:5]
+    plain_worker(url, sampler, int(n_trials), int(seed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

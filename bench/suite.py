@@ -1,0 +1,308 @@
+"""The benchmark suite: one command, a markdown table and a JSON of figures.
+
+    .venv/bin/python -m bench            # the full suite (about 15 minutes on 2 cores)
+    .venv/bin/python -m bench --quick    # every section at toy sizes (under 3 minutes; CI runs it)
+
+Writes ``bench/results/latest.json`` and ``latest.md`` (``quick.*`` with --quick) and, for a full
+run, replaces the block between the markers in README.md with the new tables. Every figure is a
+ratio or a per-unit cost measured side by side in the same run (methods interleaved, medians of
+repetitions); absolute times depend on the machine and are there for scale only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+GPU_RESULTS = ROOT / "bench" / "results" / "gpu-h200.json"
+GPU_E2E = ROOT / "bench" / "results" / "gpu-h200-e2e.json"
+SECTIONS = ("overhead", "throughput", "search", "scaling")
+# Targets from the benchmark issue.
+OVERHEAD_TARGET = 0.05
+SEARCH_TARGET = 0.25
+SCALING_TARGET = 0.6
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        memory = next(
+            int(line.split()[1]) // (1024 * 1024)
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        )
+    except (OSError, StopIteration):
+        memory = 0
+    import torch
+
+    return (
+        f"{os.cpu_count()} cores ({model}), {memory} GiB, {platform.system()} "
+        f"{platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}"
+    )
+
+
+def run_sections(sections: list[str], *, quick: bool) -> dict[str, Any]:
+    from bench import overhead, scaling, search_efficiency, train_throughput
+
+    measures: dict[str, Callable[[], Any]] = {
+        "overhead": lambda: overhead.measure(quick=quick),
+        "throughput": lambda: train_throughput.measure_all(
+            samples=2000 if quick else 6000, repeats=1 if quick else 5
+        ),
+        "search": lambda: search_efficiency.measure(quick=quick),
+        "scaling": lambda: scaling.measure(quick=quick),
+    }
+    figures: dict[str, Any] = {}
+    for number, name in enumerate(sections, 1):
+        started = time.monotonic()
+        print(f"[{number}/{len(sections)}] {name} ...", file=sys.stderr, flush=True)
+        figures[name] = measures[name]()
+        seconds = time.monotonic() - started
+        figures[name]["section_seconds"] = round(seconds, 1)
+        print(f"[{number}/{len(sections)}] {name} done in {seconds:.0f}s", file=sys.stderr)
+    return figures
+
+
+def _pct(ratio: float) -> str:
+    return f"{ratio * 100:+.0f}%"
+
+
+def overhead_md(f: dict[str, Any]) -> list[str]:
+    rows = [
+        f"**Coordination overhead** (trivial objective, random sampler, {f['trials_per_run']} "
+        f"trials per run, median of {f['repeats']}): milliseconds of coordination per trial.",
+        "",
+        "| storage | workers | plain Optuna loop | `hpsearch worker` | overhead | "
+        "trial length at which it is 5% |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in f["overhead"]:
+        extra = r["ours_ms_per_trial"] - r["plain_ms_per_trial"]
+        rows.append(
+            f"| {r['dialect']} | {r['workers']} | {r['plain_ms_per_trial']:.1f} ms | "
+            f"{r['ours_ms_per_trial']:.1f} ms | {_pct(r['overhead'])} | "
+            f"{max(extra, 0) / OVERHEAD_TARGET / 1000:.2f} s |"
+        )
+    rows += [
+        "",
+        "**Per-trial cost as the study grows** (SQLite, one worker; the study filled with finished "
+        "trials first):",
+        "",
+        "| sampler | trials already in the study | plain Optuna loop | `hpsearch worker` |",
+        "|---|---|---|---|",
+    ]
+    for r in f["growth"]:
+        rows.append(
+            f"| {r['sampler']} | {r['study_size']:,} | {r['plain_ms_per_trial']:.1f} ms | "
+            f"{r['ours_ms_per_trial']:.1f} ms |"
+        )
+    return rows
+
+
+def throughput_md(f: dict[str, Any]) -> list[str]:
+    big, small, acc = f["mlp_784_512_10"], f["mlp_784_64_10"], f["accumulation_256"]
+    return [
+        f"**Training throughput** (CPU, {f['samples']:,} MNIST-format images, one epoch, median "
+        f"of {f['repeats']}):",
+        "",
+        "| comparison | result | target |",
+        "|---|---|---|",
+        f"| MLP 784-512-10, batch 64: our trainer vs the seed's DataLoader loop | "
+        f"{big['speedup_vs_seed_loop']:.2f}x faster | 5x (GPU: 20x) |",
+        f"| MLP 784-64-10 (data-bound): the same | {small['speedup_vs_seed_loop']:.2f}x faster | |",
+        f"| our trainer vs a hand-written loop on preloaded tensors | "
+        f"{big['ours_vs_hand_written']:.2f}x / {small['ours_vs_hand_written']:.2f}x the time "
+        "(784-512 / 784-64) | <= 1.15x |",
+        f"| accumulation, effective 256 as 4x64 vs 1x256 | {acc['ours_4x64_vs_ours_1x256']:.2f}x "
+        f"the time (a bare loop: {acc['hand_4x64_vs_hand_1x256']:.2f}x; ours vs bare 4x64: "
+        f"{acc['ours_4x64_vs_hand_4x64']:.2f}x) | <= 1.2x |",
+    ]
+
+
+def search_md(f: dict[str, Any]) -> list[str]:
+    rows = [
+        f"**Search efficiency** (digits, {f['epochs_per_trial']} epochs per trial, a budget of "
+        f"{f['budget_epochs']} epochs per run, {f['seeds']} seeds): epochs spent until a trial "
+        f"reached {f['target']:.4f} validation accuracy (the best of all runs, "
+        f"{f['best_seen']:.4f}, less 1%); a run that never did counts its whole budget.",
+        "",
+        "| configuration | median epochs to target | reached | vs random search | "
+        "median trials | median best accuracy |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in f["table"]:
+        rows.append(
+            f"| {r['configuration']} | {r['median_epochs_to_target']:g} | {r['reached']} | "
+            f"{r['vs_random']:.2f}x | {r['median_trials_run']:g} | "
+            f"{r['best_accuracy_median']:.4f} |"
+        )
+    return rows
+
+
+def scaling_md(f: dict[str, Any]) -> list[str]:
+    s = f["median_seconds"]
+    return [
+        f"**Worker scaling** (a fixed digits study: {f['trials']} equal trials of "
+        f"{f['epochs_per_trial']} epochs, SQLite, median of {f['repeats']}): 1 worker "
+        f"{s['1_worker']:.1f} s, 2 workers {s['2_workers']:.1f} s: **{f['two_over_one']:.2f}x** "
+        f"the time (target <= {SCALING_TARGET}x).",
+    ]
+
+
+def gpu_md() -> list[str]:
+    if not GPU_RESULTS.exists():
+        return ["**GPU**: not measured (no GPU machine was available)."]
+    g = json.loads(GPU_RESULTS.read_text())
+    mlp, acc, vgg = g["mlp_784_512_10_batch_64"], g["accumulation_256"], g["cifar10_vgg"]
+    rows = [
+        f"**GPU** ({g['device']}, torch {g['torch']}; `bash bench/gpu_check.sh` on a GPU "
+        f"machine, figures in `{GPU_RESULTS.relative_to(ROOT)}`, not re-measured by this run):",
+        "",
+        "| comparison | result | target |",
+        "|---|---|---|",
+        f"| MLP 784-512-10, batch 64, one MNIST epoch: our trainer vs the seed's loop | "
+        f"{mlp['speedup_vs_seed_loop']:.2f}x faster | 20x |",
+        f"| our trainer vs a hand-written loop on GPU tensors | "
+        f"{mlp['ours_vs_hand_written']:.2f}x the time | <= 1.15x |",
+        f"| accumulation, 4x64 vs 1x256 | {acc['ours_4x64_vs_ours_1x256']:.2f}x the time "
+        f"(ours vs bare 4x64: {acc['ours_4x64_vs_hand_4x64']:.2f}x) | <= 1.2x |",
+    ]
+    for name, v in vgg.items():
+        rows.append(
+            f"| CIFAR-10 VGG, batch 256, {name.replace('_', ' ')} | "
+            f"{v['images_per_second']:,.0f} images/s | |"
+        )
+    if GPU_E2E.exists():
+        e2e = json.loads(GPU_E2E.read_text())
+        digits = e2e["digits-mlp"]["states"]
+        rows += [
+            "",
+            f"End to end on the GPU (`{GPU_E2E.relative_to(ROOT)}`): a digits study "
+            f"({sum(digits.values())} trials: {digits}) and a CIFAR-10 VGG study ran through "
+            "`hpsearch run` on GPU 0; the best digits trial exported and retrained with "
+            "`hpsearch train` scored exactly the trial's validation accuracy.",
+        ]
+    return rows
+
+
+def scaling_model_md(figures: dict[str, Any]) -> list[str]:
+    """The N-node model, in numbers from this run's overhead figures."""
+    rows = {
+        (r["dialect"], r["workers"]): r for r in figures.get("overhead", {}).get("overhead", [])
+    }
+    pg = rows.get(("postgresql", 2)) or rows.get(("sqlite", 2))
+    if pg is None:
+        return []
+    served = 1000 / pg["ours_ms_per_trial"]  # trials/s the 2 workers got through the database
+    return [
+        "",
+        "**Scaling model for N nodes.** A trial costs its training time T plus a fixed "
+        f"coordination cost c (about {pg['ours_ms_per_trial']:.0f} ms here, CPU-bound in the "
+        "workers' SQLAlchemy calls, not in the server). N workers put N/T trials per second "
+        f"on the database; this run's {pg['dialect']} server took {served:.0f} trials/s from "
+        "two workers without being the bottleneck (the two client cores were), so it is a "
+        f"lower bound on its capacity C. The database becomes the bottleneck near N = C x T: "
+        f"with T = 60 s, N > {served * 60:,.0f} workers at the measured lower bound. Before that, "
+        "connections run out: each worker holds up to 2 (pool 1 + overflow 1) and PostgreSQL "
+        "allows 100 by default, so past about 45 workers (or any `max_connections` you set) "
+        "put `hpsearch proxy` in front: its workers share the proxy's few connections "
+        "(README, Deploy). Coordination per trial stays roughly flat as the study grows (table "
+        "above), so the model does not depend on the study's size.",
+    ]
+
+
+def markdown(figures: dict[str, Any], *, quick: bool, command: str) -> str:
+    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    lines = [
+        f"Measured {today} on {machine()} with `{command}`"
+        + (" (quick mode: toy sizes, figures not meaningful)" if quick else "")
+        + ". Full figures: `bench/results/latest.json`.",
+        "",
+    ]
+    renderers = {
+        "overhead": overhead_md,
+        "throughput": throughput_md,
+        "search": search_md,
+        "scaling": scaling_md,
+    }
+    for name, render in renderers.items():
+        if name in figures:
+            lines += [*render(figures[name]), ""]
+    lines += [*gpu_md(), *scaling_model_md(figures), ""]
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, table: str) -> None:
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{readme}: no {BEGIN} ... {END} block to replace; add one first.")
+    block = f"{BEGIN}\n{table.rstrip()}\n{END}"
+    readme.write_text(
+        re.sub(f"{re.escape(BEGIN)}.*?{re.escape(END)}", lambda _: block, text, flags=re.S)
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="toy sizes: checks that it runs")
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated subset of {', '.join(SECTIONS)} (default: all)",
+    )
+    parser.add_argument("--output-dir", default=str(ROOT / "bench" / "results"))
+    parser.add_argument(
+        "--no-readme", action="store_true", help="do not update README.md (a full run does)"
+    )
+    args = parser.parse_args(argv)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        print(
+            f"bench: unknown section {unknown[0]!r} in --sections; choose from "
+            f"{', '.join(SECTIONS)}.",
+            file=sys.stderr,
+        )
+        return 2
+    command = "python -m bench" + (" --quick" if args.quick else "")
+    started = time.monotonic()
+    figures = run_sections(sections, quick=args.quick)
+    figures["meta"] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "quick": args.quick,
+        "sections": sections,
+        "total_seconds": round(time.monotonic() - started, 1),
+    }
+    table = markdown(figures, quick=args.quick, command=command)
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    stem = "quick" if args.quick else "latest"
+    (output / f"{stem}.json").write_text(json.dumps(figures, indent=2) + "\n")
+    (output / f"{stem}.md").write_text(table)
+    if not args.quick and not args.no_readme and sections == list(SECTIONS):
+        update_readme(ROOT / "README.md", table)
+    print(table)
+    print(
+        f"wrote {output / (stem + '.json')} and {output / (stem + '.md')} in "
+        f"{figures['meta']['total_seconds']:.0f}s",
+        file=sys.stderr,
+    )
+    return 0
