@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.pg_soak import fresh_database  # noqa: E402
+from search import create_study, load_spec_file  # noqa: E402
 from search._budget import BATCH, SLOT, _slot_trial  # noqa: E402
 
 STUDY = "overhead"
@@ -204,16 +205,13 @@ def timed_run(run: Run, folder: str, tag: str) -> dict[str, Any]:
                     sampler=run.sampler,
                 )
             )
-            subprocess.run(
-                [hpsearch, "create", str(study_file), "--storage", url],
-                check=True,
-                capture_output=True,
-            )
+            create_study(load_spec_file(str(study_file)), url)  # as `hpsearch create` does
             if run.prefilled:
                 prefill(url, run.prefilled, total, slots=True)
             command = [[hpsearch, "worker", "--study", STUDY, "--storage", url]]
             command[0] += ["--workers", str(run.workers)]
         else:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
             optuna.create_study(study_name=STUDY, storage=url, direction="minimize")
             if run.prefilled:
                 prefill(url, run.prefilled, total, slots=False)
@@ -257,9 +255,11 @@ def measure(*, quick: bool, dialects: tuple[str, ...] = ("sqlite", "postgresql")
     The random sampler costs next to nothing, so the table shows coordination alone; TPE's own
     cost grows with the study on both sides alike, which the growth rows show."""
     repeats = 1 if quick else 3
-    n_trials = 30 if quick else 100
-    sizes = (64, 256) if quick else (1024, 9984)
-    growth_trials = {"random": 20 if quick else 100, "tpe": 5 if quick else 10}
+    n_trials = 20 if quick else 100
+    sizes = (16, 64) if quick else (1024, 9984)
+    growth_trials = {"random": 10 if quick else 100, "tpe": 10}
+    if quick:
+        dialects, growth_trials = dialects[:1], {"random": 10}
     figures: dict[str, Any] = {"trials_per_run": n_trials, "repeats": repeats, "overhead": []}
     with tempfile.TemporaryDirectory(prefix="hpsearch-bench-") as folder:
         for dialect in dialects:
@@ -288,7 +288,7 @@ def _interleaved(runs: list[Run], repeats: int, folder: str) -> dict[str, Any]:
     times: dict[str, list[float]] = {run.method: [] for run in runs}
     for repeat in range(repeats):
         for run in runs:  # interleaved, so drift hits both alike
-            tag = f"{run.method}-{run.dialect}-{run.workers}-{run.prefilled}-{repeat}"
+            tag = f"{run.method}-{run.dialect}-{run.sampler}-{run.workers}-{run.prefilled}-{repeat}"
             times[run.method].append(timed_run(run, folder, tag)["ms_per_trial"])
     ours, plain = statistics.median(times["ours"]), statistics.median(times["plain"])
     return {

@@ -160,7 +160,7 @@ def scaling_md(f: dict[str, Any]) -> list[str]:
     s = f["median_seconds"]
     return [
         f"**Worker scaling** (a fixed digits study: {f['trials']} equal trials of "
-        f"{f['epochs_per_trial']} epochs, SQLite, median of {f['repeats']}): 1 worker "
+        f"{f['epochs_per_trial']} epoch(s), SQLite, median of {f['repeats']}): 1 worker "
         f"{s['1_worker']:.1f} s, 2 workers {s['2_workers']:.1f} s: **{f['two_over_one']:.2f}x** "
         f"the time (target <= {SCALING_TARGET}x).",
     ]
@@ -233,7 +233,7 @@ def markdown(figures: dict[str, Any], *, quick: bool, command: str) -> str:
     lines = [
         f"Measured {today} on {machine()} with `{command}`"
         + (" (quick mode: toy sizes, figures not meaningful)" if quick else "")
-        + ". Full figures: `bench/results/latest.json`.",
+        + f". Full figures: `bench/results/{'quick' if quick else 'latest'}.json`.",
         "",
     ]
     renderers = {

@@ -69,16 +69,18 @@ class WorkerArgs:
 class Heartbeat:
     """Records the trial's heartbeat every interval on a thread, so a dead worker is noticed."""
 
-    def __init__(self, storage: WorkerStorage, trial_id: int) -> None:
+    def __init__(self, storage: WorkerStorage, trial_id: int, *, beat_now: bool = True) -> None:
         self._storage = storage
         self._trial_id = trial_id
+        self._beat_now = beat_now
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> Heartbeat:
         interval = self._storage.get_heartbeat_interval()
         if interval is not None:
-            self._storage.record_heartbeat(self._trial_id)
+            if self._beat_now:
+                self._storage.record_heartbeat(self._trial_id)
             self._thread = threading.Thread(target=self._beat, args=(interval,), daemon=True)
             self._thread.start()
         return self
@@ -135,24 +137,17 @@ def run_trial(
     objective: Objective,
     *,
     log_trials: bool,
-    devices: str = "cpu",
 ) -> TrialState:
     """Run one claimed trial to a finished state."""
     study, spec, trial_id = loaded.study, loaded.spec, claimed._trial_id
     state, values = TrialState.FAIL, None
     started = time.monotonic()
-    with Heartbeat(loaded.storage, trial_id):
+    # Our RDB storage wrote the first heartbeat with the claim.
+    first_beat_done = hasattr(loaded.storage, "claim_trial")
+    with Heartbeat(loaded.storage, trial_id, beat_now=not first_beat_done):
         trial = objective_trial(study, trial_id)
         try:
             refill(study, claimed, spec.n_trials)
-            # One attribute, one write: every storage write is a round trip per trial.
-            trial.set_user_attr(
-                WORKER, {"host": socket.gethostname(), "pid": os.getpid(), "devices": devices}
-            )
-            slot = claimed.system_attrs.get(SLOT)
-            if slot is not None:
-                uid = str(study.user_attrs.get(UID_ATTR, "study"))
-                trial.set_user_attr(CHECKPOINT, checkpoint_path(spec, int(slot), uid))
             params = suggest(trial, spec.space)
             result = objective(trial, {**spec.training, **params})
             values = _as_values(result, spec.metrics)
@@ -234,6 +229,17 @@ def work(args: WorkerArgs) -> None:
         return group.run
 
     objective = runner()
+    uid = str(study.user_attrs.get(UID_ATTR, "study"))
+    where = {"host": socket.gethostname(), "pid": os.getpid(), "devices": args.devices}
+
+    def claim_attrs(system_attrs: Mapping[str, Any]) -> dict[str, Any]:
+        """What a claimed trial records: where it runs, and its slot's checkpoint file."""
+        attrs: dict[str, Any] = {WORKER: where}
+        slot = system_attrs.get(SLOT)
+        if slot is not None:
+            attrs[CHECKPOINT] = checkpoint_path(spec, int(slot), uid)
+        return attrs
+
     # Fill Optuna's trial cache once, up front: later reads fetch only new and unfinished trials.
     study.get_trials(deepcopy=False)
     reap_every = loaded.storage.get_heartbeat_interval() or 10
@@ -254,13 +260,13 @@ def work(args: WorkerArgs) -> None:
                 # Fail trials whose worker died; the retry callback puts them back in the queue.
                 optuna.storages.fail_stale_trials(study)
                 last_reap = time.monotonic()
-            claimed = claim_slot(study, loaded.storage)
+            claimed = claim_slot(study, loaded.storage, claim_attrs)
             if claimed is None:
                 if budget_state(study.get_trials(deepcopy=False), spec.n_trials).finished:
                     return
                 time.sleep(0.5)  # others still run trials that may come back, or a batch is coming
                 continue
-            run_trial(loaded, claimed, objective, log_trials=args.log_trials, devices=args.devices)
+            run_trial(loaded, claimed, objective, log_trials=args.log_trials)
             if group is not None and not group.in_step:
                 log.warning("restarting the %d ranks after a failed trial", args.devices_per_trial)
                 objective = runner()
