@@ -255,9 +255,9 @@ def measure(*, quick: bool, dialects: tuple[str, ...] = ("sqlite", "postgresql")
     The random sampler costs next to nothing, so the table shows coordination alone; TPE's own
     cost grows with the study on both sides alike, which the growth rows show."""
     repeats = 1 if quick else 3
-    n_trials = 20 if quick else 100
+    n_trials = 20 if quick else 80
     sizes = (16, 64) if quick else (1024, 9984)
-    growth_trials = {"random": 10 if quick else 100, "tpe": 10}
+    growth_trials = {"random": 10 if quick else 80, "tpe": 6}
     if quick:
         dialects, growth_trials = dialects[:1], {"random": 10}
     figures: dict[str, Any] = {"trials_per_run": n_trials, "repeats": repeats, "overhead": []}

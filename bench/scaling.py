@@ -65,7 +65,7 @@ def study_span(url: str) -> float:
 
 
 def measure(*, quick: bool) -> dict[str, Any]:
-    n_trials, epochs, repeats = (4, 1, 1) if quick else (16, 6, 3)
+    n_trials, epochs, repeats = (4, 1, 1) if quick else (12, 5, 3)
     hpsearch = str(Path(sys.executable).parent / "hpsearch")
     spans: dict[int, list[float]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory(prefix="hpsearch-bench-") as folder:

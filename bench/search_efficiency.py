@@ -101,7 +101,7 @@ def epochs_to_target(history: list[tuple[int, float | None]], target: float) -> 
 def measure(*, quick: bool, processes: int = 2) -> dict[str, Any]:
     seeds = 2 if quick else 5
     epochs = 3 if quick else 6
-    budget = epochs * (6 if quick else 30)  # epochs: random search's 30 trials
+    budget = epochs * (6 if quick else 25)  # epochs: random search's 25 trials
     configs = list(CONFIGS) if not quick else [DEFAULT, "tpe + hyperband", BASELINE]
     jobs = [(name, seed, budget, epochs) for seed in range(seeds) for name in configs]
     context = multiprocessing.get_context("spawn")

@@ -37,6 +37,10 @@ class Progress:
         self._last = 0.0
         self._width = 0
 
+    def due(self) -> bool:
+        """Whether the next show() would print: build the line (database reads) only then."""
+        return time.monotonic() - self._last >= self.every
+
     def show(self, line: str, *, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last < self.every:

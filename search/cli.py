@@ -61,7 +61,8 @@ def _run_local_workers(
     )
     install_parent_handlers(processes)
     while any(p.is_alive() for p in processes):
-        progress.show(progress_line(loaded.study, loaded.spec, started))
+        if progress.due():  # the line reads the study: not more often than it is shown
+            progress.show(progress_line(loaded.study, loaded.spec, started))
         time.sleep(0.5)
     for process in processes:
         process.join()

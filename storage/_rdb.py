@@ -155,6 +155,12 @@ def _is_missing_schema(err: BaseException) -> bool:
     return not isinstance(err, ImportError) and any(m in text for m in _MISSING_SCHEMA)
 
 
+# Modules of hpsearch's own dependencies: missing, they are an install problem, not a URL's.
+_OWN_DEPENDENCIES = frozenset(
+    {"optuna", "optuna_dashboard", "alembic", "mako", "sqlalchemy", "colorlog", "tomli_w", "yaml"}
+)
+
+
 def describe_driver_error(url: str, err: BaseException) -> str:
     """One line for a driver error: what failed, where (password redacted) and what to try."""
     where = redact_url(url)
@@ -166,10 +172,16 @@ def describe_driver_error(url: str, err: BaseException) -> str:
     first_line = text.strip().splitlines()[0] if text.strip() else type(err).__name__
     if isinstance(err, sqlalchemy.exc.NoSuchModuleError):
         return f"Unknown or missing database driver in storage URL {where}; supported: {SUPPORTED}."
+    missing = getattr(err, "name", None) or ""
+    if isinstance(err, ImportError) and missing.split(".")[0] in _OWN_DEPENDENCIES:
+        return (
+            f"Python module {missing!r}, which hpsearch needs, is missing ({first_line}); "
+            "reinstall hpsearch with its dependencies (pip install -e .)."
+        )
     if isinstance(err, ImportError):  # the driver, or something Optuna's storage needs, is broken
         return (
             f"Unknown or missing database driver in storage URL {where} ({first_line}); "
-            f"supported: {SUPPORTED}; reinstall hpsearch's dependencies."
+            f"supported: {SUPPORTED}."
         )
     if "password authentication failed" in lowered or "access denied" in lowered:
         return (

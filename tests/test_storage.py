@@ -83,3 +83,12 @@ def test_storage_errors_are_one_line_and_redacted(
 def test_storage_error_type() -> None:
     with pytest.raises(StorageError):
         open_storage("postgresql+psycopg://hp:pw@127.0.0.1:1/hpo")
+
+
+def test_a_missing_dependency_is_named_as_an_install_problem() -> None:
+    from storage._rdb import describe_driver_error
+
+    err = ModuleNotFoundError("No module named 'optuna_dashboard'", name="optuna_dashboard")
+    message = describe_driver_error("postgresql+psycopg://hp:s3cret@127.0.0.1/hpo", err)
+    assert "'optuna_dashboard', which hpsearch needs, is missing" in message
+    assert "pip install" in message and "s3cret" not in message and "\n" not in message
