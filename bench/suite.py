@@ -1,6 +1,6 @@
 """The benchmark suite: one command, a markdown table and a JSON of figures.
 
-    .venv/bin/python -m bench            # the full suite (about 15 minutes on 2 cores)
+    .venv/bin/python -m bench            # the full suite (about 17 minutes on 2 cores)
     .venv/bin/python -m bench --quick    # every section at toy sizes (under 3 minutes; CI runs it)
 
 Writes ``bench/results/latest.json`` and ``latest.md`` (``quick.*`` with --quick) and, for a full
