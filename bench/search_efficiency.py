@@ -10,6 +10,7 @@ in-memory Optuna storage in parallel processes: what is compared is the search, 
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import statistics
 import tempfile
@@ -98,6 +99,23 @@ def epochs_to_target(history: list[tuple[int, float | None]], target: float) -> 
     return None
 
 
+def random_median_epochs(
+    histories: list[list[tuple[int, float | None]]], target: float, epochs: int
+) -> int | None:
+    """Random search's median epochs to the target, without the budget's censoring.
+
+    Random search without pruning draws i.i.d. trials, so every trial of every seed estimates
+    one probability p of reaching the target; the trials until the first success are geometric,
+    with median ceil(ln 0.5 / ln(1 - p)). None if no trial reached it.
+    """
+    values = [value for history in histories for _, value in history]
+    p = sum(v is not None and v >= target for v in values) / len(values)
+    if p == 0:
+        return None
+    trials = 1 if p >= 0.5 else math.ceil(math.log(0.5) / math.log(1 - p))
+    return trials * epochs
+
+
 def measure(*, quick: bool, processes: int = 2) -> dict[str, Any]:
     seeds = 2 if quick else 5
     epochs = 3 if quick else 6
@@ -135,7 +153,14 @@ def measure(*, quick: bool, processes: int = 2) -> dict[str, Any]:
     baseline = next(r for r in table if r["configuration"] == BASELINE)["median_epochs_to_target"]
     for row in table:
         row["vs_random"] = round(row["median_epochs_to_target"] / baseline, 3)
+    uncensored = random_median_epochs(runs[BASELINE], target, epochs)
+    default = next(r for r in table if r["configuration"] == DEFAULT)["median_epochs_to_target"]
     return {
+        "random_trials_pooled": sum(len(h) for h in runs[BASELINE]),
+        "random_median_epochs_uncensored": uncensored,
+        "default_vs_random_uncensored": (
+            None if uncensored is None else round(default / uncensored, 3)
+        ),
         "seeds": seeds,
         "epochs_per_trial": epochs,
         "budget_epochs": budget,

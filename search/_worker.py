@@ -42,6 +42,7 @@ from search._constraints import apply_constraints, measurements
 from search._devices import WorkerDevices, assign_devices
 from search._errors import HpsearchError
 from search._multi_objective import objective_trial
+from search._preflight import warm_up
 from search._ranks import RankGroup
 from search._space import suggest
 from search._stop import install_worker_handlers
@@ -229,6 +230,7 @@ def work(args: WorkerArgs) -> None:
         return group.run
 
     objective = runner()
+    warm_up(spec)
     uid = str(study.user_attrs.get(UID_ATTR, "study"))
     where = {"host": socket.gethostname(), "pid": os.getpid(), "devices": args.devices}
 

@@ -67,6 +67,16 @@ def test_epochs_to_target_counts_pruned_epochs_until_a_good_trial() -> None:
     assert epochs_to_target(history, 0.995) is None
 
 
+def test_random_search_estimate_pools_its_iid_trials() -> None:
+    from bench.search_efficiency import random_median_epochs
+
+    # 2 of 8 trials reach 0.95: p = 1/4; P(first success within k) = 1 - 0.75**k >= 0.5 at k = 3.
+    runs = [[(6, 0.90), (6, 0.96), (6, 0.80), (6, 0.91)], [(6, 0.97), (6, 0.5), (6, 0.6), (6, 0.7)]]
+    assert random_median_epochs(runs, 0.95, 6) == 3 * 6
+    assert random_median_epochs(runs, 0.99, 6) is None
+    assert random_median_epochs([[(6, 0.99)]], 0.95, 6) == 6
+
+
 def test_suite_replaces_only_the_marked_readme_block(tmp_path: Path) -> None:
     from bench.suite import BEGIN, END, update_readme
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +159,33 @@ def test_resume_after_timeout(storage_url: str, write_study: Any) -> None:
     for process in processes:
         process.join(timeout=300)
     assert_exact_budget(storage_url, spec.name, n_trials)
+
+
+def test_worker_warm_up_loads_what_the_first_trial_would(tmp_path: Path, write_study: Any) -> None:
+    """A worker loads the built-in's dataset and torch's optimizer machinery before its first
+    claim (in a fresh interpreter, as a spawned worker starts); a user's objective gets none."""
+    script = (
+        "import sys\n"
+        "from objectives.data import load_digits\n"
+        "from search import load_spec_file\n"
+        "from search._preflight import warm_up\n"
+        "warm_up(load_spec_file(sys.argv[1]))\n"
+        "print('torch._dynamo' in sys.modules, load_digits.cache_info().currsize)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    builtin = subprocess.run(
+        [sys.executable, "-c", script, str(root / "studies" / "digits.toml")],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
+    assert builtin.returncode == 0, builtin.stderr
+    assert builtin.stdout.split() == ["True", "1"]
+    custom = subprocess.run(
+        [sys.executable, "-c", script, write_study(n_trials=1)],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
+    assert custom.returncode == 0, custom.stderr
+    assert custom.stdout.split() == ["False", "0"]
