@@ -28,7 +28,6 @@ CONFIGS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "tpe + successive-halving": ("tpe", "successive-halving", {}),
     "tpe + hyperband": ("tpe", "hyperband", {}),
     "tpe + wilcoxon": ("tpe", "wilcoxon", {}),
-    "tpe, no pruning": ("tpe", "none", {}),
     "random, no pruning": ("random", "none", {}),
 }
 BASELINE = "random, no pruning"

@@ -103,7 +103,7 @@ def overhead_md(f: dict[str, Any]) -> list[str]:
     rows += [
         "",
         "**Per-trial cost as the study grows** (SQLite, one worker; the study filled with finished "
-        "trials first):",
+        f"trials first; {_growth_runs(f)}):",
         "",
         "| sampler | trials already in the study | plain Optuna loop | `hpsearch worker` |",
         "|---|---|---|---|",
@@ -114,6 +114,15 @@ def overhead_md(f: dict[str, Any]) -> list[str]:
             f"{r['ours_ms_per_trial']:.1f} ms |"
         )
     return rows
+
+
+def _growth_runs(f: dict[str, Any]) -> str:
+    trials, repeats = f.get("growth_trials_per_run", {}), f.get("growth_repeats", {})
+    return "; ".join(
+        f"{name}: {trials[name]} trials per run, "
+        + ("one run" if repeats.get(name, 1) == 1 else f"median of {repeats[name]} runs")
+        for name in trials
+    )
 
 
 def throughput_md(f: dict[str, Any]) -> list[str]:

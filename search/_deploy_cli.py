@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
+import threading
 from types import FrameType
 
 from search._argtypes import positive_int
@@ -17,13 +19,17 @@ from storage._proxy import DEFAULT_PROXY_THREADS
 from storage._url import DEFAULT_PROXY_PORT
 
 
-def _stop_on_sigterm() -> None:
-    """`docker stop` and Kubernetes send SIGTERM: leave through ``finally`` (the server stops)."""
+def _stop_on_signals() -> threading.Event:
+    """`docker stop` and Kubernetes send SIGTERM, a terminal SIGINT: each sets the event the
+    proxy's loop waits on, so it stops the server and closes its connections in order."""
+    stop = threading.Event()
 
-    def stop(_signum: int, _frame: FrameType | None) -> None:
-        raise SystemExit(0)
+    def handle(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
 
-    signal.signal(signal.SIGTERM, stop)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, handle)
+    return stop
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
@@ -33,15 +39,19 @@ def cmd_proxy(args: argparse.Namespace) -> int:
             f"`hpsearch proxy --storage {url}` would proxy a proxy; pass the database URL "
             "(postgresql+psycopg://... or mysql+pymysql://...)."
         )
-    _stop_on_sigterm()
+    stop = _stop_on_signals()
     print(
         f"hpsearch proxy on grpc://{args.host}:{args.port} for {redact_url(url)} "
         f"({args.threads} threads); workers: --storage grpc://THIS_HOST:{args.port}",
         file=sys.stderr,
         flush=True,
     )
-    serve_proxy(url, host=args.host, port=args.port, threads=args.threads)
-    return 0
+    serve_proxy(url, host=args.host, port=args.port, threads=args.threads, stop=stop)
+    print("hpsearch proxy stopped", file=sys.stderr, flush=True)
+    # The gRPC server's request threads are not daemons: one still blocked in a database call
+    # would keep the process alive past `docker stop`'s patience, though everything worth
+    # closing is closed by now. Leave without waiting for them.
+    os._exit(0)
 
 
 def cmd_db_check(args: argparse.Namespace) -> int:

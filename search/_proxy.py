@@ -8,6 +8,7 @@ them back in the queue, as a directly connected worker would.
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 
 import optuna
@@ -24,6 +25,7 @@ from storage import (
 log = logging.getLogger("hpsearch.proxy")
 
 DEFAULT_REAP_INTERVAL = 10.0
+STOP_GRACE = 5.0  # seconds the calls in flight get to finish once the proxy is told to stop
 
 
 class StaleTrialReaper:
@@ -39,13 +41,16 @@ class StaleTrialReaper:
             self._storages[settings] = open_storage(self._url, settings=settings)
         return self._storages[settings]
 
-    def reap(self) -> None:
-        """One pass over every study; a later pass follows a study's heartbeat interval."""
+    def reap(self, stop: threading.Event | None = None) -> None:
+        """One pass over every study (until ``stop`` is set); the next pass follows the
+        shortest heartbeat interval among them."""
         with translate_errors(self._url), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             plain = self._storage(StorageSettings())
             intervals = [DEFAULT_REAP_INTERVAL]
             for frozen in plain.get_all_studies():
+                if stop is not None and stop.is_set():
+                    return
                 data = frozen.user_attrs.get(SPEC_ATTR)
                 if data is None:
                     continue  # not an hpsearch study: its owner decides about stale trials
@@ -62,19 +67,24 @@ class StaleTrialReaper:
             storage.engine.dispose()
 
 
-def serve_proxy(url: str, *, host: str, port: int, threads: int) -> None:
-    """Serve until the process is stopped; reap stale trials between waits."""
+def serve_proxy(url: str, *, host: str, port: int, threads: int, stop: threading.Event) -> None:
+    """Serve until ``stop`` is set; reap stale trials between waits.
+
+    A stop signal only sets ``stop`` (search/_deploy_cli.py). Raising out of whatever the
+    process was doing at that moment, a reaper's database call say, could leave a lock held
+    and the exit hung.
+    """
     server = start_proxy_server(url, host=host, port=port, threads=threads)
     reaper = StaleTrialReaper(url)
     try:
-        while True:
+        while not stop.is_set():
             try:
-                reaper.reap()
+                reaper.reap(stop)
             except Exception as err:  # a database blip must not take the proxy down
                 log.warning("stale-trial check failed: %s", err)
-            timed_out = server.wait_for_termination(timeout=reaper.interval)
-            if not timed_out:  # the server stopped
-                return
+            stop.wait(reaper.interval)
     finally:
-        server.stop(grace=5)
+        # New calls are refused at once; calls in flight get STOP_GRACE seconds, then are
+        # cancelled.
+        server.stop(grace=STOP_GRACE).wait(STOP_GRACE + 5)
         reaper.close()

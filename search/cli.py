@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import multiprocessing.connection
 import os
 import socket
 import sys
@@ -63,7 +64,8 @@ def _run_local_workers(
     while any(p.is_alive() for p in processes):
         if progress.due():  # the line reads the study: not more often than it is shown
             progress.show(progress_line(loaded.study, loaded.spec, started))
-        time.sleep(0.5)
+        # Wakes as soon as a worker exits, so the summary follows the last trial at once.
+        multiprocessing.connection.wait([p.sentinel for p in processes if p.is_alive()], 0.5)
     for process in processes:
         process.join()
     progress.show(progress_line(loaded.study, loaded.spec, started), force=True)

@@ -101,3 +101,25 @@ def test_overhead_run_continues_a_prefilled_study_to_its_exact_budget(tmp_path: 
     ).get_trials()
     state = budget_state(trials, 28)
     assert (state.complete, state.waiting, state.running, len(trials)) == (28, 0, 0, 28)
+
+
+def test_plain_workers_use_the_sampler_hpsearch_builds(tmp_path: Path) -> None:
+    """The overhead benchmark compares coordination only if both sides sample alike."""
+    from bench.overhead import ROOT as BENCH_ROOT
+    from bench.overhead import STUDY, STUDY_FILE
+    from bench.plain_worker import sampler
+    from search import load_spec_file
+    from search._samplers import build_sampler
+
+    for name in ("tpe", "random"):
+        path = tmp_path / f"{name}.toml"
+        objective = f"{BENCH_ROOT / 'bench' / 'trivial.py'}:objective"
+        path.write_text(
+            STUDY_FILE.format(name=STUDY, objective=objective, n_trials=4, sampler=name)
+        )
+        ours, plain = build_sampler(load_spec_file(str(path)), seed=0), sampler(name, 0)
+        assert type(ours) is type(plain)
+        settings = ("_multivariate", "_group", "_constant_liar", "_n_startup_trials")
+        assert [getattr(ours, s, None) for s in settings] == [
+            getattr(plain, s, None) for s in settings
+        ]

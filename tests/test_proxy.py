@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,30 +35,48 @@ def _create(path: Path, url: str) -> str:
     return load_spec_file(str(path)).name
 
 
+@contextmanager
+def _running_proxy(url: str, tmp_path: Path, stop: int = signal.SIGTERM) -> Iterator[str]:
+    """A real `hpsearch proxy` process on a free port until the block ends, then ``stop``
+    sent to it: it must exit 0, promptly, with no traceback. Yields its grpc:// URL."""
+    port = free_port()
+    log_path = tmp_path / "proxy.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [*hpsearch_command(), "proxy", "--storage", url, "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+                assert process.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, "the proxy did not start listening"
+                time.sleep(0.2)
+            yield f"grpc://127.0.0.1:{port}"
+        finally:
+            process.send_signal(stop)
+            assert process.wait(timeout=30) == 0, log_path.read_text()
+    assert "Traceback" not in log_path.read_text()
+    assert "hpsearch proxy stopped" in log_path.read_text()
+
+
 @pytest.fixture
 def proxy(postgres_url: str, write_study: Any, tmp_path: Path, study_name: str) -> Iterator[str]:
     """A real `hpsearch proxy` process on a free port; yields its grpc:// URL."""
     # The schema must exist before the proxy starts: `hpsearch create` is what makes it.
     _create(write_study(name=f"{study_name}-first", filename="first.toml"), postgres_url)
-    port = free_port()
-    log = (tmp_path / "proxy.log").open("w")
-    process = subprocess.Popen(
-        [*hpsearch_command(), "proxy", "--storage", postgres_url, "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-            assert process.poll() is None, (tmp_path / "proxy.log").read_text()
-            assert time.monotonic() < deadline, "the proxy did not start listening"
-            time.sleep(0.2)
-        yield f"grpc://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        assert process.wait(timeout=30) == 0, (tmp_path / "proxy.log").read_text()
-        log.close()
-    assert "Traceback" not in (tmp_path / "proxy.log").read_text()
+    with _running_proxy(postgres_url, tmp_path) as url:
+        yield url
+
+
+def test_ctrl_c_stops_the_proxy_in_order(
+    postgres_url: str, write_study: Any, tmp_path: Path, study_name: str
+) -> None:
+    """SIGINT, as SIGTERM, stops the server and closes its connections; exit code 0."""
+    name = _create(write_study(name=f"{study_name}-ctrl-c"), postgres_url)
+    with _running_proxy(postgres_url, tmp_path, stop=signal.SIGINT) as url:
+        assert optuna.load_study(study_name=name, storage=ProxyStorage(url)).study_name == name
 
 
 def test_worker_commands_through_the_proxy_reach_the_exact_budget(
