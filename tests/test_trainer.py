@@ -231,6 +231,9 @@ def _ddp_rank(rank: int, world: int, init_file: str, out_dir: str, prune_at: int
             os.path.join(out_dir, f"rank-{rank}.pt"),
         )
     finally:
+        # Tear down together: a rank that exits while its peer is still destroying the group
+        # can make gloo abort that peer ("terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
 
 
