@@ -61,13 +61,17 @@ def _check_data(spec: StudySpec) -> None:
         )
 
 
+def _refusal(spec: StudySpec, err: ObjectiveError) -> HpsearchError:
+    return HpsearchError(f"This node cannot run study {spec.name!r}: {err}")
+
+
 def check_node(spec: StudySpec, assignments: Sequence[WorkerDevices]) -> None:
     """Raise a one-line HpsearchError/ObjectiveError if this node cannot run the study's trials."""
     try:
         load_objective(spec.objective)
         _check_data(spec)
     except ObjectiveError as err:
-        raise HpsearchError(f"This node cannot run study {spec.name!r}: {err}") from None
+        raise _refusal(spec, err) from None
     _check_gpus(assignments)
 
 
@@ -85,7 +89,7 @@ def warm_up(spec: StudySpec) -> None:
     try:
         _check_data(spec)
     except ObjectiveError as err:
-        raise HpsearchError(f"This node cannot run study {spec.name!r}: {err}") from None
+        raise _refusal(spec, err) from None
     import torch
 
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
