@@ -30,9 +30,30 @@ def assert_exact_budget(url: str, name: str, n_trials: int) -> None:
     assert slots == list(range(n_trials)), "each budget slot ran exactly once"
 
 
-def test_spawned_workers_reach_exact_budget(storage_url: str, write_study: Any) -> None:
+# Each trial waits (up to a minute) until a second worker process has started a trial: with
+# millisecond trials, the first worker up could otherwise run the whole budget alone while the
+# others are still importing.
+RENDEZVOUS = """
+import os, time
+from pathlib import Path
+
+def rendezvous(trial, params):
+    seen = Path(__file__).parent / "worker-pids"
+    seen.mkdir(exist_ok=True)
+    (seen / str(os.getpid())).touch()
+    deadline = time.monotonic() + 60
+    while len(list(seen.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return (params["x"] - 2.0) ** 2
+"""
+
+
+def test_spawned_workers_reach_exact_budget(
+    storage_url: str, write_study: Any, tmp_path: Path
+) -> None:
     n_trials = BATCH + 6  # crosses a batch boundary: one worker must enqueue the next batch
-    spec = load_spec_file(str(write_study(n_trials=n_trials)))
+    (tmp_path / "rendezvous.py").write_text(RENDEZVOUS)
+    spec = load_spec_file(str(write_study(n_trials=n_trials, objective="rendezvous.py:rendezvous")))
     create_study(spec, storage_url)
     processes = start_workers(
         spec.name, storage_url, workers=3, timeout=None, include_host=False, log_trials=False
