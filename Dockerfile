@@ -13,6 +13,7 @@ COPY pyproject.toml README.md ./
 COPY search search
 COPY objectives objectives
 COPY storage storage
+COPY hpsearch hpsearch
 RUN pip install . && useradd --create-home --uid 1000 hpsearch
 COPY studies studies
 COPY examples examples
@@ -31,6 +32,7 @@ COPY pyproject.toml README.md ./
 COPY search search
 COPY objectives objectives
 COPY storage storage
+COPY hpsearch hpsearch
 # PyPI's Linux torch wheels bundle the CUDA libraries; the base image brings cuDNN and the driver
 # libraries come from the host through the NVIDIA container toolkit.
 RUN pip install . && (useradd --create-home --uid 1000 hpsearch || true)

@@ -29,9 +29,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from objectives.builtin import digits_mlp  # noqa: E402
-from search import create_study, start_workers  # noqa: E402
-from search._spec import parse_spec  # noqa: E402
+from hpsearch.objectives.builtin import digits_mlp  # noqa: E402
+from hpsearch.search import create_study, start_workers  # noqa: E402
+from hpsearch.search.spec._study_file import parse_spec  # noqa: E402
 
 STUDY = ROOT / "studies" / "digits-compress.toml"
 COMPRESSION = ("prune_structured", "low_rank", "prune_amount", "finetune_epochs", "quantize")

@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fake_datasets import write_cifar10, write_mnist
 from bench.train_throughput import NoTrial, model
-from objectives.datasets import load_dataset
-from objectives.models import VGG
-from objectives.trainer import TrainConfig, train_classifier
+from hpsearch.objectives.datasets import load_dataset
+from hpsearch.objectives.models import VGG
+from hpsearch.objectives.trainer import TrainConfig, train_classifier
 
 
 def sync(device: torch.device) -> None:

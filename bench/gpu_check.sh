@@ -15,7 +15,7 @@ mkdir -p "$out"
 py=${PYTHON:-python3}
 gpus=${GPUS:-all}  # GPUS=none runs the end-to-end part on a CPU (a smoke run of this script)
 export PYTHONUNBUFFERED=1
-hpsearch() { "$py" -m search.cli "$@"; }
+hpsearch() { "$py" -m hpsearch "$@"; }
 status=0
 work=$(mktemp -d)
 

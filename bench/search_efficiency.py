@@ -56,10 +56,10 @@ def search_run(job: tuple[str, int, int, int]) -> list[tuple[int, float | None]]
     name, seed, budget, epochs = job
     import torch
 
-    from objectives import load_objective
-    from search._samplers import build_pruner, build_sampler
-    from search._space import suggest
-    from search._spec import load_spec_file
+    from hpsearch.objectives import load_objective
+    from hpsearch.search.spec._samplers import build_pruner, build_sampler
+    from hpsearch.search.spec._space import suggest
+    from hpsearch.search.spec._study_file import load_spec_file
 
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 GPU_RESULTS = ROOT / "bench" / "results" / "gpu-h200.json"
 GPU_E2E = ROOT / "bench" / "results" / "gpu-h200-e2e.json"
-SECTIONS = ("overhead", "throughput", "search", "scaling")
+SECTIONS = ("overhead", "throughput", "search", "scaling", "cli")
 # Targets from the benchmark issue.
 OVERHEAD_TARGET = 0.05
 SEARCH_TARGET = 0.25
@@ -59,7 +59,7 @@ def machine() -> str:
 
 
 def run_sections(sections: list[str], *, quick: bool) -> dict[str, Any]:
-    from bench import overhead, scaling, search_efficiency, train_throughput
+    from bench import cli_latency, overhead, scaling, search_efficiency, train_throughput
 
     measures: dict[str, Callable[[], Any]] = {
         "overhead": lambda: overhead.measure(quick=quick),
@@ -68,6 +68,7 @@ def run_sections(sections: list[str], *, quick: bool) -> dict[str, Any]:
         ),
         "search": lambda: search_efficiency.measure(quick=quick),
         "scaling": lambda: scaling.measure(quick=quick),
+        "cli": lambda: cli_latency.measure(quick=quick),
     }
     figures: dict[str, Any] = {}
     for number, name in enumerate(sections, 1):
@@ -188,6 +189,23 @@ def scaling_md(f: dict[str, Any]) -> list[str]:
     ]
 
 
+def cli_md(f: dict[str, Any]) -> list[str]:
+    rows = [
+        f"**Command-line latency** (CPU seconds of one command, user + system, median of "
+        f"{f['repeats']} interleaved rounds; target <= {f['target']}x Optuna's own command):",
+        "",
+        "| command | CPU time | baseline | baseline's CPU time | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    cpu = f["cpu_seconds"]
+    for r in f["rows"]:
+        rows.append(
+            f"| `{r['ours']}` | {cpu[r['ours']]:.2f} s | `{r['baseline']}` | "
+            f"{cpu[r['baseline']]:.2f} s | **{r['ratio']:.2f}x** |"
+        )
+    return rows
+
+
 def gpu_md() -> list[str]:
     if not GPU_RESULTS.exists():
         return ["**GPU**: not measured (no GPU machine was available)."]
@@ -263,6 +281,7 @@ def markdown(figures: dict[str, Any], *, quick: bool, command: str) -> str:
         "throughput": throughput_md,
         "search": search_md,
         "scaling": scaling_md,
+        "cli": cli_md,
     }
     for name, render in renderers.items():
         if name in figures:

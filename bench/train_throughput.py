@@ -32,9 +32,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fake_datasets import write_mnist
-from objectives.datasets import load_dataset
-from objectives.models import MLP
-from objectives.trainer import TrainConfig, train_classifier
+from hpsearch.objectives.datasets import load_dataset
+from hpsearch.objectives.models import MLP
+from hpsearch.objectives.trainer import TrainConfig, train_classifier
 
 
 class NoTrial:

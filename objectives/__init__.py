@@ -7,8 +7,8 @@ fixed ``[training]`` options. Nothing in this package knows about databases.
 
 from __future__ import annotations
 
-from objectives._errors import ObjectiveError
-from objectives._registry import (
+from hpsearch.errors import ObjectiveError
+from hpsearch.objectives._registry import (
     BUILTIN_OBJECTIVES,
     BuiltinObjective,
     Objective,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from objectives._errors import ObjectiveError
+from hpsearch.errors import ObjectiveError
 
 # One value per direction, or a mapping read by the study's metric names (extra entries are kept
 # for constraints).
@@ -115,7 +115,7 @@ def _builtin(
     }
     return BuiltinObjective(
         name=name,
-        target=f"objectives.builtin:{function}",
+        target=f"hpsearch.objectives.builtin:{function}",
         metric="val_accuracy",
         direction="maximize",
         description=description,
@@ -187,21 +187,31 @@ def resolve_objective(ref: str, *, base_dir: str) -> str:
 
 
 def _import_file(path: str) -> Any:
+    """Import a user's objective file, once per process (a second call returns the module)."""
     if not os.path.isfile(path):
         raise ObjectiveError(
             f"Cannot import objective file {path!r}: no such file; fix the path in [study].objective."
         )
     module_name = "hpsearch_user_" + os.path.splitext(os.path.basename(path))[0]
+    loaded = sys.modules.get(module_name)
+    if loaded is not None and getattr(loaded, "__file__", None) == path:
+        return loaded
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise ObjectiveError(f"Cannot import objective file {path!r}: not a Python module.")
     module = importlib.util.module_from_spec(spec)
-    # The objective's own folder is importable, so that it can import its neighbours.
+    # The objective's own folder is importable, so that it can import its neighbours (a
+    # `storage.py` of theirs is the one they get). Ours cannot be shadowed by it: all of our
+    # code lives under the one name `hpsearch`, imported before any objective.
     folder = os.path.dirname(path)
     if folder not in sys.path:
         sys.path.insert(0, folder)
     sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]  # a fixed file can be imported again
+        raise
     return module
 
 

@@ -16,14 +16,14 @@ import optuna
 import torch
 from torch import nn
 
-from objectives._registry import BUILTIN_OBJECTIVES
-from objectives.compression import CompressionRecipe, check_device, compress
-from objectives.data import TensorDataset
-from objectives.datasets import load_dataset
-from objectives.models import MLP, VGG
-from objectives.schedules import ScheduleConfig
-from objectives.trainer import (
-    NonFiniteLoss,
+from hpsearch.errors import NonFiniteLoss
+from hpsearch.objectives._registry import BUILTIN_OBJECTIVES
+from hpsearch.objectives.compression import CompressionRecipe, check_device, compress
+from hpsearch.objectives.data import TensorDataset
+from hpsearch.objectives.datasets import load_dataset
+from hpsearch.objectives.models import MLP, VGG
+from hpsearch.objectives.schedules import ScheduleConfig
+from hpsearch.objectives.trainer import (
     TrainConfig,
     TrialLike,
     distributed_rank,

@@ -38,10 +38,16 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from objectives._registry import QUANTIZE_MODES
-from objectives.data import TensorDataset
-from objectives.schedules import ScheduleConfig
-from objectives.trainer import TrainConfig, TrialLike, _autocast, evaluate, train_classifier
+from hpsearch.objectives._registry import QUANTIZE_MODES
+from hpsearch.objectives.data import TensorDataset
+from hpsearch.objectives.schedules import ScheduleConfig
+from hpsearch.objectives.trainer import (
+    TrainConfig,
+    TrialLike,
+    _autocast,
+    evaluate,
+    train_classifier,
+)
 
 # Fine-tuning restarts from trained weights: a tenth of the training learning rate, constant,
 # so that the first steps do not undo what training found.

@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from objectives._errors import ObjectiveError
-from objectives.data import TensorDataset, load_digits
+from hpsearch.errors import ObjectiveError
+from hpsearch.objectives.data import TensorDataset, load_digits
 
 
 @dataclass(frozen=True)

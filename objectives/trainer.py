@@ -22,10 +22,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from objectives import interrupt
-from objectives.batching import BatchPlan, halved, plan_batches
-from objectives.data import TensorDataset
-from objectives.schedules import ScheduleConfig, make_schedule
+from hpsearch.errors import NonFiniteLoss
+from hpsearch.objectives import interrupt
+from hpsearch.objectives.batching import BatchPlan, halved, plan_batches
+from hpsearch.objectives.data import TensorDataset
+from hpsearch.objectives.schedules import ScheduleConfig, make_schedule
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,6 @@ class TrialLike(Protocol):
     def report(self, value: float, step: int) -> None: ...
     def should_prune(self) -> bool: ...
     def set_user_attr(self, key: str, value: Any) -> None: ...
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite; the caller decides whether that prunes or fails."""
 
 
 @dataclass(frozen=True)

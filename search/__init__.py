@@ -1,14 +1,13 @@
-"""What to try and who runs it: study files, samplers, studies, workers, export, the CLI."""
+"""What to try and who runs it: the study file (spec/), the worker runtime (runtime/), what a
+study produced (results/) and the command line (cli/); ``_study`` creates and loads studies."""
 
 from __future__ import annotations
 
-from search._budget import BudgetState, budget_state
-from search._errors import HpsearchError, SpecError
-from search._export import export_document, render
-from search._spec import StudySpec, load_spec_file, parse_spec
-from search._status import status_document
-from search._study import LoadedStudy, create_study, load_study, study_summaries
-from search._worker import start_workers
+from hpsearch.errors import HpsearchError, SpecError
+from hpsearch.search._study import LoadedStudy, create_study, load_study, study_summaries
+from hpsearch.search.results import export_document, render, status_document
+from hpsearch.search.runtime import BudgetState, budget_state, start_workers
+from hpsearch.search.spec import StudySpec, load_spec_file, parse_spec
 
 __all__ = [
     "BudgetState",

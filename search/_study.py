@@ -10,13 +10,13 @@ from typing import Any
 
 import optuna
 
-from search._budget import enqueue_first_batch
-from search._constraints import is_feasible
-from search._errors import HpsearchError
-from search._note import save_spec_note
-from search._samplers import build_pruner, build_sampler
-from search._spec import StudySpec, spec_differences
-from storage import (
+from hpsearch.errors import HpsearchError
+from hpsearch.search.runtime._budget import enqueue_first_batch
+from hpsearch.search.spec._constraints import is_feasible
+from hpsearch.search.spec._note import save_spec_note
+from hpsearch.search.spec._samplers import build_pruner, build_sampler
+from hpsearch.search.spec._study_file import StudySpec, spec_differences
+from hpsearch.storage import (
     MissingSchemaError,
     StorageSettings,
     WorkerStorage,
@@ -27,6 +27,7 @@ from storage import (
     redact_url,
     translate_errors,
 )
+from hpsearch.storage._optuna_internals import study_id_of
 
 SPEC_ATTR = "hpsearch:spec"
 # A name for this study that no earlier study of the same name shares (checkpoint folders use it).
@@ -149,7 +150,7 @@ def load_study(name: str, url: str, *, seed_offset: int = 0) -> LoadedStudy:
 
 def study_summaries(url: str) -> list[dict[str, Any]]:
     """One row per study: name, objective, directions, trials by state, best value."""
-    from search._budget import budget_state
+    from hpsearch.search.runtime._budget import budget_state
 
     try:
         storage = open_storage(url)
@@ -159,7 +160,7 @@ def study_summaries(url: str) -> list[dict[str, Any]]:
     with translate_errors(url):
         for frozen in sorted(storage.get_all_studies(), key=lambda s: s.study_name):
             spec_data = frozen.user_attrs.get(SPEC_ATTR)
-            trials = storage.get_all_trials(frozen._study_id, deepcopy=False)
+            trials = storage.get_all_trials(study_id_of(frozen), deepcopy=False)
             n_trials = spec_data["budget"]["n_trials"] if spec_data else len(trials)
             state = budget_state(trials, n_trials)
             best: Any = None

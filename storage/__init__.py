@@ -5,22 +5,22 @@ Nothing here knows about search spaces or training; ``search`` builds on these n
 
 from __future__ import annotations
 
-from storage._errors import MissingSchemaError, StorageError
-from storage._proxy import (
+from hpsearch.errors import MissingSchemaError, StorageError
+from hpsearch.storage._proxy import (
     ProxyStorage,
     WorkerStorage,
     close_storage,
     open_worker_storage,
     start_proxy_server,
 )
-from storage._rdb import (
+from hpsearch.storage._rdb import (
     StorageSettings,
     create_schema,
     describe_driver_error,
     open_storage,
     translate_errors,
 )
-from storage._url import (
+from hpsearch.storage._url import (
     DEFAULT_STORAGE_URL,
     ENV_VAR,
     is_proxy_url,

@@ -15,9 +15,10 @@ import sqlalchemy
 import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
-from storage._errors import StorageError
-from storage._rdb import describe_driver_error, open_storage, translate_errors
-from storage._url import dialect_of, is_proxy_url, proxy_address, redact_url
+from hpsearch.errors import StorageError
+from hpsearch.storage._optuna_internals import alembic_folder
+from hpsearch.storage._rdb import describe_driver_error, open_storage, translate_errors
+from hpsearch.storage._url import dialect_of, is_proxy_url, proxy_address, redact_url
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
@@ -215,12 +216,9 @@ def _head_and_known_versions() -> tuple[str, list[str]]:
     # Optuna's migration scripts, read without touching the database.
     from alembic.config import Config
     from alembic.script import ScriptDirectory
-    from optuna.storages._rdb import storage as rdb_module
 
     config = Config()
-    config.set_main_option(
-        "script_location", os.path.join(os.path.dirname(rdb_module.__file__), "alembic")
-    )
+    config.set_main_option("script_location", alembic_folder())
     script = ScriptDirectory.from_config(config)
     head = script.get_current_head()
     return str(head), [r.revision for r in script.walk_revisions()]
@@ -295,7 +293,7 @@ def _server_checks(url: str, workers: int, nodes: int) -> list[Check]:
 
 
 def _proxy_url_checks(url: str) -> list[Check]:
-    from storage._proxy import ProxyStorage
+    from hpsearch.storage._proxy import ProxyStorage
 
     host, port = proxy_address(url)
     try:

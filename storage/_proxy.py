@@ -3,7 +3,7 @@
 Workers that talk to the proxy hold no database connection at all. Optuna's proxy protocol has
 no heartbeat call, so the client sends a trial's heartbeat as a reserved trial system attribute
 and the server records it as a real heartbeat row instead of storing the attribute. Stale trials
-are therefore found by the usual RDB query, in the proxy process (see ``search._proxy``) or by any
+are therefore found by the usual RDB query, in the proxy process (see ``hpsearch.search.runtime._proxy``) or by any
 directly connected worker. The WAITING -> RUNNING claim runs on the server inside the database's
 own ``SELECT ... FOR UPDATE``, so it stays atomic through the proxy.
 """
@@ -19,8 +19,9 @@ import optuna
 from optuna.storages import GrpcStorageProxy
 from optuna.trial import FrozenTrial
 
-from storage._errors import StorageError
-from storage._rdb import (
+from hpsearch.errors import StorageError
+from hpsearch.storage._optuna_internals import make_grpc_server
+from hpsearch.storage._rdb import (
     StorageSettings,
     _check_sqlite_path,
     _engine_kwargs,
@@ -29,8 +30,8 @@ from storage._rdb import (
     retry_callback,
     translate_errors,
 )
-from storage._resilient import ResilientRDBStorage
-from storage._url import dialect_of, is_proxy_url, proxy_address, redact_url
+from hpsearch.storage._resilient import ResilientRDBStorage
+from hpsearch.storage._url import dialect_of, is_proxy_url, proxy_address, redact_url
 
 if TYPE_CHECKING:
     import grpc
@@ -119,14 +120,12 @@ def start_proxy_server(
     url: str, *, host: str, port: int, threads: int = DEFAULT_PROXY_THREADS
 ) -> grpc.Server:
     """Start Optuna's gRPC storage proxy for the database at ``url``; return the running server."""
-    from optuna.storages._grpc.server import make_server
-
     backend = open_proxy_backend(url, threads=threads)
     # Optuna's documentation asks for the cached storage here: finished trials are then read
     # from the database once, not on every client's poll.
     cached = optuna.storages.get_storage(backend)
     try:
-        server = make_server(cached, host, port, ThreadPoolExecutor(max_workers=threads))
+        server = make_grpc_server(cached, host, port, ThreadPoolExecutor(max_workers=threads))
         server.start()
     except RuntimeError as err:
         raise StorageError(

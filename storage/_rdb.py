@@ -14,9 +14,9 @@ import sqlalchemy
 import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
-from storage._errors import MissingSchemaError, StorageError
-from storage._resilient import ResilientRDBStorage
-from storage._url import dialect_of, is_proxy_url, redact_url
+from hpsearch.errors import MissingSchemaError, StorageError
+from hpsearch.storage._resilient import ResilientRDBStorage
+from hpsearch.storage._url import dialect_of, is_proxy_url, redact_url
 
 SUPPORTED = "sqlite:///FILE, postgresql+psycopg://USER:PW@HOST/DB, mysql+pymysql://USER:PW@HOST/DB"
 

@@ -20,12 +20,11 @@ from typing import Any, TypeVar
 import optuna
 import sqlalchemy.exc
 import sqlalchemy.orm
-from optuna.storages._rdb import models
-from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 
-from storage._errors import StorageError
-from storage._url import redact_url
+from hpsearch.errors import StorageError
+from hpsearch.storage._optuna_internals import create_scoped_session, rdb_models
+from hpsearch.storage._url import redact_url
 
 log = logging.getLogger("hpsearch.storage")
 
@@ -147,8 +146,10 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         def claim() -> bool:
             nonlocal attempts
             attempts += 1
-            with _create_scoped_session(self.scoped_session) as session:
-                trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+            with create_scoped_session(self.scoped_session) as session:
+                trial = rdb_models.TrialModel.find_or_raise_by_id(
+                    trial_id, session, for_update=True
+                )
                 system = {a.key: json.loads(a.value_json) for a in trial.system_attributes}
                 attrs = user_attrs(system)
                 if trial.state != TrialState.WAITING:
@@ -160,10 +161,10 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                 trial.datetime_start = datetime.now()
                 for key, value in attrs.items():
                     self._set_trial_attr_without_commit(
-                        session, models.TrialUserAttributeModel, trial_id, key, value
+                        session, rdb_models.TrialUserAttributeModel, trial_id, key, value
                     )
                 if self.heartbeat_interval is not None:
-                    session.add(models.TrialHeartbeatModel(trial_id=trial_id))
+                    session.add(rdb_models.TrialHeartbeatModel(trial_id=trial_id))
             return True
 
         if not self._retry(claim, "claim_trial"):
@@ -180,10 +181,10 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         def query() -> list[int]:
             with self.scoped_session() as session:
                 rows = (
-                    session.query(models.TrialModel.trial_id)
-                    .filter(models.TrialModel.study_id == study_id)
-                    .filter(models.TrialModel.state == TrialState.WAITING)
-                    .order_by(models.TrialModel.trial_id)
+                    session.query(rdb_models.TrialModel.trial_id)
+                    .filter(rdb_models.TrialModel.study_id == study_id)
+                    .filter(rdb_models.TrialModel.state == TrialState.WAITING)
+                    .order_by(rdb_models.TrialModel.trial_id)
                     .limit(limit)
                     .all()
                 )
@@ -207,10 +208,10 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         oldest = datetime.now() - grace
         with self.scoped_session() as session:
             rows = (
-                session.query(models.TrialModel)
-                .options(sqlalchemy.orm.selectinload(models.TrialModel.heartbeats))
-                .filter(models.TrialModel.study_id == study_id)
-                .filter(models.TrialModel.state == TrialState.RUNNING)
+                session.query(rdb_models.TrialModel)
+                .options(sqlalchemy.orm.selectinload(rdb_models.TrialModel.heartbeats))
+                .filter(rdb_models.TrialModel.study_id == study_id)
+                .filter(rdb_models.TrialModel.state == TrialState.RUNNING)
                 .all()
             )
             for trial in rows:

@@ -7,7 +7,7 @@ import os
 import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
-from storage._errors import StorageError
+from hpsearch.errors import StorageError
 
 ENV_VAR = "HPSEARCH_STORAGE"
 # The embedded default: one SQLite file in the working directory.

@@ -162,7 +162,7 @@ def write_study(tmp_path: Path, study_name: str) -> Iterator[object]:
 def hpsearch_command() -> list[str]:
     """The installed ``hpsearch`` entry point, run as a user would."""
     script = Path(sys.executable).parent / "hpsearch"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "search.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "hpsearch"]
 
 
 def free_port() -> int:

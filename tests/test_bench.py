@@ -91,7 +91,7 @@ def test_overhead_run_continues_a_prefilled_study_to_its_exact_budget(tmp_path: 
     import optuna
 
     from bench.overhead import STUDY, Run, timed_run
-    from search import budget_state
+    from hpsearch.search import budget_state
 
     run = Run("ours", "sqlite", "random", workers=1, trials=12, prefilled=16)
     figures = timed_run(run, str(tmp_path), "prefilled")  # raises unless 12 more completed
@@ -108,8 +108,8 @@ def test_plain_workers_use_the_sampler_hpsearch_builds(tmp_path: Path) -> None:
     from bench.overhead import ROOT as BENCH_ROOT
     from bench.overhead import STUDY, STUDY_FILE
     from bench.plain_worker import sampler
-    from search import load_spec_file
-    from search._samplers import build_sampler
+    from hpsearch.search import load_spec_file
+    from hpsearch.search.spec._samplers import build_sampler
 
     for name in ("tpe", "random"):
         path = tmp_path / f"{name}.toml"

@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 import pytest
 
-from search import create_study, load_spec_file, start_workers
+from hpsearch.search import create_study, load_spec_file, start_workers
 
 from .conftest import free_port, get_json, hpsearch_command
 

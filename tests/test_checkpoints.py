@@ -9,7 +9,7 @@ import optuna
 import optuna.artifacts
 from optuna.trial import TrialState
 
-from search import create_study, load_spec_file, start_workers
+from hpsearch.search import create_study, load_spec_file, start_workers
 
 STUDY = """
 [study]

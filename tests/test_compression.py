@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from objectives.builtin import digits_mlp
-from objectives.compression import (
+from hpsearch.objectives.builtin import digits_mlp
+from hpsearch.objectives.compression import (
     CompressionRecipe,
     check_device,
     count_nonzero_parameters,
@@ -22,9 +22,9 @@ from objectives.compression import (
     quantize_dynamic_int8,
     serialize,
 )
-from objectives.data import load_digits
-from objectives.models import MLP, VGG
-from objectives.trainer import TrainConfig, evaluate, train_classifier
+from hpsearch.objectives.data import load_digits
+from hpsearch.objectives.models import MLP, VGG
+from hpsearch.objectives.trainer import TrainConfig, evaluate, train_classifier
 
 
 class RecordingTrial:

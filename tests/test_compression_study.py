@@ -11,9 +11,9 @@ from typing import Any
 import optuna
 import pytest
 
-from search import load_spec_file
-from search._errors import SpecError
-from search.cli import main
+from hpsearch.errors import SpecError
+from hpsearch.search import load_spec_file
+from hpsearch.search.cli import main
 
 MULTI = """
 [study]
@@ -180,7 +180,7 @@ def test_constraint_marks_infeasible_trials_and_the_best_is_feasible(
     assert [entry["trial"] for entry in top[:2]] == [
         t.number for t in sorted(feasible, key=lambda t: (-t.value, t.number))
     ]
-    from search import study_summaries
+    from hpsearch.search import study_summaries
 
     (row,) = study_summaries(url)
     assert row["best_value"] == best.value

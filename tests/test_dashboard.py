@@ -12,7 +12,7 @@ import optuna
 import pytest
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
-from search import create_study, load_spec_file, start_workers
+from hpsearch.search import create_study, load_spec_file, start_workers
 
 from .conftest import free_port, get_json, hpsearch_command
 

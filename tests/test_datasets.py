@@ -16,9 +16,9 @@ import pytest
 import torch
 import torchvision
 
-from objectives import ObjectiveError
-from objectives.data import load_digits
-from objectives.datasets import load_dataset
+from hpsearch.objectives import ObjectiveError
+from hpsearch.objectives.data import load_digits
+from hpsearch.objectives.datasets import load_dataset
 
 N_TRAIN = 40  # MNIST-like train images
 TEST_FIRST_ID = 200

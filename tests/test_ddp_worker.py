@@ -7,7 +7,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from search import create_study, load_spec_file, start_workers
+from hpsearch.search import create_study, load_spec_file, start_workers
 
 STUDY = """
 [study]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from search.cli import build_parser
+from hpsearch.search.cli import build_parser
 
 from .conftest import ROOT
 

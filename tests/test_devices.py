@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from search import HpsearchError, create_study, load_spec_file
-from search._devices import assign_devices, parse_gpus
+from hpsearch.search import HpsearchError, create_study, load_spec_file
+from hpsearch.search.runtime._devices import assign_devices, parse_gpus
 
 from .conftest import hpsearch_command
 

@@ -10,7 +10,7 @@ from typing import Any
 import optuna
 import pytest
 
-from storage._doctor import PROXY_THRESHOLD, SQLITE_MAX_WORKERS, check_storage, mount_of
+from hpsearch.storage._doctor import PROXY_THRESHOLD, SQLITE_MAX_WORKERS, check_storage, mount_of
 
 from .conftest import hpsearch_command
 

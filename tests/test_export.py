@@ -15,9 +15,9 @@ import optuna
 import pytest
 import yaml
 
-from search import create_study, load_spec_file, start_workers
-from search._export import _drop_none
-from search.cli import main
+from hpsearch.search import create_study, load_spec_file, start_workers
+from hpsearch.search.cli import main
+from hpsearch.search.results._export import _drop_none
 
 KEYS = ["study", "objective", "metric", "value", "trial", "params", "training"]
 

@@ -17,7 +17,7 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from search import budget_state, create_study, load_spec_file, start_workers
+from hpsearch.search import budget_state, create_study, load_spec_file, start_workers
 
 from .conftest import hpsearch_command
 

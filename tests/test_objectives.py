@@ -8,11 +8,16 @@ import optuna
 import pytest
 import torch
 
-from objectives import BUILTIN_OBJECTIVES, ObjectiveError, load_objective, resolve_objective
-from objectives.builtin import digits_mlp
-from objectives.data import load_digits
-from objectives.models import MLP
-from objectives.trainer import TrainConfig, l1_penalty
+from hpsearch.objectives import (
+    BUILTIN_OBJECTIVES,
+    ObjectiveError,
+    load_objective,
+    resolve_objective,
+)
+from hpsearch.objectives.builtin import digits_mlp
+from hpsearch.objectives.data import load_digits
+from hpsearch.objectives.models import MLP
+from hpsearch.objectives.trainer import TrainConfig, l1_penalty
 
 
 class RecordingTrial:
@@ -111,8 +116,8 @@ def test_registry_and_user_objectives(tmp_path: Any) -> None:
 
 def test_registry_names_the_datasets_the_loader_knows() -> None:
     # The registry stays importable without torch, so it keeps its own copy of the names.
-    from objectives._registry import DATASETS
-    from objectives.datasets import DATASETS as LOADABLE
+    from hpsearch.objectives._registry import DATASETS
+    from hpsearch.objectives.datasets import DATASETS as LOADABLE
 
     assert DATASETS == LOADABLE
     for objective in BUILTIN_OBJECTIVES.values():

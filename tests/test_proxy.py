@@ -15,10 +15,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import budget_state, load_spec_file
-from search._budget import SLOT, claim_slot
-from search._study import load_study
-from storage import ProxyStorage
+from hpsearch.search import budget_state, load_spec_file
+from hpsearch.search._study import load_study
+from hpsearch.search.runtime._budget import SLOT, claim_slot
+from hpsearch.storage import ProxyStorage
 
 from .conftest import free_port, hpsearch_command
 from .test_workers import assert_exact_budget

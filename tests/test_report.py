@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from search.cli import main
+from hpsearch.search.cli import main
 
 SINGLE_PLOTS = ["history", "intermediate", "importances", "parallel", "slice"]
 

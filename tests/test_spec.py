@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from search import SpecError, load_spec_file
-from search.cli import main
+from hpsearch.search import SpecError, load_spec_file
+from hpsearch.search.cli import main
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -32,7 +32,7 @@ def test_user_objective_path_is_made_absolute(write_study: Any, tmp_path: Path) 
 
 
 def test_conditional_tpe_gets_group_sampling(write_study: Any) -> None:
-    from search._samplers import build_sampler
+    from hpsearch.search.spec._samplers import build_sampler
 
     path = write_study(
         extra_space="""
@@ -249,7 +249,7 @@ def test_grid_needs_steps_for_floats(write_study: Any) -> None:
 
 @pytest.mark.parametrize("name", ["digits", "mnist", "fashion", "cifar10"])
 def test_every_builtin_study_file_validates(name: str) -> None:
-    from objectives import BUILTIN_OBJECTIVES
+    from hpsearch.objectives import BUILTIN_OBJECTIVES
 
     spec = load_spec_file(str(Path(__file__).parent.parent / "studies" / f"{name}.toml"))
     assert spec.objective in BUILTIN_OBJECTIVES

@@ -10,8 +10,8 @@ from typing import Any
 import optuna
 import pytest
 
-from search._budget import claim_slot
-from search.cli import main
+from hpsearch.search.cli import main
+from hpsearch.search.runtime._budget import claim_slot
 
 from .conftest import ROOT
 

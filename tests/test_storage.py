@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import sqlalchemy
 
-from search.cli import main
-from storage import (
+from hpsearch.search.cli import main
+from hpsearch.storage import (
     DEFAULT_STORAGE_URL,
     StorageError,
     open_storage,
@@ -86,7 +86,7 @@ def test_storage_error_type() -> None:
 
 
 def test_a_missing_dependency_is_named_as_an_install_problem() -> None:
-    from storage._rdb import describe_driver_error
+    from hpsearch.storage._rdb import describe_driver_error
 
     err = ModuleNotFoundError("No module named 'optuna_dashboard'", name="optuna_dashboard")
     message = describe_driver_error("postgresql+psycopg://hp:s3cret@127.0.0.1/hpo", err)

@@ -8,9 +8,9 @@ from typing import Any
 import optuna
 import pytest
 
-from search import HpsearchError, create_study, load_spec_file, load_study, study_summaries
-from search._budget import BATCH, SLOT
-from search.cli import main
+from hpsearch.search import HpsearchError, create_study, load_spec_file, load_study, study_summaries
+from hpsearch.search.cli import main
+from hpsearch.search.runtime._budget import BATCH, SLOT
 
 
 def test_create_load_round_trip(storage_url: str, write_study: Any) -> None:

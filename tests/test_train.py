@@ -12,7 +12,7 @@ import optuna
 import pytest
 import torch
 
-from search.cli import main
+from hpsearch.search.cli import main
 
 from .conftest import hpsearch_command
 
@@ -95,9 +95,9 @@ def test_retraining_an_export_reproduces_the_trial_metric(
     assert config["batch"] == best.user_attrs["batch"]
 
     # The saved weights are the trained model: they score the same on the validation split.
-    from objectives.builtin import build_model
-    from objectives.datasets import load_dataset
-    from objectives.trainer import evaluate
+    from hpsearch.objectives.builtin import build_model
+    from hpsearch.objectives.datasets import load_dataset
+    from hpsearch.objectives.trainer import evaluate
 
     options = config["options"]
     data = load_dataset(
@@ -182,8 +182,8 @@ def test_retraining_a_compressed_export_saves_the_compressed_model(tmp_path: Pat
     blob = (tmp_path / "model" / "model.pt").read_bytes()
     assert len(blob) == config["measurements"]["size_bytes"]
 
-    from objectives.compression import load_serialized
-    from objectives.trainer import evaluate
+    from hpsearch.objectives.compression import load_serialized
+    from hpsearch.objectives.trainer import evaluate
 
     # The bytes load back into the compressed architecture and score what was measured.
     rebuilt, data = _compressed_architecture(config["options"])
@@ -192,8 +192,8 @@ def test_retraining_a_compressed_export_saves_the_compressed_model(tmp_path: Pat
 
 
 def _compressed_architecture(options: dict[str, object]) -> tuple[torch.nn.Module, object]:
-    from objectives.builtin import build_model
-    from objectives.datasets import load_dataset
+    from hpsearch.objectives.builtin import build_model
+    from hpsearch.objectives.datasets import load_dataset
 
     data = load_dataset("digits", val_fraction=float(options["val_fraction"]))  # type: ignore[arg-type]
     model = build_model("mlp", data, options)

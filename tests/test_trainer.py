@@ -13,12 +13,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from objectives.batching import plan_batches
-from objectives.data import TensorDataset, load_digits
-from objectives.distributed import DistributedTrial
-from objectives.models import MLP
-from objectives.schedules import ScheduleConfig, make_schedule
-from objectives.trainer import TrainConfig, train_classifier
+from hpsearch.objectives.batching import plan_batches
+from hpsearch.objectives.data import TensorDataset, load_digits
+from hpsearch.objectives.distributed import DistributedTrial
+from hpsearch.objectives.models import MLP
+from hpsearch.objectives.schedules import ScheduleConfig, make_schedule
+from hpsearch.objectives.trainer import TrainConfig, train_classifier
 
 from .test_objectives import RecordingTrial
 
@@ -193,7 +193,7 @@ def test_l1_and_l2_shrink_the_weights() -> None:
 def test_adamw_decay_is_decoupled() -> None:
     model = fresh_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
-    from objectives.trainer import make_optimizer
+    from hpsearch.objectives.trainer import make_optimizer
 
     built = make_optimizer(
         model, TrainConfig(epochs=1, batch_size=8, lr=0.1, optimizer="adamw", l2=0.5)

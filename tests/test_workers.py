@@ -10,8 +10,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from search import budget_state, create_study, load_spec_file, load_study, start_workers
-from search._budget import BATCH, SLOT
+from hpsearch.search import budget_state, create_study, load_spec_file, load_study, start_workers
+from hpsearch.search.runtime._budget import BATCH, SLOT
 
 from .conftest import hpsearch_command
 
@@ -187,9 +187,9 @@ def test_worker_warm_up_loads_what_the_first_trial_would(tmp_path: Path, write_s
     claim (in a fresh interpreter, as a spawned worker starts); a user's objective gets none."""
     script = (
         "import sys\n"
-        "from objectives.data import load_digits\n"
-        "from search import load_spec_file\n"
-        "from search._preflight import warm_up\n"
+        "from hpsearch.objectives.data import load_digits\n"
+        "from hpsearch.search import load_spec_file\n"
+        "from hpsearch.search.runtime._preflight import warm_up\n"
         "warm_up(load_spec_file(sys.argv[1]))\n"
         "print('torch._dynamo' in sys.modules, load_digits.cache_info().currsize)\n"
     )

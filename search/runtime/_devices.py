@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from search._errors import HpsearchError
+from hpsearch.errors import HpsearchError
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import optuna
 
-from search._errors import SpecError
+from hpsearch.errors import SpecError
 
 BOUNDS = ("max", "min")
 

@@ -21,8 +21,8 @@ from typing import Any, TextIO
 
 import yaml
 
-from search._errors import HpsearchError
-from search._export import package_versions, write_atomically
+from hpsearch.errors import HpsearchError, NonFiniteLoss
+from hpsearch.search.results._export import package_versions, write_atomically
 
 
 @dataclass
@@ -150,9 +150,7 @@ def _one_line_failures(path: str) -> Iterator[None]:
         ) from None
     except ValueError as err:  # the trainer's checks of a configuration
         raise HpsearchError(f"Training from {path!r} refused its configuration: {err}.") from None
-    except RuntimeError as err:
-        if type(err).__name__ != "NonFiniteLoss":  # on_nonfinite = "fail"
-            raise
+    except NonFiniteLoss as err:  # on_nonfinite = "fail"
         raise HpsearchError(
             f"Training from {path!r} stopped: {err}; the trial itself ended the same way, or "
             "this hardware differs from the trial's."
@@ -161,8 +159,8 @@ def _one_line_failures(path: str) -> Iterator[None]:
 
 def train_from_export(path: str, output: str, *, stream: TextIO = sys.stderr) -> TrainOutcome:
     """Retrain what ``path`` describes; save a built-in's model under ``output``."""
-    from objectives import BUILTIN_OBJECTIVES, load_objective, resolve_objective
-    from search._worker import _as_values
+    from hpsearch.objectives import BUILTIN_OBJECTIVES, load_objective, resolve_objective
+    from hpsearch.search.runtime._worker import _as_values
 
     document = read_export(path)
     # Exports name objective files by absolute path; a hand-edited relative one is the file's.
@@ -199,8 +197,8 @@ def train_from_export(path: str, output: str, *, stream: TextIO = sys.stderr) ->
             values = _as_values(function(trial, params), metrics)
         return TrainOutcome(metrics, values, _exported_values(document), trial.number, None)
 
-    from objectives.builtin import train_builtin
-    from objectives.compression import serialize
+    from hpsearch.objectives.builtin import train_builtin
+    from hpsearch.objectives.compression import serialize
 
     with _one_line_failures(path):
         measurements, model = train_builtin(trial, params, objective=objective)

@@ -15,15 +15,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from objectives import (
+from hpsearch.errors import SpecError
+from hpsearch.objectives import (
     BUILTIN_OBJECTIVES,
     BuiltinObjective,
     ObjectiveError,
     check_options,
     resolve_objective,
 )
-from search._constraints import parse_constraints
-from search._errors import SpecError
+from hpsearch.search.spec._constraints import parse_constraints
 
 SPEC_VERSION = 1
 SAMPLERS = ("cmaes", "gp", "grid", "qmc", "random", "tpe")
@@ -438,7 +438,7 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
         }
     )
     # Construct the sampler and pruner once so that bad options are refused now, not in a worker.
-    from search._samplers import build_pruner, build_sampler
+    from hpsearch.search.spec._samplers import build_pruner, build_sampler
 
     build_sampler(spec, seed=sampler["seed"], source=source)
     build_pruner(spec, source=source)

@@ -3,106 +3,43 @@
 from __future__ import annotations
 
 import argparse
-import multiprocessing.connection
+import importlib.metadata
+import json
 import os
 import socket
 import sys
 import time
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import optuna
 
-from objectives import ObjectiveError
-from search._argtypes import positive_float, positive_int
-from search._deploy_cli import add_deploy_commands
-from search._devices import WorkerDevices, assign_devices, parse_gpus
-from search._errors import HpsearchError
-from search._export import (
+from hpsearch.errors import HpsearchError
+from hpsearch.search import _api
+from hpsearch.search._api import budget_used
+from hpsearch.search._study import create_study, load_study, study_summaries
+from hpsearch.search.cli._argtypes import positive_float, positive_int
+from hpsearch.search.cli._deploy import add_deploy_commands
+from hpsearch.search.results._export import (
     EXPORT_FORMATS,
     export_document,
     render,
     trials_csv,
     write_atomically,
 )
-from search._preflight import check_node
-from search._progress import Progress, progress_line
-from search._spec import load_spec_file
-from search._status import format_status, status_document
-from search._stop import install_parent_handlers
-from search._study import create_study, load_study, study_summaries
-from search._worker import available_cores, reap_stale_trials, start_workers
-from storage import DEFAULT_STORAGE_URL, ENV_VAR, StorageError, redact_url, resolve_storage_url
+from hpsearch.search.results._status import format_status, status_document
+from hpsearch.search.spec import StudySpec, load_spec_file
+from hpsearch.storage import DEFAULT_STORAGE_URL, ENV_VAR, redact_url, resolve_storage_url
+
+# Commands that do not train import neither torch, sklearn, plotly nor grpc: what only `run`,
+# `worker`, `train`, `report` or `proxy` need is imported inside them.
 
 
-def _run_local_workers(
-    study_name: str,
-    url: str,
-    *,
-    assignments: list[WorkerDevices],
-    timeout: float | None,
-    include_host: bool,
-) -> int:
-    """Start the workers, show progress until they end, return the worst exit code.
-
-    SIGTERM/SIGINT are passed on to the workers, which hand their trials back and exit 0.
-    """
-    loaded = load_study(study_name, url)
-    check_node(loaded.spec, assignments)
-    live = sys.stderr.isatty()
-    progress = Progress(sys.stderr, live=live, every=1.0 if live else 30.0)
-    started = time.monotonic()
-    processes = start_workers(
-        study_name,
-        url,
-        timeout=timeout,
-        include_host=include_host,
-        log_trials=not live,
-        assignments=assignments,
-    )
-    install_parent_handlers(processes)
-    while any(p.is_alive() for p in processes):
-        if progress.due():  # the line reads the study: not more often than it is shown
-            progress.show(progress_line(loaded.study, loaded.spec, started))
-        # Wakes as soon as a worker exits, so the summary follows the last trial at once.
-        multiprocessing.connection.wait([p.sentinel for p in processes if p.is_alive()], 0.5)
-    for process in processes:
-        process.join()
-    progress.show(progress_line(loaded.study, loaded.spec, started), force=True)
-    progress.close()
-    # A negative exit code is a worker killed by a signal (e.g. the kernel's OOM killer).
-    return max(1 if (p.exitcode or 0) < 0 else (p.exitcode or 0) for p in processes)
-
-
-def _assignments(
-    args: argparse.Namespace, spec_ranks: int, default_workers: int
-) -> list[WorkerDevices]:
-    """The node's workers and their devices, from --gpus/--gpus-per-trial/--workers."""
-    import torch
-
-    gpus = parse_gpus(args.gpus) if args.gpus is not None else None
-    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return assign_devices(
-        gpus=gpus,
-        visible_gpus=visible,
-        gpus_per_trial=args.devices_per_trial,
-        workers=args.workers or (None if visible or gpus else default_workers),
-        cores=available_cores(),
-        default_ranks=spec_ranks,
-    )
-
-
-def _show_assignments(assignments: list[WorkerDevices]) -> None:
-    print(f"node {socket.gethostname()}: {len(assignments)} worker process(es)")
-    for devices in assignments:
-        print(f"  {devices.describe()}")
-
-
-def _print_summary(study_name: str, url: str) -> None:
-    loaded = load_study(study_name, url)
-    print(format_status(status_document(loaded.study, loaded.spec)))
+def _print_summary(study: optuna.Study, spec: StudySpec) -> None:
+    print(format_status(status_document(study, spec)))
     try:
-        document = export_document(loaded.study, loaded.spec)
+        document = export_document(study, spec)
     except HpsearchError as err:
         print(f"\n{err}")
         return
@@ -110,20 +47,36 @@ def _print_summary(study_name: str, url: str) -> None:
     print(render(document, "yaml"), end="")
 
 
+def _info(args: argparse.Namespace, line: str) -> None:
+    """A line about what the command does, on stderr; -q/--quiet leaves it out."""
+    if not args.quiet:
+        print(line, file=sys.stderr)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec_file(args.study_file)
     url = resolve_storage_url(args.storage)
     result = create_study(spec, url)
     verb = "created" if result.created else "resuming"
-    print(f"{verb} study {spec.name!r} in {redact_url(url)}", file=sys.stderr)
-    assignments = _assignments(args, spec.resources["devices_per_trial"], spec.resources["workers"])
-    timeout = args.timeout if args.timeout is not None else spec.timeout
-    code = _run_local_workers(
-        spec.name, url, assignments=assignments, timeout=timeout, include_host=False
-    )
-    if code == 0:
-        _print_summary(spec.name, url)
-    return code
+    _info(args, f"{verb} study {spec.name!r} in {redact_url(url)}")
+    loaded = load_study(spec.name, url)
+    if budget_used(loaded.study, spec.n_trials):
+        _info(args, f"the budget of {spec.n_trials} trial(s) is used: no worker started")
+    else:
+        worker_options = _worker_options(args)
+        _api.run(spec, storage=url, progress=not args.quiet, **worker_options)
+    if not args.quiet:
+        _print_summary(loaded.study, spec)
+    return 0
+
+
+def _worker_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "workers": args.workers,
+        "gpus": args.gpus,
+        "devices_per_trial": args.devices_per_trial,
+        "timeout": args.timeout,
+    }
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -142,20 +95,30 @@ def cmd_create(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     url = resolve_storage_url(args.storage)
     loaded = load_study(args.study, url)  # fail fast, in one line, before spawning anything
-    assignments = _assignments(args, loaded.spec.resources["devices_per_trial"], 1)
     if args.dry_run:
-        _show_assignments(assignments)
+        from hpsearch.search.runtime._node import node_assignments
+
+        assignments = node_assignments(
+            gpus=args.gpus,
+            devices_per_trial=args.devices_per_trial,
+            workers=args.workers,
+            spec_ranks=loaded.spec.resources["devices_per_trial"],
+            default_workers=1,
+        )
+        print(f"node {socket.gethostname()}: {len(assignments)} worker process(es)")
+        for devices in assignments:
+            print(f"  {devices.describe()}")
         return 0
-    timeout = args.timeout if args.timeout is not None else loaded.spec.timeout
-    return _run_local_workers(
-        args.study, url, assignments=assignments, timeout=timeout, include_host=True
-    )
+    _api.worker(args.study, storage=url, progress=not args.quiet, **_worker_options(args))
+    return 0
 
 
 def cmd_reap(args: argparse.Namespace) -> int:
+    from hpsearch.search.runtime._budget import reap_stale_trials
+
     url = resolve_storage_url(args.storage)
     loaded = load_study(args.study, url)
-    reaped = reap_stale_trials(loaded)
+    reaped = reap_stale_trials(loaded.study)
     print(
         f"failed {len(reaped)} stale trial(s) of {args.study!r}"
         + (f" ({', '.join(map(str, reaped))}); they are back in the queue" if reaped else "")
@@ -164,8 +127,6 @@ def cmd_reap(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import json
-
     url = resolve_storage_url(args.storage)
     while True:
         loaded = load_study(args.study, url)
@@ -214,6 +175,9 @@ def _format_from_path(path: str | None) -> str:
 def cmd_studies(args: argparse.Namespace) -> int:
     url = resolve_storage_url(args.storage)
     rows = study_summaries(url)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
     if not rows:
         print(f"no studies in {redact_url(url)}")
         return 0
@@ -232,7 +196,7 @@ def cmd_studies(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
-    from storage import open_storage
+    from hpsearch.storage import open_storage
 
     artifact_store = None
     if args.artifacts is not None:
@@ -256,7 +220,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from search._report import write_report
+    from hpsearch.search.results._report import write_report
 
     url = resolve_storage_url(args.storage)
     loaded = load_study(args.study, url)
@@ -266,11 +230,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from search._train import describe, train_from_export
+    from hpsearch.search.results._retrain import describe, train_from_export
 
     outcome = train_from_export(args.config, args.output)
     print("\n".join(describe(outcome)))
     return 0
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("hpsearch")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout without an install
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,6 +249,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hpsearch",
         description="Hyperparameter search for PyTorch training on Optuna studies in a SQL database.",
     )
+    parser.add_argument("--version", action="version", version=f"hpsearch {_version()}")
+    # On every command, before or after its name (`hpsearch -q run ...`, `hpsearch run -q ...`).
+    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print only errors and what the command was asked for",
+    )
+    verbosity.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="also Optuna's log lines (-vv: debug)",
+    )
+    for action in verbosity._actions:
+        parser._add_action(action)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     storage_help = (
         f"database URL; default ${ENV_VAR}, else {DEFAULT_STORAGE_URL} (a SQLite file here)"
@@ -299,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub = commands.add_parser(name, help=help_text, description=help_text, parents=[verbosity])
         sub.add_argument("--storage", help=storage_help)
         return sub
 
@@ -361,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=cmd_export)
 
     studies = add("studies", "list the studies in a storage")
+    studies.add_argument("--json", action="store_true", help="print the list as JSON")
     studies.set_defaults(handler=cmd_studies)
 
     dashboard = add("dashboard", "serve optuna-dashboard on the storage")
@@ -382,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train",
+        parents=[verbosity],
         help="retrain an exported configuration and save the model",
         description="retrain an exported configuration (hpsearch export), save the model "
         "(built-in objectives) and report the metric",
@@ -395,17 +387,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(handler=cmd_train)
 
-    add_deploy_commands(commands, storage_help)  # proxy, db check, db upgrade
+    add_deploy_commands(commands, storage_help, parents=[verbosity])  # proxy, db check, db upgrade
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     args = build_parser().parse_args(argv)
+    args.quiet = getattr(args, "quiet", False)
+    args.verbose = getattr(args, "verbose", 0)
+    levels = {0: optuna.logging.WARNING, 1: optuna.logging.INFO}
+    optuna.logging.set_verbosity(
+        optuna.logging.ERROR if args.quiet else levels.get(args.verbose, optuna.logging.DEBUG)
+    )
     try:
         code: int = args.handler(args)
-    except (HpsearchError, StorageError, ObjectiveError) as err:
+    except _api.WorkersFailed as err:  # the worker printed its own error
+        print(f"hpsearch: error: {err}", file=sys.stderr)
+        return err.code
+    except HpsearchError as err:
         print(f"hpsearch: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 import tomli_w
 
-from search._spec import StudySpec
+from hpsearch.search.spec._study_file import StudySpec
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 

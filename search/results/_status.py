@@ -8,9 +8,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from search._budget import budget_state, worker_of
-from search._export import best_trials
-from search._spec import StudySpec
+from hpsearch.search.results._export import best_trials
+from hpsearch.search.runtime._budget import budget_state, worker_of
+from hpsearch.search.spec._study_file import StudySpec
 
 STATUS_SCHEMA_VERSION = 1
 

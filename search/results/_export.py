@@ -23,11 +23,11 @@ import tomli_w
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from objectives import BUILTIN_OBJECTIVES
-from search._budget import CHECKPOINT, worker_of
-from search._constraints import is_feasible
-from search._errors import HpsearchError
-from search._spec import StudySpec
+from hpsearch.errors import HpsearchError
+from hpsearch.objectives import BUILTIN_OBJECTIVES
+from hpsearch.search.runtime._budget import CHECKPOINT, worker_of
+from hpsearch.search.spec._constraints import is_feasible
+from hpsearch.search.spec._study_file import StudySpec
 
 FORMATS = ("yaml", "json", "toml")  # documents: the best trial and how to retrain it
 EXPORT_FORMATS = (*FORMATS, "csv")  # csv: every trial, one row each, for pandas

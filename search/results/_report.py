@@ -18,10 +18,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search._budget import worker_of
-from search._export import write_atomically
-from search._spec import StudySpec
-from search._status import status_document
+from hpsearch.search.results._export import write_atomically
+from hpsearch.search.results._status import status_document
+from hpsearch.search.runtime._budget import worker_of
+from hpsearch.search.spec._study_file import StudySpec
 
 # Section ids, in page order; a figure's div is "plot-<id>" ("plot-<id>-<k>" for the k-th
 # objective of a multi-objective study).

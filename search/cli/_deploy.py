@@ -10,13 +10,12 @@ import sys
 import threading
 from types import FrameType
 
-from search._argtypes import positive_int
-from search._errors import HpsearchError
-from search._proxy import serve_proxy
-from storage import StorageError, is_proxy_url, redact_url, resolve_storage_url
-from storage._doctor import check_storage, failures, upgrade_schema
-from storage._proxy import DEFAULT_PROXY_THREADS
-from storage._url import DEFAULT_PROXY_PORT
+from hpsearch.errors import HpsearchError
+from hpsearch.search.cli._argtypes import positive_int
+from hpsearch.storage import StorageError, is_proxy_url, redact_url, resolve_storage_url
+from hpsearch.storage._doctor import check_storage, failures, upgrade_schema
+from hpsearch.storage._proxy import DEFAULT_PROXY_THREADS
+from hpsearch.storage._url import DEFAULT_PROXY_PORT
 
 
 def _stop_on_signals() -> threading.Event:
@@ -33,6 +32,8 @@ def _stop_on_signals() -> threading.Event:
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
+    from hpsearch.search.runtime._proxy import serve_proxy  # grpc: only this command needs it
+
     url = resolve_storage_url(args.storage)
     if is_proxy_url(url):
         raise StorageError(
@@ -86,11 +87,14 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def add_deploy_commands(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], storage_help: str
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    storage_help: str,
+    *,
+    parents: list[argparse.ArgumentParser],
 ) -> None:
     """Register ``proxy`` and ``db`` (``check``, ``upgrade``) on the CLI's subcommands."""
     proxy_help = "serve Optuna's gRPC storage proxy: workers use --storage grpc://HOST:PORT"
-    proxy = commands.add_parser("proxy", help=proxy_help, description=proxy_help)
+    proxy = commands.add_parser("proxy", help=proxy_help, description=proxy_help, parents=parents)
     proxy.add_argument("--storage", help=storage_help + " (the database the proxy serves)")
     proxy.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default localhost; 0.0.0.0: all)"
@@ -105,10 +109,10 @@ def add_deploy_commands(
     proxy.set_defaults(handler=cmd_proxy)
 
     db_help = "check the storage for a deployment, or upgrade its schema"
-    db = commands.add_parser("db", help=db_help, description=db_help)
+    db = commands.add_parser("db", help=db_help, description=db_help, parents=parents)
     actions = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     check_help = "server, schema, connections for N workers, SQLite pitfalls, proxy advice"
-    check = actions.add_parser("check", help=check_help, description=check_help)
+    check = actions.add_parser("check", help=check_help, description=check_help, parents=parents)
     check.add_argument("--storage", help=storage_help)
     check.add_argument(
         "--workers", type=positive_int, default=1, help="worker processes in all (default 1)"
@@ -119,6 +123,8 @@ def add_deploy_commands(
     check.add_argument("--json", action="store_true", help="print the checks as JSON")
     check.set_defaults(handler=cmd_db_check)
     upgrade_help = "upgrade Optuna's schema to this optuna version (back up the database first)"
-    upgrade = actions.add_parser("upgrade", help=upgrade_help, description=upgrade_help)
+    upgrade = actions.add_parser(
+        "upgrade", help=upgrade_help, description=upgrade_help, parents=parents
+    )
     upgrade.add_argument("--storage", help=storage_help)
     upgrade.set_defaults(handler=cmd_db_upgrade)

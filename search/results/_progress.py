@@ -7,9 +7,9 @@ from typing import TextIO
 
 import optuna
 
-from search._budget import budget_state
-from search._export import best_trials
-from search._spec import StudySpec
+from hpsearch.search.results._export import best_trials
+from hpsearch.search.runtime._budget import budget_state
+from hpsearch.search.spec._study_file import StudySpec
 
 
 def progress_line(study: optuna.Study, spec: StudySpec, started: float) -> str:

@@ -19,16 +19,18 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+import optuna
 import torch
 import torch.distributed as dist
 
-from objectives import load_objective
-from objectives.distributed import DistributedTrial
+from hpsearch.errors import NonFiniteLoss
+from hpsearch.objectives import load_objective
+from hpsearch.objectives.distributed import DistributedTrial
 
 log = logging.getLogger("hpsearch.ranks")
 
 # Raised on every rank at the same point, so the group stays in step after them.
-_LOCKSTEP_ERRORS = ("TrialPruned", "NonFiniteLoss")
+_LOCKSTEP_ERRORS = (optuna.TrialPruned, NonFiniteLoss)
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ def follower_main(rank: int, args: GroupArgs) -> None:
             try:
                 objective(DistributedTrial(None), message)
             except Exception as err:  # rank 0 records the trial's outcome
-                if type(err).__name__ not in _LOCKSTEP_ERRORS:
+                if not isinstance(err, _LOCKSTEP_ERRORS):
                     log.warning("trial failed on rank %d: %s: %s", rank, type(err).__name__, err)
     finally:
         dist.destroy_process_group()
@@ -128,7 +130,7 @@ class RankGroup:
         try:
             return self.objective(DistributedTrial(trial), params)
         except BaseException as err:  # an interrupt on rank 0 leaves the others mid-collective
-            if type(err).__name__ not in _LOCKSTEP_ERRORS:
+            if not isinstance(err, _LOCKSTEP_ERRORS):
                 self.in_step = False
             raise
 

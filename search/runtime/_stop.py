@@ -19,7 +19,7 @@ import threading
 import time
 from types import FrameType
 
-from objectives import interrupt
+from hpsearch.objectives import interrupt
 
 log = logging.getLogger("hpsearch.worker")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -7,10 +7,8 @@ interrupted one is handed back to the queue.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import multiprocessing
 import os
 import socket
 import sys
@@ -18,17 +16,18 @@ import threading
 import time
 import traceback
 import warnings
-import zlib
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from objectives import Objective, ObjectiveError, interrupt, load_objective
-from search._budget import (
+from hpsearch.errors import HpsearchError
+from hpsearch.objectives import Objective, ObjectiveError, interrupt, load_objective
+from hpsearch.search._study import UID_ATTR, LoadedStudy, load_study
+from hpsearch.search.results._multi_objective import objective_trial
+from hpsearch.search.runtime._budget import (
     CHECKPOINT,
     ERROR,
     SLOT,
@@ -37,34 +36,24 @@ from search._budget import (
     claim_slot,
     refill,
 )
-from search._checkpoints import checkpoint_path, tidy
-from search._constraints import apply_constraints, measurements
-from search._devices import WorkerDevices, assign_devices
-from search._errors import HpsearchError
-from search._multi_objective import objective_trial
-from search._preflight import warm_up
-from search._ranks import RankGroup
-from search._space import suggest
-from search._stop import install_worker_handlers
-from search._study import UID_ATTR, LoadedStudy, load_study
-from storage import StorageError, WorkerStorage
+from hpsearch.search.runtime._checkpoints import checkpoint_path, tidy
+from hpsearch.search.runtime._launch import WorkerArgs
+from hpsearch.search.runtime._preflight import warm_up
+from hpsearch.search.runtime._ranks import RankGroup
+from hpsearch.search.runtime._stop import install_worker_handlers
+from hpsearch.search.spec._constraints import apply_constraints, measurements
+from hpsearch.search.spec._space import suggest
+from hpsearch.storage import StorageError, WorkerStorage
+from hpsearch.storage._optuna_internals import (
+    enter_optimize_loop,
+    stop_requested,
+    storage_of,
+    trial_id_of,
+)
 
 log = logging.getLogger("hpsearch.worker")
 # How long a stopping worker waits for its objective to reach a safe point before interrupting it.
 STOP_BOUND_SECONDS = 30.0
-
-
-@dataclass(frozen=True)
-class WorkerArgs:
-    study: str
-    url: str
-    index: int  # 0..workers-1 on this node
-    threads: int  # torch CPU threads for this process
-    deadline: float | None  # time.time() after which no trial starts
-    seed_offset: int
-    log_trials: bool  # one line per finished trial (off when a live display runs)
-    devices_per_trial: int = 1  # > 1: each trial runs as a DDP group of this many ranks
-    devices: str = "cpu"  # recorded on each trial: the CUDA_VISIBLE_DEVICES of this worker
 
 
 class Heartbeat:
@@ -128,8 +117,8 @@ def _as_values(result: Any, metrics: Sequence[str]) -> list[float]:
 def _record_error(study: optuna.Study, trial_id: int, err: BaseException) -> None:
     lines = traceback.format_exception(type(err), err, err.__traceback__)
     summary = f"{type(err).__name__}: {err}".splitlines()[0][:500]
-    study._storage.set_trial_user_attr(trial_id, ERROR, summary)
-    study._storage.set_trial_user_attr(trial_id, "traceback", "".join(lines)[-4000:])
+    storage_of(study).set_trial_user_attr(trial_id, ERROR, summary)
+    storage_of(study).set_trial_user_attr(trial_id, "traceback", "".join(lines)[-4000:])
 
 
 def run_trial(
@@ -140,7 +129,7 @@ def run_trial(
     log_trials: bool,
 ) -> TrialState:
     """Run one claimed trial to a finished state."""
-    study, spec, trial_id = loaded.study, loaded.spec, claimed._trial_id
+    study, spec, trial_id = loaded.study, loaded.spec, trial_id_of(claimed)
     state, values = TrialState.FAIL, None
     started = time.monotonic()
     # Our RDB storage wrote the first heartbeat with the claim.
@@ -162,7 +151,7 @@ def run_trial(
             # is reaped after its grace period and retried, uncounted.
             raise
         except BaseException as err:
-            if study._storage.get_trial(trial_id).state.is_finished():
+            if storage_of(study).get_trial(trial_id).state.is_finished():
                 # Failed and re-queued elsewhere while this worker could not reach the database.
                 log.warning("trial %d was taken over by another worker; dropping it", trial.number)
                 if isinstance(err, Exception):
@@ -249,13 +238,12 @@ def work(args: WorkerArgs) -> None:
     # This loop is an optimize loop in Optuna's sense: samplers may call study.stop() from
     # after_trial (the grid sampler does once its grid is exhausted), which Optuna only allows
     # inside Study.optimize. Mark the loop as one, as Study.optimize does, and honour the flag.
-    study._thread_local.in_optimize_loop = True
-    study._stop_flag = False
+    enter_optimize_loop(study)
     try:
         while args.deadline is None or time.time() < args.deadline:
             if interrupt.STOP.is_set():
                 return
-            if study._stop_flag:
+            if stop_requested(study):
                 log.info("the sampler stopped the study (its search space is exhausted)")
                 return
             if time.monotonic() - last_reap >= reap_every:
@@ -308,103 +296,3 @@ def worker_main(args: WorkerArgs) -> None:
             raise
     if interrupt.STOP.is_set():
         log.warning("stopped; the running trial went back to the queue")
-
-
-def reap_stale_trials(loaded: LoadedStudy) -> list[int]:
-    """Fail RUNNING trials whose heartbeat is older than the grace period; their retries are
-    queued by the storage's retry callback. Returns the failed trials' numbers."""
-    study = loaded.study
-    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    optuna.storages.fail_stale_trials(study)
-    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-    return sorted(t.number for t in failed if t.number in running)
-
-
-def node_seed_offset(*, include_host: bool) -> int:
-    """Workers on different nodes get different seeds; one node's workers differ by index."""
-    return zlib.crc32(socket.gethostname().encode()) % 100_003 if include_host else 0
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def start_workers(
-    study: str,
-    url: str,
-    *,
-    workers: int = 1,
-    timeout: float | None,
-    include_host: bool,
-    log_trials: bool,
-    devices_per_trial: int = 1,
-    assignments: Sequence[WorkerDevices] | None = None,
-) -> list[multiprocessing.process.BaseProcess]:
-    """Spawn (never fork: CUDA and gRPC do not survive a fork) one process per worker.
-
-    ``assignments`` (from search._devices) gives each worker its GPUs; without it, ``workers``
-    CPU workers with ``devices_per_trial`` ranks per trial share the cores.
-    """
-    if assignments is None:
-        assignments = assign_devices(
-            gpus=[],
-            visible_gpus=0,
-            gpus_per_trial=devices_per_trial,
-            workers=workers,
-            cores=available_cores(),
-        )
-    context = multiprocessing.get_context("spawn")
-    deadline = None if timeout is None else time.time() + timeout
-    base = node_seed_offset(include_host=include_host)
-    processes: list[multiprocessing.process.BaseProcess] = []
-    for devices in assignments:
-        args = WorkerArgs(
-            study=study,
-            url=url,
-            index=devices.index,
-            threads=devices.threads,
-            deadline=deadline,
-            seed_offset=base + 7919 * devices.index,
-            log_trials=log_trials,
-            devices_per_trial=devices.ranks,
-            devices=_visible(devices) or "cpu",
-        )
-        process = context.Process(
-            target=worker_main, args=(args,), name=f"hpsearch-worker-{devices.index}"
-        )
-        # A spawned child reads CUDA_VISIBLE_DEVICES from the environment it starts with.
-        with _environment("CUDA_VISIBLE_DEVICES", _visible(devices)):
-            process.start()
-        processes.append(process)
-    return processes
-
-
-def _visible(devices: WorkerDevices) -> str | None:
-    """The worker's CUDA_VISIBLE_DEVICES. GPU ids are indices as this process sees them: under
-    a CUDA_VISIBLE_DEVICES of its own (a scheduler's allocation), they map through it."""
-    if not devices.gpus:
-        return None
-    inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if not inherited:
-        return devices.cuda_visible_devices
-    allocation = [part.strip() for part in inherited.split(",") if part.strip()]
-    return ",".join(allocation[gpu] for gpu in devices.gpus if gpu < len(allocation))
-
-
-@contextlib.contextmanager
-def _environment(name: str, value: str | None) -> Iterator[None]:
-    if value is None:
-        yield
-        return
-    previous = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = previous

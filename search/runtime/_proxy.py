@@ -13,9 +13,9 @@ import warnings
 
 import optuna
 
-from search._spec import StudySpec
-from search._study import SPEC_ATTR, settings_from
-from storage import (
+from hpsearch.search._study import SPEC_ATTR, settings_from
+from hpsearch.search.spec._study_file import StudySpec
+from hpsearch.storage import (
     StorageSettings,
     open_storage,
     start_proxy_server,

@@ -18,8 +18,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.storage._optuna_internals import (
+    add_claimed_trial_to_cache,
+    storage_of,
+    study_id_of,
+    trial_id_of,
+)
 
 SLOT = "hpsearch:slot"
 REFILL = "hpsearch:refill"
@@ -85,16 +91,16 @@ def claim_slot(
     claim_trial = getattr(storage, "claim_trial", None)
     waiting_ids = getattr(storage, "waiting_trial_ids", None)
     if claim_trial is not None and waiting_ids is not None:
-        for trial_id in waiting_ids(study._study_id, CLAIM_CANDIDATES):
+        for trial_id in waiting_ids(study_id_of(study), CLAIM_CANDIDATES):
             claimed: FrozenTrial | None = claim_trial(trial_id, attrs)
             if claimed is not None:
                 _add_to_cache(study, claimed)
                 return claimed
         return None
     for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        if _claim(study, trial._trial_id):
+        if _claim(study, trial_id_of(trial)):
             for key, value in attrs(trial.system_attrs).items():
-                study._storage.set_trial_user_attr(trial._trial_id, key, value)
+                storage_of(study).set_trial_user_attr(trial_id_of(trial), key, value)
             return trial
     return None
 
@@ -102,7 +108,7 @@ def claim_slot(
 def _claim(study: optuna.Study, trial_id: int) -> bool:
     try:
         # Through the study's own storage (Optuna's cache), so that its reads see the claim.
-        return bool(study._storage.set_trial_state_values(trial_id, state=TrialState.RUNNING))
+        return bool(storage_of(study).set_trial_state_values(trial_id, state=TrialState.RUNNING))
     except optuna.exceptions.UpdateFinishedTrialError:
         return False  # another worker claimed (and maybe finished) it in between
 
@@ -113,13 +119,8 @@ def _add_to_cache(study: optuna.Study, trial: FrozenTrial) -> None:
     The cache must know a trial before params can be set on it, and must re-read it while it
     runs; a full read of the unfinished trials would cost what the direct claim saved.
     """
-    cache = study._storage
-    if not isinstance(cache, _CachedStorage) or study._study_id not in cache._studies:
+    if not add_claimed_trial_to_cache(study, trial):
         study.get_trials(deepcopy=False)  # the general way: one read through the cache
-        return
-    with cache._lock:
-        cache._add_trials_to_cache(study._study_id, [trial])
-        cache._studies[study._study_id].unfinished_trial_ids.add(trial._trial_id)
 
 
 @dataclass(frozen=True)
@@ -164,3 +165,12 @@ def budget_state(trials: Iterable[FrozenTrial], n_trials: int) -> BudgetState:
         elif trial.state == TrialState.WAITING:
             counts["waiting"] += 1
     return BudgetState(n_trials=n_trials, enqueued=len(slots), **counts)
+
+
+def reap_stale_trials(study: optuna.Study) -> list[int]:
+    """Fail RUNNING trials whose heartbeat is older than the grace period; their retries are
+    queued by the storage's retry callback. Returns the failed trials' numbers."""
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    optuna.storages.fail_stale_trials(study)
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    return sorted(t.number for t in failed if t.number in running)

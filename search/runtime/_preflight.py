@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from objectives import BUILTIN_OBJECTIVES, ObjectiveError, load_objective
-from search._devices import WorkerDevices
-from search._errors import HpsearchError
-from search._spec import StudySpec
+from hpsearch.errors import HpsearchError
+from hpsearch.objectives import BUILTIN_OBJECTIVES, ObjectiveError, load_objective
+from hpsearch.search.runtime._devices import WorkerDevices
+from hpsearch.search.spec._study_file import StudySpec
 
 
 def _check_gpus(assignments: Sequence[WorkerDevices]) -> None:
@@ -50,7 +50,7 @@ def _check_data(spec: StudySpec) -> None:
         choices = spec.space["dataset"].get("choices", [dataset])
     else:
         choices = [dataset]
-    from objectives.datasets import load_dataset
+    from hpsearch.objectives.datasets import load_dataset
 
     for name in choices:
         load_dataset(

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from search._errors import SpecError
+from hpsearch.errors import SpecError
 
 if TYPE_CHECKING:
-    from search._spec import StudySpec
+    from hpsearch.search.spec._study_file import StudySpec
 
 
 def _grid_space(spec: StudySpec, source: str) -> dict[str, list[Any]]:

@@ -18,10 +18,10 @@ import optuna
 import optuna.artifacts
 from optuna.trial import FrozenTrial, TrialState
 
-from search._budget import CHECKPOINT as ATTR
-from search._budget import ERROR
-from search._export import best_trials
-from search._spec import StudySpec
+from hpsearch.search.results._export import best_trials
+from hpsearch.search.runtime._budget import CHECKPOINT as ATTR
+from hpsearch.search.runtime._budget import ERROR
+from hpsearch.search.spec._study_file import StudySpec
 
 log = logging.getLogger("hpsearch.checkpoints")
 
@@ -77,7 +77,7 @@ def artifact_store_folder(spec: StudySpec) -> str:
 
 
 def _store(study: optuna.Study) -> optuna.artifacts.FileSystemArtifactStore:
-    from search._study import SPEC_ATTR
+    from hpsearch.search._study import SPEC_ATTR
 
     folder = artifact_store_folder(StudySpec(study.user_attrs[SPEC_ATTR]))
     os.makedirs(folder, exist_ok=True)

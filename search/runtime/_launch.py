@@ -1,0 +1,144 @@
+"""Starting worker processes: spawned children that run ``_worker.worker_main``.
+
+Torch-free: the parent that starts workers (``hpsearch run``, ``hpsearch.run``) does not pay
+for the training stack, and a spawned child imports it only when it starts working.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import socket
+import sys
+import time
+import types
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from hpsearch.search.runtime._devices import WorkerDevices, assign_devices
+
+
+@dataclass(frozen=True)
+class WorkerArgs:
+    study: str
+    url: str
+    index: int  # 0..workers-1 on this node
+    threads: int  # torch CPU threads for this process
+    deadline: float | None  # time.time() after which no trial starts
+    seed_offset: int
+    log_trials: bool  # one line per finished trial (off when a live display runs)
+    devices_per_trial: int = 1  # > 1: each trial runs as a DDP group of this many ranks
+    devices: str = "cpu"  # recorded on each trial: the CUDA_VISIBLE_DEVICES of this worker
+
+
+def _worker_entry(args: WorkerArgs) -> None:
+    """What a spawned worker runs: the worker loop, imported in the child only."""
+    from hpsearch.search.runtime._worker import worker_main
+
+    worker_main(args)
+
+
+@contextlib.contextmanager
+def _caller_not_rerun() -> Iterator[None]:
+    """Spawn re-imports the parent's ``__main__`` in every child (to find pickled functions);
+    a script or notebook that calls ``hpsearch.run`` without a main guard would run again, and
+    start workers of its own. Our workers need nothing from ``__main__``, so the children are
+    started while ``__main__`` is a bare module, which spawn does not re-import."""
+    caller = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = caller
+
+
+def node_seed_offset(*, include_host: bool) -> int:
+    """Workers on different nodes get different seeds; one node's workers differ by index."""
+    return zlib.crc32(socket.gethostname().encode()) % 100_003 if include_host else 0
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def start_workers(
+    study: str,
+    url: str,
+    *,
+    workers: int = 1,
+    timeout: float | None,
+    include_host: bool,
+    log_trials: bool,
+    devices_per_trial: int = 1,
+    assignments: Sequence[WorkerDevices] | None = None,
+) -> list[multiprocessing.process.BaseProcess]:
+    """Spawn (never fork: CUDA and gRPC do not survive a fork) one process per worker.
+
+    ``assignments`` (from hpsearch.search.runtime._devices) gives each worker its GPUs; without it, ``workers``
+    CPU workers with ``devices_per_trial`` ranks per trial share the cores.
+    """
+    if assignments is None:
+        assignments = assign_devices(
+            gpus=[],
+            visible_gpus=0,
+            gpus_per_trial=devices_per_trial,
+            workers=workers,
+            cores=available_cores(),
+        )
+    context = multiprocessing.get_context("spawn")
+    deadline = None if timeout is None else time.time() + timeout
+    base = node_seed_offset(include_host=include_host)
+    processes: list[multiprocessing.process.BaseProcess] = []
+    for devices in assignments:
+        args = WorkerArgs(
+            study=study,
+            url=url,
+            index=devices.index,
+            threads=devices.threads,
+            deadline=deadline,
+            seed_offset=base + 7919 * devices.index,
+            log_trials=log_trials,
+            devices_per_trial=devices.ranks,
+            devices=_visible(devices) or "cpu",
+        )
+        process = context.Process(
+            target=_worker_entry, args=(args,), name=f"hpsearch-worker-{devices.index}"
+        )
+        # A spawned child reads CUDA_VISIBLE_DEVICES from the environment it starts with.
+        with _environment("CUDA_VISIBLE_DEVICES", _visible(devices)), _caller_not_rerun():
+            process.start()
+        processes.append(process)
+    return processes
+
+
+def _visible(devices: WorkerDevices) -> str | None:
+    """The worker's CUDA_VISIBLE_DEVICES. GPU ids are indices as this process sees them: under
+    a CUDA_VISIBLE_DEVICES of its own (a scheduler's allocation), they map through it."""
+    if not devices.gpus:
+        return None
+    inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not inherited:
+        return devices.cuda_visible_devices
+    allocation = [part.strip() for part in inherited.split(",") if part.strip()]
+    return ",".join(allocation[gpu] for gpu in devices.gpus if gpu < len(allocation))
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str | None) -> Iterator[None]:
+    if value is None:
+        yield
+        return
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous

@@ -1,0 +1,85 @@
+"""One node's share of a study: its workers' devices, the workers started, progress shown until
+they end. ``hpsearch run``/``worker`` and the Python API (``hpsearch.run``/``worker``) use it."""
+
+from __future__ import annotations
+
+import multiprocessing.connection
+import sys
+import threading
+
+from hpsearch.search._study import load_study
+from hpsearch.search.runtime._devices import WorkerDevices, assign_devices, parse_gpus
+from hpsearch.search.runtime._launch import available_cores, start_workers
+
+
+def node_assignments(
+    *,
+    gpus: str | None,
+    devices_per_trial: int | None,
+    workers: int | None,
+    spec_ranks: int,
+    default_workers: int,
+) -> list[WorkerDevices]:
+    """The node's workers and their devices, from --gpus/--gpus-per-trial/--workers."""
+    import torch  # the visible GPUs: only a command that starts workers asks
+
+    chosen = parse_gpus(gpus) if gpus is not None else None
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return assign_devices(
+        gpus=chosen,
+        visible_gpus=visible,
+        gpus_per_trial=devices_per_trial,
+        workers=workers or (None if visible or chosen else default_workers),
+        cores=available_cores(),
+        default_ranks=spec_ranks,
+    )
+
+
+def run_node(
+    study_name: str,
+    url: str,
+    *,
+    assignments: list[WorkerDevices],
+    timeout: float | None,
+    include_host: bool,
+    show_progress: bool = True,
+) -> int:
+    """Start the workers, show progress until they end, return the worst exit code.
+
+    SIGTERM/SIGINT are passed on to the workers, which hand their trials back and exit 0.
+    """
+    import time
+
+    from hpsearch.search.results._progress import Progress, progress_line
+    from hpsearch.search.runtime._preflight import check_node
+    from hpsearch.search.runtime._stop import install_parent_handlers
+
+    loaded = load_study(study_name, url)
+    check_node(loaded.spec, assignments)
+    live = show_progress and sys.stderr.isatty()
+    progress = Progress(sys.stderr, live=live, every=1.0 if live else 30.0)
+    started = time.monotonic()
+    processes = start_workers(
+        study_name,
+        url,
+        timeout=timeout,
+        include_host=include_host,
+        log_trials=show_progress and not live,
+        assignments=assignments,
+    )
+    # Signal handlers belong to the main thread; called from another (a notebook's executor),
+    # a stop reaches the workers through their own handlers instead.
+    if threading.current_thread() is threading.main_thread():
+        install_parent_handlers(processes)
+    while any(p.is_alive() for p in processes):
+        if show_progress and progress.due():  # the line reads the study: only when shown
+            progress.show(progress_line(loaded.study, loaded.spec, started))
+        # Wakes as soon as a worker exits, so the summary follows the last trial at once.
+        multiprocessing.connection.wait([p.sentinel for p in processes if p.is_alive()], 0.5)
+    for process in processes:
+        process.join()
+    if show_progress:
+        progress.show(progress_line(loaded.study, loaded.spec, started), force=True)
+    progress.close()
+    # A negative exit code is a worker killed by a signal (e.g. the kernel's OOM killer).
+    return max(1 if (p.exitcode or 0) < 0 else (p.exitcode or 0) for p in processes)

@@ -1,0 +1,94 @@
+"""Every private Optuna name hpsearch relies on, in one place.
+
+Optuna's public API has no equivalent for these; a new Optuna release may rename or change any
+of them. ``tests/test_optuna_internals.py`` checks each one against the installed Optuna and
+fails with a message naming the internal, so an upgrade breaks one test, not a study.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.storages._cached_storage import _CachedStorage
+from optuna.storages._rdb import models as rdb_models
+from optuna.storages._rdb.storage import _create_scoped_session as create_scoped_session
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from optuna.study._frozen import FrozenStudy
+    from optuna.trial import FrozenTrial
+
+__all__ = [
+    "add_claimed_trial_to_cache",
+    "alembic_folder",
+    "create_scoped_session",
+    "enter_optimize_loop",
+    "make_grpc_server",
+    "rdb_models",
+    "stop_requested",
+    "storage_of",
+    "study_id_of",
+    "trial_id_of",
+]
+
+
+def study_id_of(study: optuna.Study | FrozenStudy) -> int:
+    """The storage's id of a study (Optuna keeps it private on ``Study`` and ``FrozenStudy``)."""
+    return int(study._study_id)
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The storage a study object reads and writes through (``Study._storage``)."""
+    storage: optuna.storages.BaseStorage = study._storage
+    return storage
+
+
+def trial_id_of(trial: FrozenTrial) -> int:
+    """The storage's id of a trial (``FrozenTrial._trial_id``)."""
+    return int(trial._trial_id)
+
+
+def add_claimed_trial_to_cache(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Make Optuna's trial cache (``_CachedStorage``) know a trial claimed without reading it
+    through the cache; False when the storage has no such cache for the study (then the caller
+    reads the trials the public way)."""
+    cache = study._storage
+    if not isinstance(cache, _CachedStorage) or study._study_id not in cache._studies:
+        return False
+    with cache._lock:
+        cache._add_trials_to_cache(study._study_id, [trial])
+        cache._studies[study._study_id].unfinished_trial_ids.add(trial._trial_id)
+    return True
+
+
+def enter_optimize_loop(study: optuna.Study) -> None:
+    """Mark the calling thread as inside ``Study.optimize``, as Optuna's own loop does, so that a
+    sampler may call ``study.stop()`` (the grid sampler does once its grid is exhausted)."""
+    study._thread_local.in_optimize_loop = True
+    study._stop_flag = False
+
+
+def stop_requested(study: optuna.Study) -> bool:
+    """Whether ``study.stop()`` was called inside the loop."""
+    return bool(study._stop_flag)
+
+
+def make_grpc_server(
+    storage: optuna.storages.BaseStorage, host: str, port: int, executor: ThreadPoolExecutor
+) -> grpc.Server:
+    """Optuna's gRPC storage proxy server (``optuna.storages._grpc.server.make_server``)."""
+    from optuna.storages._grpc.server import make_server
+
+    server: grpc.Server = make_server(storage, host, port, executor)
+    return server
+
+
+def alembic_folder() -> str:
+    """The folder of Optuna's schema migrations (alembic scripts) inside the installed Optuna."""
+    from optuna.storages._rdb import storage as rdb_module
+
+    return os.path.join(os.path.dirname(rdb_module.__file__), "alembic")

@@ -1,0 +1,114 @@
+"""One test per private Optuna name hpsearch relies on (storage/_optuna_internals.py).
+
+When a new Optuna release changes one of them, its test fails with a message naming the
+internal, the Optuna version, and where hpsearch uses it."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hpsearch.storage import _optuna_internals as internals
+from tests.conftest import free_port
+
+VERSION = optuna.__version__
+
+
+def _explain(name: str, used_by: str) -> str:
+    return (
+        f"Optuna {VERSION} changed the internal {name}, used by {used_by}; adapt "
+        "storage/_optuna_internals.py to the new Optuna."
+    )
+
+
+@pytest.fixture
+def rdb_study(tmp_path: Path) -> optuna.Study:
+    storage = optuna.storages.get_storage(f"sqlite:///{tmp_path / 'internals.db'}")
+    return optuna.create_study(storage=storage, study_name="internals")
+
+
+def test_study_and_trial_ids(rdb_study: optuna.Study) -> None:
+    trial = rdb_study.ask()
+    frozen_trial = rdb_study.trials[0]
+    ids = (internals.study_id_of(rdb_study), internals.trial_id_of(frozen_trial))
+    assert ids == (
+        internals.storage_of(rdb_study).get_study_id_from_name("internals"),
+        trial._trial_id,
+    ), _explain("Study._study_id / FrozenTrial._trial_id", "the budget queue's claim")
+
+
+def test_frozen_study_id(rdb_study: optuna.Study) -> None:
+    storage = internals.storage_of(rdb_study)
+    (frozen,) = storage.get_all_studies()
+    assert internals.study_id_of(frozen) == internals.study_id_of(rdb_study), _explain(
+        "FrozenStudy._study_id", "hpsearch studies"
+    )
+
+
+def test_storage_of_is_the_cached_rdb_storage(rdb_study: optuna.Study) -> None:
+    storage = internals.storage_of(rdb_study)
+    assert isinstance(storage, internals._CachedStorage), _explain(
+        "Study._storage / _CachedStorage", "the worker's claim and error records"
+    )
+
+
+def test_a_claimed_trial_joins_the_cache(rdb_study: optuna.Study) -> None:
+    rdb_study.enqueue_trial({})
+    (waiting,) = internals.storage_of(rdb_study)._backend.get_all_trials(
+        internals.study_id_of(rdb_study), deepcopy=False
+    )
+    rdb_study.get_trials(deepcopy=False)  # the cache knows the study
+    assert internals.add_claimed_trial_to_cache(rdb_study, waiting), _explain(
+        "_CachedStorage._studies / _add_trials_to_cache", "the budget queue's claim"
+    )
+    cached = internals.storage_of(rdb_study)._studies[internals.study_id_of(rdb_study)]
+    assert waiting._trial_id in cached.unfinished_trial_ids
+
+
+def test_optimize_loop_flags_let_a_sampler_stop_the_study(rdb_study: optuna.Study) -> None:
+    internals.enter_optimize_loop(rdb_study)
+    assert not internals.stop_requested(rdb_study)
+    rdb_study.stop()  # Optuna refuses this outside an optimize loop
+    assert internals.stop_requested(rdb_study), _explain(
+        "Study._thread_local.in_optimize_loop / Study._stop_flag", "the worker loop"
+    )
+
+
+def test_scoped_session_and_models(rdb_study: optuna.Study) -> None:
+    backend = internals.storage_of(rdb_study)._backend
+    rdb_study.ask()
+    with internals.create_scoped_session(backend.scoped_session) as session:
+        rows = session.query(internals.rdb_models.TrialModel).all()
+    assert len(rows) == 1, _explain(
+        "optuna.storages._rdb.storage._create_scoped_session / _rdb.models",
+        "the claim transaction (storage/_resilient.py)",
+    )
+
+
+def test_alembic_folder_holds_optunas_migrations() -> None:
+    folder = internals.alembic_folder()
+    assert os.path.isfile(os.path.join(folder, "env.py")), _explain(
+        "optuna/storages/_rdb/alembic", "hpsearch db check / db upgrade"
+    )
+
+
+def test_grpc_server_serves_a_storage(rdb_study: optuna.Study) -> None:
+    port = free_port()
+    with ThreadPoolExecutor(max_workers=2) as executor:
+        server = internals.make_grpc_server(
+            internals.storage_of(rdb_study), "127.0.0.1", port, executor
+        )
+        server.start()
+        try:
+            proxy = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=port)
+            names = [s.study_name for s in proxy.get_all_studies()]
+            proxy.close()
+        finally:
+            server.stop(0).wait()
+    assert names == ["internals"], _explain(
+        "optuna.storages._grpc.server.make_server", "hpsearch proxy"
+    )
