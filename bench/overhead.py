@@ -40,8 +40,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.pg_soak import fresh_database  # noqa: E402
 from bench.plain_worker import STUDY  # noqa: E402
+from hpsearch.attrs import SLOT  # noqa: E402
 from hpsearch.search import create_study, load_spec_file  # noqa: E402
-from hpsearch.search.runtime._budget import BATCH, SLOT, _slot_trial  # noqa: E402
+from hpsearch.search.runtime._budget import BATCH, _slot_trial  # noqa: E402
 
 X = optuna.distributions.FloatDistribution(-10.0, 10.0)
 STUDY_FILE = """

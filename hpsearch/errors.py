@@ -7,6 +7,9 @@ Code catches these by type, never by class name.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class HpsearchError(Exception):
     """An expected failure: the CLI prints the one-line message and exits 2."""
@@ -39,4 +42,11 @@ __all__ = [
     "ObjectiveError",
     "SpecError",
     "StorageError",
+    "did_you_mean",
 ]
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """`` Did you mean 'x'?`` for the closest candidate, or "" when none is close."""
+    close = difflib.get_close_matches(word, list(candidates), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""

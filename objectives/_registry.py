@@ -5,7 +5,6 @@ Built-ins are described by data so that a study file can be validated without im
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.util
 import os
@@ -14,14 +13,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hpsearch.errors import ObjectiveError
+from hpsearch.errors import ObjectiveError, did_you_mean
+from hpsearch.objectives._choices import (
+    ACTIVATIONS,
+    AMP_MODES,
+    DATASETS,
+    ON_NONFINITE,
+    OPTIMIZERS,
+    QUANTIZE_MODES,
+    SCHEDULES,
+)
 
 # One value per direction, or a mapping read by the study's metric names (extra entries are kept
 # for constraints).
 Objective = Callable[[Any, dict[str, Any]], "float | Sequence[float] | Mapping[str, float]"]
-
-ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu", "elu", "tanh", "sigmoid")
-OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 @dataclass(frozen=True)
@@ -39,9 +44,6 @@ class BuiltinObjective:
     # a study's metric or a constraint.
     measurements: Mapping[str, str] = field(default_factory=dict)
 
-
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
-SCHEDULES = ("none", "step", "cosine", "onecycle", "plateau")
 
 # What every built-in trainer reads, with its default.
 _TRAINING_OPTIONS: dict[str, Any] = {
@@ -69,7 +71,6 @@ _TRAINING_OPTIONS: dict[str, Any] = {
     "seed": 0,
     "on_nonfinite": "prune",
 }
-QUANTIZE_MODES = ("none", "dynamic-int8")
 # Compression after training (objectives/compression.py); every step off by default.
 _COMPRESSION_OPTIONS: dict[str, Any] = {
     "prune_amount": 0.0,  # global unstructured L1 magnitude pruning, fraction of weights
@@ -90,10 +91,10 @@ _VGG_OPTIONS = {"activation": "relu", "width": 0.25, "dropout": 0.0, "batch_norm
 _CHOICES = {
     "activation": ACTIVATIONS,
     "optimizer": OPTIMIZERS,
-    "on_nonfinite": ("prune", "fail"),
+    "on_nonfinite": ON_NONFINITE,
     "dataset": DATASETS,
     "schedule": SCHEDULES,
-    "amp": ("auto", "off", "bf16", "fp16"),
+    "amp": AMP_MODES,
     "quantize": QUANTIZE_MODES,
 }
 
@@ -158,11 +159,6 @@ BUILTIN_OBJECTIVES: dict[str, BuiltinObjective] = {
 }
 
 
-def _did_you_mean(word: str, candidates: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, candidates, n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
 def resolve_objective(ref: str, *, base_dir: str) -> str:
     """Validate an objective reference and return its canonical form.
 
@@ -175,7 +171,7 @@ def resolve_objective(ref: str, *, base_dir: str) -> str:
     module_part, sep, function = ref.rpartition(":")
     if not sep or not module_part or not function:
         raise ObjectiveError(
-            f"Unknown objective {ref!r}.{_did_you_mean(ref, list(BUILTIN_OBJECTIVES))} "
+            f"Unknown objective {ref!r}.{did_you_mean(ref, list(BUILTIN_OBJECTIVES))} "
             f"Expected a built-in ({', '.join(sorted(BUILTIN_OBJECTIVES))}), "
             "'package.module:function' or 'path/to/file.py:function'."
         )
@@ -238,7 +234,7 @@ def load_objective(ref: str) -> Objective:
         names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
         raise ObjectiveError(
             f"Objective {ref!r}: {module_part} has no function {function!r}."
-            f"{_did_you_mean(function, names)}"
+            f"{did_you_mean(function, names)}"
         )
     return fn  # type: ignore[no-any-return]
 
@@ -252,7 +248,7 @@ def check_options(ref: str, options: Mapping[str, Any], *, where: str) -> None:
         if key not in builtin.options:
             raise ObjectiveError(
                 f"{where}: objective {ref!r} has no option {key!r}."
-                f"{_did_you_mean(key, list(builtin.options))} "
+                f"{did_you_mean(key, list(builtin.options))} "
                 f"Allowed: {', '.join(sorted(builtin.options))}."
             )
         allowed = builtin.choices.get(key)
@@ -261,5 +257,5 @@ def check_options(ref: str, options: Mapping[str, Any], *, where: str) -> None:
             if allowed is not None and item not in allowed:
                 raise ObjectiveError(
                     f"{where}: {key} = {item!r} is not one of {', '.join(allowed)}."
-                    f"{_did_you_mean(str(item), allowed)}"
+                    f"{did_you_mean(str(item), allowed)}"
                 )

@@ -16,6 +16,7 @@ import optuna
 import torch
 from torch import nn
 
+from hpsearch import attrs
 from hpsearch.errors import NonFiniteLoss
 from hpsearch.objectives._registry import BUILTIN_OBJECTIVES
 from hpsearch.objectives.compression import CompressionRecipe, check_device, compress
@@ -122,13 +123,13 @@ def train_builtin(
     model = build_model(model_kind, data, options).to(device)
     try:
         # The worker names the trial's checkpoint file; a retried trial finds its predecessor's.
-        checkpoint = getattr(trial, "user_attrs", {}).get("checkpoint")
+        checkpoint = getattr(trial, "user_attrs", {}).get(attrs.CHECKPOINT)
         cfg = dataclasses.replace(train_config(options), checkpoint=checkpoint)
         train_classifier(trial, model, data, cfg)
         model, measurements = compress(model, data, recipe, train_config=cfg, trial=trial)
         return measurements, model
     except NonFiniteLoss as err:
-        trial.set_user_attr("nonfinite_loss", str(err))
+        trial.set_user_attr(attrs.NONFINITE_LOSS, str(err))
         if options["on_nonfinite"] == "prune":
             raise optuna.TrialPruned(str(err)) from None
         raise

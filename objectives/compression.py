@@ -38,7 +38,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from hpsearch.objectives._registry import QUANTIZE_MODES
+from hpsearch import attrs
+from hpsearch.objectives._choices import QUANTIZE_MODES
 from hpsearch.objectives.data import TensorDataset
 from hpsearch.objectives.schedules import ScheduleConfig
 from hpsearch.objectives.trainer import (
@@ -421,7 +422,7 @@ def compress(
         model = quantize_dynamic_int8(model)
         amp = "off"
     measurements = measure(model, data, amp=amp)
-    trial.set_user_attr("compression", done)
+    trial.set_user_attr(attrs.COMPRESSION, done)
     for key, value in measurements.items():
         trial.set_user_attr(key, value)
     return model, measurements

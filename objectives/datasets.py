@@ -8,7 +8,6 @@ images and the official test split is never touched.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import os
 from dataclasses import dataclass
@@ -16,7 +15,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from hpsearch.errors import ObjectiveError
+from hpsearch.errors import ObjectiveError, did_you_mean
+from hpsearch.objectives._choices import DATASETS
 from hpsearch.objectives.data import TensorDataset, load_digits
 
 
@@ -55,8 +55,6 @@ _SOURCES = {
     ),
 }
 
-DATASETS = ("digits", *_SOURCES)
-
 
 def load_dataset(
     name: str, data_dir: str = "data", *, download: bool = False, val_fraction: float = 0.1
@@ -68,10 +66,9 @@ def load_dataset(
     them. Results are cached per process, since a worker runs many trials on the same data.
     """
     if name not in DATASETS:
-        close = difflib.get_close_matches(name, DATASETS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ObjectiveError(
-            f"Unknown dataset {name!r}; expected one of: {', '.join(DATASETS)}.{hint}"
+            f"Unknown dataset {name!r}; expected one of: {', '.join(DATASETS)}."
+            f"{did_you_mean(name, DATASETS)}"
         )
     if not 0.0 < val_fraction < 1.0:
         raise ObjectiveError(

@@ -13,7 +13,8 @@ from typing import Literal
 
 import torch
 
-SCHEDULES = ("none", "step", "cosine", "onecycle", "plateau")
+from hpsearch.objectives._choices import SCHEDULES
+
 Interval = Literal["step", "epoch", "plateau", "never"]
 
 

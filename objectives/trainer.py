@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,15 +21,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from hpsearch import attrs
 from hpsearch.errors import NonFiniteLoss
+from hpsearch.files import replacing
 from hpsearch.objectives import interrupt
+from hpsearch.objectives._choices import AMP_MODES
 from hpsearch.objectives.batching import BatchPlan, halved, plan_batches
 from hpsearch.objectives.data import TensorDataset
 from hpsearch.objectives.schedules import ScheduleConfig, make_schedule
 
 log = logging.getLogger(__name__)
 
-AMP_MODES = ("auto", "off", "bf16", "fp16")
 # How often (optimizer steps) the loss is checked for NaN/inf: each check is a host sync.
 FINITE_CHECK_STEPS = 32
 
@@ -177,7 +178,7 @@ class _Loop:
         self._recent_losses: list[torch.Tensor] = []  # since the last NaN/inf check
         # The same generator on every rank: all ranks agree on each step's batch.
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        trial.set_user_attr("batch", self.plan.as_dict())
+        trial.set_user_attr(attrs.BATCH, self.plan.as_dict())
         log.debug("batch plan %s, %d steps per epoch", self.plan, self.steps_per_epoch)
 
     def _micro_batches(self, shard: torch.Tensor) -> Iterator[tuple[torch.Tensor, bool]]:
@@ -236,8 +237,8 @@ class _Loop:
                     smaller.micro,
                 )
                 self.plan = self.result.plan = smaller
-                self.trial.set_user_attr("batch", self.plan.as_dict())
-                self.trial.set_user_attr("oom_fallbacks", self.result.oom_fallbacks)
+                self.trial.set_user_attr(attrs.BATCH, self.plan.as_dict())
+                self.trial.set_user_attr(attrs.OOM_FALLBACKS, self.result.oom_fallbacks)
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
         """Raise NonFiniteLoss once a loss since the last check was NaN or infinite.
@@ -278,15 +279,8 @@ class _Loop:
         }
         folder = os.path.dirname(os.path.abspath(self.cfg.checkpoint))
         os.makedirs(folder, exist_ok=True)
-        # A unique temporary name: a trial taken over elsewhere may still be writing here.
-        handle, partial = tempfile.mkstemp(dir=folder, prefix="checkpoint-", suffix=".partial")
-        os.close(handle)
-        try:
+        with replacing(self.cfg.checkpoint) as partial:
             torch.save(state, partial)
-            os.replace(partial, self.cfg.checkpoint)
-        finally:
-            if os.path.exists(partial):
-                os.unlink(partial)
 
     def _restore(self) -> int:
         """The epoch to start from: 0, or the one after the last checkpointed epoch."""
@@ -311,7 +305,7 @@ class _Loop:
         torch.set_rng_state(state["torch_rng"])
         self.result.lr_history = list(state["lr_history"])
         epoch = int(state["epoch"])
-        self.trial.set_user_attr("resumed_from_epoch", epoch)
+        self.trial.set_user_attr(attrs.RESUMED_FROM_EPOCH, epoch)
         log.info("resuming from %s at epoch %d", path, epoch)
         return epoch
 

@@ -81,7 +81,7 @@ def run(
         url,
         spec=spec,
         workers=workers,
-        default_workers=spec.resources["workers"],
+        default_workers=spec.resources.workers,
         gpus=gpus,
         devices_per_trial=devices_per_trial,
         timeout=timeout,
@@ -139,7 +139,7 @@ def _run_workers(
         gpus=gpus,
         devices_per_trial=devices_per_trial,
         workers=workers,
-        spec_ranks=spec.resources["devices_per_trial"],
+        spec_ranks=spec.resources.devices_per_trial,
         default_workers=default_workers,
     )
     code = run_node(

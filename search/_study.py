@@ -10,6 +10,7 @@ from typing import Any
 
 import optuna
 
+from hpsearch import attrs
 from hpsearch.errors import HpsearchError
 from hpsearch.search.runtime._budget import enqueue_first_batch
 from hpsearch.search.spec._constraints import is_feasible
@@ -29,18 +30,18 @@ from hpsearch.storage import (
 )
 from hpsearch.storage._optuna_internals import study_id_of
 
-SPEC_ATTR = "hpsearch:spec"
+SPEC_ATTR = attrs.SPEC
 # A name for this study that no earlier study of the same name shares (checkpoint folders use it).
-UID_ATTR = "hpsearch:uid"
+UID_ATTR = attrs.UID
 
 
 def settings_from(spec: StudySpec) -> StorageSettings:
     resources = spec.resources
     return StorageSettings(
-        heartbeat_interval=resources["heartbeat_interval"],
-        grace_period=resources["grace_period"],
-        max_retry=resources["max_retry"],
-        outage_timeout=resources["db_timeout"],
+        heartbeat_interval=resources.heartbeat_interval,
+        grace_period=resources.grace_period,
+        max_retry=resources.max_retry,
+        outage_timeout=resources.db_timeout,
     )
 
 
@@ -138,8 +139,8 @@ def load_study(name: str, url: str, *, seed_offset: int = 0) -> LoadedStudy:
     # The heartbeat and retry settings are the study's own: reopen with them.
     close_storage(storage)
     storage = open_worker_storage(url, settings=settings_from(spec))
-    seed = spec.data["sampler"]["seed"]
-    if seed is not None and spec.data["sampler"]["name"] != "qmc":
+    seed = spec.sampler.seed
+    if seed is not None and spec.sampler.name != "qmc":
         seed = (seed + seed_offset) % 2**32
     sampler = build_sampler(spec, seed=seed)
     pruner = build_pruner(spec)

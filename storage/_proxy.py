@@ -19,6 +19,7 @@ import optuna
 from optuna.storages import GrpcStorageProxy
 from optuna.trial import FrozenTrial
 
+from hpsearch import attrs
 from hpsearch.errors import StorageError
 from hpsearch.storage._optuna_internals import make_grpc_server
 from hpsearch.storage._rdb import (
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     import grpc
 
 # Never stored: the proxy turns a write of this attribute into ``record_heartbeat``.
-HEARTBEAT_ATTR = "hpsearch:heartbeat"
+HEARTBEAT_ATTR = attrs.HEARTBEAT
 DEFAULT_PROXY_THREADS = 16
 
 

@@ -207,3 +207,15 @@ def test_val_fraction_is_checked(fraction: float) -> None:
 
 def test_digits_delegates() -> None:
     assert load_dataset("digits", "ignored", val_fraction=0.2) is load_digits(0.2)
+
+
+def test_every_dataset_choice_has_a_loader() -> None:
+    from hpsearch.objectives import datasets
+
+    assert ("digits", *datasets._SOURCES) == datasets.DATASETS
+
+
+def test_every_activation_choice_builds_a_module() -> None:
+    from hpsearch.objectives import _choices, models
+
+    assert tuple(models._ACTIVATIONS) == _choices.ACTIVATIONS

@@ -51,7 +51,7 @@ def test_worker_runs_ddp_trials_and_survives_a_failed_one(tmp_path: Path) -> Non
         timeout=None,
         include_host=False,
         log_trials=True,
-        devices_per_trial=spec.resources["devices_per_trial"],
+        devices_per_trial=spec.resources.devices_per_trial,
     )
     for process in processes:
         process.join(timeout=600)

@@ -15,9 +15,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from hpsearch.attrs import SLOT
 from hpsearch.search import budget_state, load_spec_file
 from hpsearch.search._study import load_study
-from hpsearch.search.runtime._budget import SLOT, claim_slot
+from hpsearch.search.runtime._budget import claim_slot
 from hpsearch.storage import ProxyStorage
 
 from .conftest import free_port, hpsearch_command

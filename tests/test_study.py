@@ -8,9 +8,10 @@ from typing import Any
 import optuna
 import pytest
 
+from hpsearch.attrs import SLOT
 from hpsearch.search import HpsearchError, create_study, load_spec_file, load_study, study_summaries
 from hpsearch.search.cli import main
-from hpsearch.search.runtime._budget import BATCH, SLOT
+from hpsearch.search.runtime._budget import BATCH
 
 
 def test_create_load_round_trip(storage_url: str, write_study: Any) -> None:

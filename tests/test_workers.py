@@ -10,8 +10,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from hpsearch.attrs import SLOT
 from hpsearch.search import budget_state, create_study, load_spec_file, load_study, start_workers
-from hpsearch.search.runtime._budget import BATCH, SLOT
+from hpsearch.search.runtime._budget import BATCH
 
 from .conftest import hpsearch_command
 

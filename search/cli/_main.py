@@ -102,7 +102,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             gpus=args.gpus,
             devices_per_trial=args.devices_per_trial,
             workers=args.workers,
-            spec_ranks=loaded.spec.resources["devices_per_trial"],
+            spec_ranks=loaded.spec.resources.devices_per_trial,
             default_workers=1,
         )
         print(f"node {socket.gethostname()}: {len(assignments)} worker process(es)")

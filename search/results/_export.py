@@ -15,7 +15,6 @@ import os
 import platform
 import shlex
 import subprocess
-import tempfile
 from typing import Any
 
 import optuna
@@ -23,9 +22,12 @@ import tomli_w
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch import attrs
+from hpsearch.attrs import CHECKPOINT
 from hpsearch.errors import HpsearchError
+from hpsearch.files import replacing
 from hpsearch.objectives import BUILTIN_OBJECTIVES
-from hpsearch.search.runtime._budget import CHECKPOINT, worker_of
+from hpsearch.search.runtime._budget import worker_of
 from hpsearch.search.spec._constraints import is_feasible
 from hpsearch.search.spec._study_file import StudySpec
 
@@ -82,7 +84,7 @@ def export_document(
         "training": spec.training,
         "direction": spec.directions[0] if single else spec.directions,
         "seed": training_seed(spec, params),
-        "batch": best.user_attrs.get("batch"),
+        "batch": best.user_attrs.get(attrs.BATCH),
         "checkpoint": best.user_attrs.get(CHECKPOINT),
         "versions": package_versions(),
         "revision": git_revision(),
@@ -92,7 +94,7 @@ def export_document(
     if measurement_names:
         # What the exported model measured after compression, and the recipe that compressed it.
         document["measurements"] = _measurements(best, measurement_names)
-        document["compression"] = best.user_attrs.get("compression")
+        document["compression"] = best.user_attrs.get(attrs.COMPRESSION)
     if spec.constraints:
         document["constraints"] = spec.constraints
     if not single:
@@ -192,7 +194,7 @@ def _trial_entry(trial: FrozenTrial) -> dict[str, Any]:
         "trial": trial.number,
         "value": trial.values[0],
         "params": dict(trial.params),
-        "batch": trial.user_attrs.get("batch"),
+        "batch": trial.user_attrs.get(attrs.BATCH),
         "checkpoint": trial.user_attrs.get(CHECKPOINT),
     }
 
@@ -271,16 +273,10 @@ def write_atomically(path: str, text: str) -> None:
         )
     if os.path.isdir(path):
         raise HpsearchError(f"Cannot write {path!r}: it is a folder; name a file to write.")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".hpsearch-export-")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with replacing(path) as partial, open(partial, "w", encoding="utf-8") as handle:
             handle.write(text)
-        # mkstemp makes the file private (0600); give it the mode any new file would get.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    except OSError as err:  # a read-only folder, /proc, a full disk
+        raise HpsearchError(
+            f"Cannot write {path!r}: {err.strerror or err}; choose another --output."
+        ) from None

@@ -21,7 +21,9 @@ from typing import Any, TextIO
 
 import yaml
 
+from hpsearch import attrs
 from hpsearch.errors import HpsearchError, NonFiniteLoss
+from hpsearch.files import replacing
 from hpsearch.search.results._export import package_versions, write_atomically
 
 
@@ -210,18 +212,16 @@ def train_from_export(path: str, output: str, *, stream: TextIO = sys.stderr) ->
             f"Cannot use --output {output!r}: {err.strerror}; name a folder that can be created."
         ) from None
     model_path = os.path.join(output, "model.pt")
-    partial = f"{model_path}.partial"
     # The bytes `size_bytes` measured: sparse weights stay compact, int8 layers stay packed
     # (`objectives.compression.load_serialized` reads them back into the compressed model).
-    with open(partial, "wb") as handle:
+    with replacing(model_path) as partial, open(partial, "wb") as handle:
         handle.write(serialize(model.to("cpu")))
-    os.replace(partial, model_path)
     config = {
         "objective": objective,
         "options": options,  # every option the model was trained with, defaults included
         "metrics": dict(zip(metrics, values, strict=True)),
         "measurements": dict(measurements),
-        "batch": trial.user_attrs.get("batch"),
+        "batch": trial.user_attrs.get(attrs.BATCH),
         "exported_from": os.path.abspath(path),
         "study": document.get("study"),
         "trial": document.get("trial"),

@@ -20,18 +20,13 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.attrs import ERROR, REFILL, SLOT, WORKER
 from hpsearch.storage._optuna_internals import (
     add_claimed_trial_to_cache,
     storage_of,
     study_id_of,
     trial_id_of,
 )
-
-SLOT = "hpsearch:slot"
-REFILL = "hpsearch:refill"
-ERROR = "error"  # user attribute set when the objective raised; such a trial used its slot
-CHECKPOINT = "checkpoint"  # user attribute: the trial's checkpoint file
-WORKER = "worker"  # user attribute: {"host", "pid", "devices"} of the worker that ran the trial
 
 
 def worker_of(trial: FrozenTrial) -> dict[str, object]:

@@ -18,9 +18,9 @@ import optuna
 import optuna.artifacts
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.attrs import CHECKPOINT as ATTR
+from hpsearch.attrs import ERROR
 from hpsearch.search.results._export import best_trials
-from hpsearch.search.runtime._budget import CHECKPOINT as ATTR
-from hpsearch.search.runtime._budget import ERROR
 from hpsearch.search.spec._study_file import StudySpec
 
 log = logging.getLogger("hpsearch.checkpoints")
@@ -29,7 +29,7 @@ log = logging.getLogger("hpsearch.checkpoints")
 def checkpoint_path(spec: StudySpec, slot: int, study_uid: str) -> str:
     """``ARTIFACTS/NAME-UID/slot-N/checkpoint.pt``: the uid keeps a re-created study of the same
     name from resuming an old study's checkpoints."""
-    folder = os.path.abspath(spec.resources["artifacts"])
+    folder = os.path.abspath(spec.resources.artifacts)
     return os.path.join(folder, f"{spec.name}-{study_uid}", f"slot-{slot:06d}", "checkpoint.pt")
 
 
@@ -73,7 +73,7 @@ def _tidy(study: optuna.Study, finished: FrozenTrial, keep: str) -> None:
 
 def artifact_store_folder(spec: StudySpec) -> str:
     """The Optuna artifact store beside the checkpoints: `hpsearch dashboard --artifacts` it."""
-    return os.path.join(os.path.abspath(spec.resources["artifacts"]), "store")
+    return os.path.join(os.path.abspath(spec.resources.artifacts), "store")
 
 
 def _store(study: optuna.Study) -> optuna.artifacts.FileSystemArtifactStore:

@@ -23,19 +23,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.attrs import CHECKPOINT, ERROR, SLOT, TRACEBACK, WORKER
 from hpsearch.errors import HpsearchError
 from hpsearch.objectives import Objective, ObjectiveError, interrupt, load_objective
 from hpsearch.search._study import UID_ATTR, LoadedStudy, load_study
 from hpsearch.search.results._multi_objective import objective_trial
-from hpsearch.search.runtime._budget import (
-    CHECKPOINT,
-    ERROR,
-    SLOT,
-    WORKER,
-    budget_state,
-    claim_slot,
-    refill,
-)
+from hpsearch.search.runtime._budget import budget_state, claim_slot, refill
 from hpsearch.search.runtime._checkpoints import checkpoint_path, tidy
 from hpsearch.search.runtime._launch import WorkerArgs
 from hpsearch.search.runtime._preflight import warm_up
@@ -118,7 +111,7 @@ def _record_error(study: optuna.Study, trial_id: int, err: BaseException) -> Non
     lines = traceback.format_exception(type(err), err, err.__traceback__)
     summary = f"{type(err).__name__}: {err}".splitlines()[0][:500]
     storage_of(study).set_trial_user_attr(trial_id, ERROR, summary)
-    storage_of(study).set_trial_user_attr(trial_id, "traceback", "".join(lines)[-4000:])
+    storage_of(study).set_trial_user_attr(trial_id, TRACEBACK, "".join(lines)[-4000:])
 
 
 def run_trial(
@@ -181,7 +174,7 @@ def run_trial(
                     raise interrupt.TrialInterrupted("stop requested") from err
                 raise
         frozen = study.tell(trial, values=values, state=state, skip_if_finished=True)
-    tidy(study, frozen, spec.resources["keep_checkpoints"])
+    tidy(study, frozen, spec.resources.keep_checkpoints)
     if log_trials:
         shown = (
             ""
@@ -214,7 +207,7 @@ def work(args: WorkerArgs) -> None:
             world_size=args.devices_per_trial,
             objective=spec.objective,
             threads=args.threads,
-            timeout=spec.resources["dist_timeout"],
+            timeout=spec.resources.dist_timeout,
         )
         return group.run
 

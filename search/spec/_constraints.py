@@ -8,14 +8,13 @@ and ``Study.best_trial`` / ``best_trials`` choose among feasible trials only.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import optuna
 
-from hpsearch.errors import SpecError
+from hpsearch.errors import SpecError, did_you_mean
 
 BOUNDS = ("max", "min")
 
@@ -32,8 +31,7 @@ def parse_constraints(
     for name, bounds in table.items():
         where = f"constraints.{name}"
         if allowed is not None and name not in allowed:
-            close = difflib.get_close_matches(name, list(allowed), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(name, allowed)
             raise fail(
                 "constraints",
                 f"{name!r} is not a measurement of this objective.{hint} "

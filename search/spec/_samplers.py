@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import warnings
 from collections.abc import Callable
@@ -10,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from hpsearch.errors import SpecError
+from hpsearch.errors import SpecError, did_you_mean
 
 if TYPE_CHECKING:
     from hpsearch.search.spec._study_file import StudySpec
@@ -43,8 +42,7 @@ def _construct(
     ]
     for key in options:
         if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(key, allowed)
             raise SpecError(
                 f"{source} [{where}.options]: unknown option {key!r} for "
                 f"{getattr(factory, '__name__', factory)}.{hint} Allowed: {', '.join(allowed)}."
@@ -62,9 +60,8 @@ def build_sampler(
     spec: StudySpec, *, seed: int | None, source: str = "study"
 ) -> optuna.samplers.BaseSampler:
     """The study's sampler, seeded with ``seed`` (each worker passes its own)."""
-    sampler = spec.data["sampler"]
-    options = dict(sampler["options"])
-    name = sampler["name"]
+    options = spec.sampler.options
+    name = spec.sampler.name
     if name == "tpe" and spec.is_conditional and options.get("multivariate", True):
         # Optuna 5 TPE is multivariate with a constant liar. A conditional space also needs
         # group=True, or parameters that exist in only some trials are sampled independently.
@@ -111,14 +108,12 @@ _PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
 
 
 def build_pruner(spec: StudySpec, *, source: str = "study") -> optuna.pruners.BasePruner:
-    pruner = spec.data["pruner"]
-    factory = _PRUNERS[pruner["name"]]
-    if pruner["name"] == "percentile" and "percentile" not in pruner["options"]:
+    pruner = spec.pruner
+    factory = _PRUNERS[pruner.name]
+    if pruner.name == "percentile" and "percentile" not in pruner.options:
         raise SpecError(
             f"{source} [pruner.options]: the percentile pruner needs percentile = 0..100, "
             "e.g. options = { percentile = 25.0 }."
         )
-    result: optuna.pruners.BasePruner = _construct(
-        factory, dict(pruner["options"]), "pruner", source
-    )
+    result: optuna.pruners.BasePruner = _construct(factory, pruner.options, "pruner", source)
     return result

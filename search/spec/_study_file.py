@@ -6,7 +6,6 @@ by :class:`StudySpec` for typed access. Nothing is written anywhere until it val
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -15,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hpsearch.errors import SpecError
+from hpsearch.errors import SpecError, did_you_mean
 from hpsearch.objectives import (
     BUILTIN_OBJECTIVES,
     BuiltinObjective,
@@ -76,11 +75,6 @@ RESOURCE_DEFAULTS: dict[str, Any] = {
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-def _suggest(word: str, allowed: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(allowed), n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
 class _Checker:
     """Builds messages of one shape: where, what is wrong, what is allowed."""
 
@@ -102,7 +96,7 @@ class _Checker:
             if key not in allowed:
                 raise self.fail(
                     where,
-                    f"unknown key {key!r}.{_suggest(key, allowed)} Allowed: {', '.join(allowed)}.",
+                    f"unknown key {key!r}.{did_you_mean(key, allowed)} Allowed: {', '.join(allowed)}.",
                 )
 
     def number(self, value: Any, where: str, key: str, *, integer: bool = False) -> float:
@@ -135,7 +129,7 @@ def _parse_param(c: _Checker, name: str, entry: Any) -> dict[str, Any]:
         raise c.fail(where, f"a search-space entry must be a table, got {entry!r}.")
     kind = entry.get("type")
     if kind not in PARAM_TYPES:
-        hint = _suggest(str(kind), PARAM_TYPES) if isinstance(kind, str) else ""
+        hint = did_you_mean(str(kind), PARAM_TYPES) if isinstance(kind, str) else ""
         raise c.fail(where, f"type must be one of {', '.join(PARAM_TYPES)}, got {kind!r}.{hint}")
     c.keys(entry, _PARAM_KEYS[kind], where)
     param: dict[str, Any] = {"type": kind}
@@ -197,7 +191,7 @@ def _parse_conditions(
                 raise c.fail(
                     where,
                     f"when names {parent!r}, which is not another search-space entry."
-                    f"{_suggest(parent, [n for n in space if n != name])}",
+                    f"{did_you_mean(parent, [n for n in space if n != name])}",
                 )
             if space[parent]["type"] != "categorical":
                 raise c.fail(where, f"when may only name categorical entries; {parent!r} is not.")
@@ -286,7 +280,7 @@ def _parse_study(c: _Checker, raw: Mapping[str, Any], base_dir: str) -> dict[str
         if direction not in DIRECTIONS:
             raise c.fail(
                 "study",
-                f"direction {direction!r} must be one of {', '.join(DIRECTIONS)}.{_suggest(direction, DIRECTIONS)}",
+                f"direction {direction!r} must be one of {', '.join(DIRECTIONS)}.{did_you_mean(direction, DIRECTIONS)}",
             )
     default_metrics = (
         [builtin.metric]
@@ -308,7 +302,7 @@ def _parse_study(c: _Checker, raw: Mapping[str, Any], base_dir: str) -> dict[str
             allowed = list(_measurements(builtin))
             raise c.fail(
                 "study",
-                f"metric {metric!r} is not measured by {objective!r}.{_suggest(metric, allowed)} "
+                f"metric {metric!r} is not measured by {objective!r}.{did_you_mean(metric, allowed)} "
                 f"Allowed: {', '.join(allowed)}.",
             )
     return {"name": name, "objective": objective, "directions": directions, "metrics": metrics}
@@ -335,7 +329,7 @@ def _parse_component(
     c.keys(table, allowed_keys, section)
     name = table.get("name", default)
     if name not in names:
-        hint = _suggest(name, names) if isinstance(name, str) else ""
+        hint = did_you_mean(name, names) if isinstance(name, str) else ""
         raise c.fail(
             section, f"unknown {section} {name!r}.{hint} Expected one of: {', '.join(names)}."
         )
@@ -417,7 +411,7 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
         raise c.fail(
             "resources",
             f"keep_checkpoints must be one of {', '.join(KEEP_CHECKPOINTS)}, got {keep!r}."
-            f"{_suggest(str(keep), KEEP_CHECKPOINTS)}",
+            f"{did_you_mean(str(keep), KEEP_CHECKPOINTS)}",
         )
     resources.update(artifacts=artifacts, keep_checkpoints=keep)
     if resources["grace_period"] <= resources["heartbeat_interval"]:
@@ -463,6 +457,30 @@ def load_spec_file(path: str) -> StudySpec:
 
 
 @dataclass(frozen=True)
+class Resources:
+    """``[resources]``: how workers run a study's trials (defaults in RESOURCE_DEFAULTS)."""
+
+    workers: int  # worker processes per `hpsearch run`
+    devices_per_trial: int  # DDP ranks per trial
+    heartbeat_interval: int  # seconds between a running trial's heartbeats
+    grace_period: int  # seconds without a heartbeat before a trial counts as dead
+    max_retry: int  # retries of a trial whose worker died
+    dist_timeout: int  # seconds a collective waits for a missing rank
+    db_timeout: int  # seconds a worker rides out a database outage
+    artifacts: str  # folder of checkpoints and the artifact store
+    keep_checkpoints: str  # "best", "all" or "none"
+
+
+@dataclass(frozen=True)
+class Section:
+    """``[sampler]`` or ``[pruner]``: a name and the options passed to Optuna's class."""
+
+    name: str
+    options: dict[str, Any]
+    seed: int | None = None  # samplers only
+
+
+@dataclass(frozen=True)
 class StudySpec:
     """Typed access to a normalised spec dict (the form stored in the study)."""
 
@@ -502,9 +520,18 @@ class StudySpec:
         return dict(self.data["training"])
 
     @property
-    def resources(self) -> dict[str, Any]:
+    def resources(self) -> Resources:
         # Defaults first: a spec stored by an older version lacks the newer settings.
-        return {**RESOURCE_DEFAULTS, **self.data["resources"]}
+        return Resources(**{**RESOURCE_DEFAULTS, **self.data["resources"]})
+
+    @property
+    def sampler(self) -> Section:
+        sampler = self.data["sampler"]
+        return Section(sampler["name"], dict(sampler["options"]), sampler.get("seed"))
+
+    @property
+    def pruner(self) -> Section:
+        return Section(self.data["pruner"]["name"], dict(self.data["pruner"]["options"]))
 
     @property
     def constraints(self) -> dict[str, dict[str, float]]:
