@@ -53,9 +53,7 @@ class _Quiet:
 def _run(raw: dict[str, Any], url: str, workers: int) -> optuna.Study:
     spec = parse_spec(raw, source=str(STUDY), base_dir=str(STUDY.parent))
     create_study(spec, url)
-    for process in start_workers(
-        spec.name, url, workers=workers, timeout=None, include_host=False, log_trials=False
-    ):
+    for process in start_workers(spec.name, url, workers=workers, timeout=None, log_trials=False):
         process.join()
     return optuna.load_study(study_name=spec.name, storage=url)
 

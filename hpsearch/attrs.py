@@ -11,6 +11,9 @@ UID = "hpsearch:uid"  # unique per study ever created under a name (checkpoint f
 SLOT = "hpsearch:slot"  # the budget slot a trial fills; a retry inherits it
 REFILL = "hpsearch:refill"  # the next batch of slots this trial's claimer enqueues
 HEARTBEAT = "hpsearch:heartbeat"  # never stored: the proxy turns its write into a heartbeat
+# Set by Optuna's RetryHeartbeatStaleTrialCallback on the retry of a dead worker's trial (the
+# failed trial's number); retries are claimed before fresh slots.
+RETRY_OF = "failed_trial"
 
 # Trial user attributes.
 WORKER = "worker"  # {"host", "pid", "devices"} of the worker that ran the trial

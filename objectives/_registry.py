@@ -239,8 +239,55 @@ def load_objective(ref: str) -> Objective:
     return fn  # type: ignore[no-any-return]
 
 
+# What a numeric built-in option accepts, checked when the study is created: a value outside
+# would fail every trial and use the whole budget.
+_LIMITS: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "epochs": (">= 1", lambda v: v >= 1),
+    "batch_size": (">= 1", lambda v: v >= 1),
+    "micro_batch": (">= 0 (0: no cap)", lambda v: v >= 0),
+    "lr": ("> 0", lambda v: v > 0),
+    "momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "l1": (">= 0", lambda v: v >= 0),
+    "l2": (">= 0", lambda v: v >= 0),
+    "warmup_epochs": (">= 0", lambda v: v >= 0),
+    "step_size": (">= 1", lambda v: v >= 1),
+    "gamma": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "plateau_patience": (">= 0", lambda v: v >= 0),
+    "plateau_factor": ("in (0, 1)", lambda v: 0 < v < 1),
+    "val_fraction": ("in (0, 1)", lambda v: 0 < v < 1),
+    "seed": (">= 0", lambda v: v >= 0),
+    "prune_amount": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "prune_structured": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "low_rank": ("in [0, 1]", lambda v: 0 <= v <= 1),
+    "finetune_epochs": (">= 0", lambda v: v >= 0),
+    "width": ("> 0", lambda v: v > 0),
+    "depth": (">= 1", lambda v: v >= 1),
+    "dropout": ("in [0, 1)", lambda v: 0 <= v < 1),
+}
+
+
+def _check_value(key: str, value: Any, default: Any, where: str) -> None:
+    """A value of the default's type (an int where a float is expected is fine) and range."""
+    kind = type(default)
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind in (int, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and (kind is float or float(value).is_integer())
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise ObjectiveError(
+            f"{where}: {key} = {value!r} must be a {kind.__name__}, like its default {default!r}."
+        )
+    limit = _LIMITS.get(key)
+    if limit is not None and not limit[1](value):
+        raise ObjectiveError(f"{where}: {key} = {value!r} is out of range; it must be {limit[0]}.")
+
+
 def check_options(ref: str, options: Mapping[str, Any], *, where: str) -> None:
-    """For a built-in, refuse options it does not read and values outside a closed set."""
+    """For a built-in, refuse options it does not read, values of the wrong type or outside
+    their range, and values outside a closed set. A list is each value a search may take."""
     builtin = BUILTIN_OBJECTIVES.get(ref)
     if builtin is None:
         return  # a user objective reads what it likes
@@ -259,3 +306,5 @@ def check_options(ref: str, options: Mapping[str, Any], *, where: str) -> None:
                     f"{where}: {key} = {item!r} is not one of {', '.join(allowed)}."
                     f"{did_you_mean(str(item), allowed)}"
                 )
+            if allowed is None:
+                _check_value(key, item, builtin.options[key], where)

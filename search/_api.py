@@ -13,6 +13,7 @@ from typing import Any
 
 import optuna
 
+from hpsearch.attrs import ERROR
 from hpsearch.errors import HpsearchError
 from hpsearch.search._study import create_study, load_study, study_summaries
 from hpsearch.search.results._export import export_document
@@ -85,7 +86,6 @@ def run(
         gpus=gpus,
         devices_per_trial=devices_per_trial,
         timeout=timeout,
-        include_host=False,
         progress=progress,
     )
     return loaded.study
@@ -114,7 +114,6 @@ def worker(
         gpus=gpus,
         devices_per_trial=devices_per_trial,
         timeout=timeout,
-        include_host=True,
         progress=progress,
     )
     return loaded.study
@@ -130,7 +129,6 @@ def _run_workers(
     gpus: str | None,
     devices_per_trial: int | None,
     timeout: float | None,
-    include_host: bool,
     progress: bool,
 ) -> None:
     from hpsearch.search.runtime._node import node_assignments, run_node
@@ -147,11 +145,27 @@ def _run_workers(
         url,
         assignments=assignments,
         timeout=timeout if timeout is not None else spec.timeout,
-        include_host=include_host,
         show_progress=progress,
     )
     if code != 0:
         raise WorkersFailed(code)
+    _check_some_trial_completed(study, url)
+
+
+def _check_some_trial_completed(study: str, url: str) -> None:
+    """A study whose every finished trial failed did not search anything: say so, in one line,
+    with the error, rather than a summary that advises running more workers."""
+    loaded = load_study(study, url)
+    trials = loaded.study.get_trials(deepcopy=False)
+    state = budget_state(trials, loaded.spec.n_trials)
+    if state.complete or state.pruned or not state.failed:
+        return
+    errors = [t.user_attrs.get(ERROR) for t in trials if ERROR in t.user_attrs]
+    raise HpsearchError(
+        f"no trial of {study!r} completed: {state.failed} failed, the last with {errors[-1]}; "
+        f"fix the objective (`hpsearch status --study {study}` lists the failed trials) and "
+        "run again."
+    )
 
 
 class WorkersFailed(HpsearchError):

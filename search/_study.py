@@ -110,11 +110,11 @@ class LoadedStudy:
     storage: WorkerStorage  # the database, or an `hpsearch proxy` (grpc://HOST:PORT) before it
 
 
-def load_study(name: str, url: str, *, seed_offset: int = 0) -> LoadedStudy:
+def load_study(name: str, url: str) -> LoadedStudy:
     """Load an existing hpsearch study with the sampler and pruner its spec names.
 
-    ``seed_offset`` gives each parallel worker its own sampler seed, so that workers do not
-    propose the same points (QMC keeps one seed: its workers share one scrambled sequence).
+    A worker reseeds the sampler for each trial from the study's seed and the trial's slot
+    (runtime/_budget.py ``slot_seed``), so the seed here matters only outside workers.
     """
     try:
         storage = open_worker_storage(url)
@@ -139,10 +139,7 @@ def load_study(name: str, url: str, *, seed_offset: int = 0) -> LoadedStudy:
     # The heartbeat and retry settings are the study's own: reopen with them.
     close_storage(storage)
     storage = open_worker_storage(url, settings=settings_from(spec))
-    seed = spec.sampler.seed
-    if seed is not None and spec.sampler.name != "qmc":
-        seed = (seed + seed_offset) % 2**32
-    sampler = build_sampler(spec, seed=seed)
+    sampler = build_sampler(spec, seed=spec.sampler.seed)
     pruner = build_pruner(spec)
     with translate_errors(url):
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)

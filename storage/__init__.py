@@ -1,4 +1,4 @@
-"""Where study state lives: storage URLs, SQL engines, and the errors they raise.
+"""Where study state lives: storage URLs, SQL engines, artifact stores, and their errors.
 
 Nothing here knows about search spaces or training; ``search`` builds on these names.
 """
@@ -6,6 +6,14 @@ Nothing here knows about search spaces or training; ``search`` builds on these n
 from __future__ import annotations
 
 from hpsearch.errors import MissingSchemaError, StorageError
+from hpsearch.storage._artifacts import (
+    ObjectLocation,
+    ObjectStore,
+    PrefixedArtifactStore,
+    is_object_store_url,
+    open_object_store,
+    parse_object_url,
+)
 from hpsearch.storage._proxy import (
     ProxyStorage,
     WorkerStorage,
@@ -32,6 +40,9 @@ __all__ = [
     "DEFAULT_STORAGE_URL",
     "ENV_VAR",
     "MissingSchemaError",
+    "ObjectLocation",
+    "ObjectStore",
+    "PrefixedArtifactStore",
     "ProxyStorage",
     "StorageError",
     "StorageSettings",
@@ -39,9 +50,12 @@ __all__ = [
     "close_storage",
     "create_schema",
     "describe_driver_error",
+    "is_object_store_url",
     "is_proxy_url",
+    "open_object_store",
     "open_storage",
     "open_worker_storage",
+    "parse_object_url",
     "redact_url",
     "resolve_storage_url",
     "start_proxy_server",

@@ -105,8 +105,8 @@ def _sqlite_checks(url: str, workers: int, mounts: str | None) -> list[Check]:
             Check(
                 "server",
                 FAIL,
-                f"{url} is an in-memory SQLite database: workers in other processes never see it; "
-                "use sqlite:///PATH or a database server.",
+                f"{redact_url(url)} is an in-memory SQLite database: workers in other processes "
+                "never see it; use sqlite:///PATH or a database server.",
             )
         ]
     if not os.path.isfile(database):
@@ -114,8 +114,8 @@ def _sqlite_checks(url: str, workers: int, mounts: str | None) -> list[Check]:
             Check(
                 "server",
                 FAIL,
-                f"SQLite file {database!r} does not exist; create a study first with "
-                f"`hpsearch create STUDY.toml --storage {url}`.",
+                f"SQLite file {os.path.abspath(database)!r} does not exist; create a study "
+                f"first with `hpsearch create STUDY.toml --storage {redact_url(url)}`.",
             )
         ]
     checks.append(
@@ -338,8 +338,14 @@ def upgrade_schema(url: str) -> tuple[str, str]:
 
     if is_proxy_url(url):
         open_storage(url)  # refuses it, in one line naming the database URL it needs
-    if dialect_of(url) == "sqlite" and not os.path.isfile(make_url(url).database or ""):
-        raise StorageError(f"SQLite file in {url!r} does not exist; nothing to upgrade.")
+    sqlite = dialect_of(url) == "sqlite"  # a malformed URL fails here, in one line
+    database = make_url(url).database or ""
+    if sqlite and not os.path.isfile(database):
+        raise StorageError(
+            f"SQLite file {os.path.abspath(database)!r} (storage {redact_url(url)}) does not "
+            "exist; nothing to upgrade: check --storage, or create a study there first with "
+            "`hpsearch create STUDY.toml`."
+        )
     with translate_errors(url):
         storage = optuna.storages.RDBStorage(
             url, skip_compatibility_check=True, skip_table_creation=True

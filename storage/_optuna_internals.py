@@ -92,3 +92,25 @@ def alembic_folder() -> str:
     from optuna.storages._rdb import storage as rdb_module
 
     return os.path.join(os.path.dirname(rdb_module.__file__), "alembic")
+
+
+def reseed_sampler(sampler: optuna.samplers.BaseSampler, seed: int) -> None:
+    """Seed every random state of ``sampler`` and of the samplers it delegates to (TPE's and
+    NSGA's start-up ``_random_sampler``, GP's, CMA-ES's and QMC's ``_independent_sampler``, a
+    partially fixed sampler's base), each from ``seed`` and its own path, so that the sampler's
+    next proposals depend on ``seed`` alone (and, for a model-based phase, on the history)."""
+    import numpy as np
+    from optuna.samplers._lazy_random_state import LazyRandomState
+
+    def visit(obj: object, path: str, seen: set[int]) -> None:
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        for name, value in vars(obj).items():
+            if isinstance(value, LazyRandomState):
+                entropy = [seed, *f"{path}.{name}".encode()]
+                value.rng.seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+            elif isinstance(value, optuna.samplers.BaseSampler):
+                visit(value, f"{path}.{name}", seen)
+
+    visit(sampler, "sampler", set())

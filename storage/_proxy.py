@@ -96,7 +96,7 @@ def open_proxy_backend(
 ) -> optuna.storages.RDBStorage:
     """The database storage behind the proxy: one pooled connection per serving thread."""
     if dialect_of(url) == "sqlite":
-        _check_sqlite_path(url)
+        _check_sqlite_path(url, must_exist=True)
     settings = settings or StorageSettings()
     engine_kwargs = _engine_kwargs(url, settings)
     if dialect_of(url) != "sqlite":

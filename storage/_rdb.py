@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 
 from hpsearch.errors import MissingSchemaError, StorageError
 from hpsearch.storage._resilient import ResilientRDBStorage
-from hpsearch.storage._url import dialect_of, is_proxy_url, redact_url
+from hpsearch.storage._url import ENV_VAR, dialect_of, is_proxy_url, redact_text, redact_url
 
 SUPPORTED = "sqlite:///FILE, postgresql+psycopg://USER:PW@HOST/DB, mysql+pymysql://USER:PW@HOST/DB"
 
@@ -52,15 +52,32 @@ def _engine_kwargs(url: str, settings: StorageSettings) -> dict[str, Any]:
     return common
 
 
-def _check_sqlite_path(url: str) -> None:
-    database = make_url(url).database
-    if database and database != ":memory:":
-        parent = os.path.dirname(os.path.abspath(database))
-        if not os.path.isdir(parent):
-            raise StorageError(
-                f"Cannot open SQLite storage {url!r}: directory {parent!r} does not exist; "
-                "create it or pass another --storage."
-            )
+def _check_sqlite_path(url: str, *, must_exist: bool = False) -> None:
+    """Refuse a SQLite file in a missing folder; with ``must_exist``, a missing file as well.
+
+    Opening a SQLite file that is not there creates it, empty: a command that only reads
+    (``status``, ``studies``, a worker, ...) must never do that, or a typo in --storage leaves a
+    stray file and a misleading "no studies" behind.
+    """
+    parsed = make_url(url)
+    database = parsed.database
+    uri = str(parsed.query.get("uri", "")).lower() in ("true", "1", "yes", "on")
+    if not database or database == ":memory:" or uri or database.startswith("file:"):
+        return  # in memory, or a SQLite URI (file:...?mode=...) that says itself what to open
+    path = os.path.abspath(database)
+    parent = os.path.dirname(path)
+    if must_exist and not os.path.exists(path):
+        shown = redact_url(url)
+        raise StorageError(
+            f"SQLite file {path!r} (storage {shown}) not found; only `hpsearch create` and "
+            "`hpsearch run` create one: create the study first with `hpsearch create STUDY.toml "
+            f"--storage {shown}`, or check --storage (or ${ENV_VAR}) for a typo."
+        )
+    if not os.path.isdir(parent):
+        raise StorageError(
+            f"Cannot open SQLite storage {redact_url(url)}: directory {parent!r} does not exist; "
+            "create it or pass another --storage."
+        )
 
 
 def retry_callback(settings: StorageSettings) -> optuna.storages.RetryHeartbeatStaleTrialCallback:
@@ -84,13 +101,15 @@ def open_storage(
     """
     if is_proxy_url(url):
         raise StorageError(
-            f"{url} is an hpsearch proxy, not a database; creating studies and checking or "
-            "upgrading the schema need the database URL itself (e.g. postgresql+psycopg://...)."
+            f"{redact_url(url)} is an hpsearch proxy, not a database; creating studies and "
+            "checking or upgrading the schema need the database URL itself "
+            "(e.g. postgresql+psycopg://...)."
         )
     settings = settings or StorageSettings()
     sqlite = dialect_of(url) == "sqlite"
     if sqlite:
-        _check_sqlite_path(url)
+        # Only creating the schema may create the file; every other caller reads a study.
+        _check_sqlite_path(url, must_exist=not create_tables)
     with translate_errors(url), warnings.catch_warnings():
         # Heartbeats are marked experimental in Optuna; hpsearch relies on them deliberately.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -164,10 +183,8 @@ _OWN_DEPENDENCIES = frozenset(
 def describe_driver_error(url: str, err: BaseException) -> str:
     """One line for a driver error: what failed, where (password redacted) and what to try."""
     where = redact_url(url)
-    text = str(getattr(err, "orig", None) or err)
-    password = make_url(url).password if "://" in url else None
-    if password:
-        text = text.replace(str(password), "***")
+    # A driver may quote the URL, the password or a query parameter back: redact them all.
+    text = redact_text(str(getattr(err, "orig", None) or err), url)
     lowered = text.lower()
     first_line = text.strip().splitlines()[0] if text.strip() else type(err).__name__
     if isinstance(err, sqlalchemy.exc.NoSuchModuleError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -22,9 +23,10 @@ import sqlalchemy.exc
 import sqlalchemy.orm
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.attrs import RETRY_OF
 from hpsearch.errors import StorageError
 from hpsearch.storage._optuna_internals import create_scoped_session, rdb_models
-from hpsearch.storage._url import redact_url
+from hpsearch.storage._url import redact_text, redact_url
 
 log = logging.getLogger("hpsearch.storage")
 
@@ -67,6 +69,25 @@ T = TypeVar("T")
 _PERMANENT = ("no such table", "doesn't exist", 'relation "', "disk is full", "disk full")
 
 
+def outage_cause(err: BaseException) -> str:
+    """The driver's own words for a lost connection ("Connection refused", "terminating
+    connection due to administrator command"), not the wrapper's: Optuna re-raises a failed
+    commit as "invalid data in the commit, e.g. exceeding max length", which misleads."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.orig is not None:
+            seen = seen.orig
+            break
+        if seen.__cause__ is None and seen.__context__ is None:
+            break
+        seen = seen.__cause__ or seen.__context__
+    assert seen is not None
+    # The first line says it ('... port 5432 failed: Connection refused', 'server closed the
+    # connection unexpectedly'); the lines after it are the driver's hints.
+    lines = [line.strip() for line in str(seen).splitlines() if line.strip()]
+    return (lines[0] if lines else type(seen).__name__)[:200]
+
+
 def is_connection_error(err: BaseException) -> bool:
     seen: BaseException | None = err
     while seen is not None:
@@ -78,9 +99,34 @@ def is_connection_error(err: BaseException) -> bool:
 
 class ResilientRDBStorage(optuna.storages.RDBStorage):
     outage_timeout: float = 300.0
+    # One outage per storage, whichever thread (trial loop, heartbeat) meets it first: one line
+    # when it starts, one when it ends, one clock for giving up.
+    _outage_lock = threading.Lock()
+    _outage_since: float | None = None
+
+    def _outage_started(self, cause: str) -> float:
+        with self._outage_lock:
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+                log.warning(
+                    "database %s unreachable (%s); retrying for up to %ds",
+                    redact_url(self.url),
+                    cause,
+                    self.outage_timeout,
+                )
+            return self._outage_since
+
+    def _outage_ended(self) -> None:
+        with self._outage_lock:
+            if self._outage_since is not None:
+                log.warning(
+                    "database reachable again after %.1fs; continuing",
+                    time.monotonic() - self._outage_since,
+                )
+                self._outage_since = None
 
     def _retry(self, call: Callable[[], T], what: str) -> T:
-        delay, started = 0.5, None
+        delay = 0.5
         while True:
             try:
                 result = call()
@@ -88,30 +134,19 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                 if not is_connection_error(err):
                     raise
                 now = time.monotonic()
-                if started is None:
-                    started = now
-                    first = (
-                        str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                    )
-                    log.warning(
-                        "database %s unreachable (%s); retrying for up to %ds",
-                        redact_url(self.url),
-                        first[:200],
-                        self.outage_timeout,
-                    )
+                cause = redact_text(outage_cause(err), self.url)
+                started = self._outage_started(cause)
                 if now - started >= self.outage_timeout:
                     raise StorageError(
                         f"Database {redact_url(self.url)} unreachable for {self.outage_timeout:.0f}s "
-                        f"during {what}; check the server, then restart the worker (its trial "
-                        "resumes from its checkpoint)."
+                        f"({cause}); check the server, then start the workers again (their "
+                        "trials resume from their checkpoints)."
                     ) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
                 continue
-            if started is not None:
-                log.warning(
-                    "database reachable again after %.1fs; continuing", time.monotonic() - started
-                )
+            if self._outage_since is not None:
+                self._outage_ended()
             return result
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
@@ -172,19 +207,29 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         return self.get_trial(trial_id)
 
     def waiting_trial_ids(self, study_id: int, limit: int) -> list[int]:
-        """The ids of the study's oldest WAITING trials: what a worker may claim next.
+        """The ids of the study's WAITING trials in the order workers claim them: retries of
+        trials whose worker died first (their checkpoints wait), then the oldest slots.
 
         One indexed query for ids alone. Going through Optuna's trial reads instead would build
         every unfinished trial (params, attributes, reports) on each claim.
         """
+        trial = rdb_models.TrialModel
+        retry = sqlalchemy.orm.aliased(rdb_models.TrialSystemAttributeModel)
 
         def query() -> list[int]:
             with self.scoped_session() as session:
                 rows = (
-                    session.query(rdb_models.TrialModel.trial_id)
-                    .filter(rdb_models.TrialModel.study_id == study_id)
-                    .filter(rdb_models.TrialModel.state == TrialState.WAITING)
-                    .order_by(rdb_models.TrialModel.trial_id)
+                    session.query(trial.trial_id)
+                    .outerjoin(
+                        retry,
+                        sqlalchemy.and_(retry.trial_id == trial.trial_id, retry.key == RETRY_OF),
+                    )
+                    .filter(trial.study_id == study_id)
+                    .filter(trial.state == TrialState.WAITING)
+                    .order_by(
+                        sqlalchemy.case((retry.trial_system_attribute_id.is_(None), 1), else_=0),
+                        trial.trial_id,
+                    )
                     .limit(limit)
                     .all()
                 )

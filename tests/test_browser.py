@@ -53,7 +53,7 @@ def test_study_page_shows_trial_count_and_best_value(
     spec = load_spec_file(str(write_study(n_trials=N_TRIALS)))
     create_study(spec, postgres_url)
     for process in start_workers(
-        spec.name, postgres_url, workers=1, timeout=None, include_host=False, log_trials=False
+        spec.name, postgres_url, workers=1, timeout=None, log_trials=False
     ):
         process.join(timeout=300)
     best = optuna.load_study(study_name=study_name, storage=postgres_url).best_trial

@@ -48,9 +48,7 @@ def test_only_the_best_checkpoint_is_kept_and_published(tmp_path: Path) -> None:
     path.write_text(STUDY.format(artifacts=artifacts))
     url = f"sqlite:///{tmp_path / 'c.db'}"
     create_study(load_spec_file(str(path)), url)
-    for process in start_workers(
-        "ckpt", url, workers=1, timeout=None, include_host=False, log_trials=False
-    ):
+    for process in start_workers("ckpt", url, workers=1, timeout=None, log_trials=False):
         process.join(timeout=300)
     study = optuna.load_study(study_name="ckpt", storage=url)
     best = study.best_trial

@@ -22,7 +22,7 @@ def pg_study(postgres_url: str, write_study: Any) -> str:
     spec = load_spec_file(str(write_study(n_trials=4)))
     create_study(spec, postgres_url)
     for process in start_workers(
-        spec.name, postgres_url, workers=1, timeout=None, include_host=False, log_trials=False
+        spec.name, postgres_url, workers=1, timeout=None, log_trials=False
     ):
         process.join(timeout=300)
     return spec.name

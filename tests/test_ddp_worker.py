@@ -49,7 +49,6 @@ def test_worker_runs_ddp_trials_and_survives_a_failed_one(tmp_path: Path) -> Non
         url,
         workers=1,
         timeout=None,
-        include_host=False,
         log_trials=True,
         devices_per_trial=spec.resources.devices_per_trial,
     )

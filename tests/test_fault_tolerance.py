@@ -104,12 +104,8 @@ def test_kill_9_mid_trial_resumes_from_the_checkpoint(
     storage_url: str, tmp_path: Path, study_name: str
 ) -> None:
     name = _long_study(tmp_path, storage_url, study_name)
-    victim_worker = start_workers(
-        name, storage_url, workers=1, timeout=None, include_host=False, log_trials=True
-    )[0]
-    survivor = start_workers(
-        name, storage_url, workers=1, timeout=None, include_host=False, log_trials=True
-    )[0]
+    victim_worker = start_workers(name, storage_url, workers=1, timeout=None, log_trials=True)[0]
+    survivor = start_workers(name, storage_url, workers=1, timeout=None, log_trials=True)[0]
     assert victim_worker.pid is not None
     victim = _wait_for_running(storage_url, name, {victim_worker.pid}, epochs=4)
     os.kill(victim_worker.pid, signal.SIGKILL)

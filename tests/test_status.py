@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
 
+import hpsearch
 from hpsearch.search.cli import main
 from hpsearch.search.runtime._budget import claim_slot
 
-from .conftest import ROOT
+from .conftest import ROOT, hpsearch_command
 
 N_TRIALS = 5
 
@@ -98,3 +102,90 @@ def test_status_json_matches_the_documented_schema(
     text = capsys.readouterr().out
     assert f"{N_TRIALS}/{N_TRIALS} trials used" in text
     assert "on node-7 (pid 4242, 0,1), epoch 2" in text
+
+
+# Every command that only reads a storage; none may create a missing SQLite file.
+READ_ONLY_COMMANDS = {
+    "status": ["status", "--study", "x"],
+    "status --json": ["status", "--study", "x", "--json"],
+    "studies": ["studies"],
+    "studies --json": ["studies", "--json"],
+    "export": ["export", "--study", "x"],
+    "report": ["report", "--study", "x", "--output", "report.html"],
+    "reap": ["reap", "--study", "x"],
+    "worker": ["worker", "--study", "x", "--workers", "1"],
+    "worker --dry-run": ["worker", "--study", "x", "--dry-run"],
+    "dashboard": ["dashboard", "--port", "1"],
+    "db check": ["db", "check"],
+    "db upgrade": ["db", "upgrade"],
+}
+
+
+def _hpsearch(args: list[str], cwd: Path, storage: str | None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "HPSEARCH_STORAGE"}
+    if storage is not None:
+        env["HPSEARCH_STORAGE"] = storage
+    return subprocess.run(
+        [*hpsearch_command(), *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=env
+    )
+
+
+@pytest.mark.parametrize(
+    ("where", "names"),
+    [
+        ("--storage", list(READ_ONLY_COMMANDS)),
+        ("$HPSEARCH_STORAGE", ["status", "studies", "db check"]),
+        ("default", ["status", "studies", "db upgrade"]),  # ./hpsearch.db
+    ],
+)
+def test_read_only_commands_never_create_a_sqlite_file(
+    tmp_path: Path, where: str, names: list[str]
+) -> None:
+    missing = tmp_path / ("hpsearch.db" if where == "default" else "missing.db")
+    url = f"sqlite:///{missing}" if where != "default" else None
+    commands = [
+        [*READ_ONLY_COMMANDS[name], *(["--storage", str(url)] if where == "--storage" else [])]
+        for name in names
+    ]
+    storage = url if where == "$HPSEARCH_STORAGE" else None
+    with ThreadPoolExecutor(max_workers=max(2, min(8, os.cpu_count() or 2))) as pool:
+        results = list(pool.map(lambda args: _hpsearch(args, tmp_path, storage), commands))
+    for name, result in zip(names, results, strict=True):
+        shown = f"{name}: rc {result.returncode}\n{result.stdout}{result.stderr}"
+        assert result.returncode == 2, shown
+        assert result.stderr.startswith("hpsearch: error: "), shown
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, shown
+        assert str(missing) in result.stderr and "hpsearch create STUDY.toml" in result.stderr
+        assert not missing.exists(), shown
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_a_missing_sqlite_folder_is_not_created_either(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "folder" / "x.db"
+    assert main(["status", "--study", "x", "--storage", f"sqlite:///{missing}"]) == 2
+    assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("call", ["status", "export", "load", "studies"])
+def test_python_api_refuses_a_missing_sqlite_file(tmp_path: Path, call: str) -> None:
+    missing = tmp_path / "missing.db"
+    url = f"sqlite:///{missing}"
+    with pytest.raises(hpsearch.HpsearchError) as raised:
+        if call == "studies":
+            hpsearch.studies(storage=url)
+        else:
+            getattr(hpsearch, call)("x", storage=url)
+    message = str(raised.value)
+    assert str(missing) in message and "not found" in message and "\n" not in message
+    assert not missing.exists()
+
+
+def test_create_still_creates_the_file_and_status_reads_it(
+    tmp_path: Path, write_study: Any, study_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    assert main(["create", str(write_study(n_trials=2)), "--storage", url]) == 0
+    assert (tmp_path / "new.db").is_file()
+    capsys.readouterr()
+    assert main(["status", "--study", study_name, "--storage", url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["budget"]["n_trials"] == 2

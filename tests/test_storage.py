@@ -30,6 +30,15 @@ def test_redaction() -> None:
     )
     assert "s3cret" not in redact_url("mysql+pymysql://root:s3cret@h/x")
     assert redact_url("sqlite:///a.db") == "sqlite:///a.db"
+    # A password as a query parameter, in any case, and a URL SQLAlchemy cannot parse.
+    assert (
+        redact_url("postgresql+psycopg://u@127.0.0.1:1/db?password=s3cret&sslmode=require")
+        == "postgresql+psycopg://u@127.0.0.1:1/db?password=***&sslmode=require"
+    )
+    for key in ("password", "PASSWORD", "passwd", "pwd", "sslpassword", "token", "secret_key"):
+        assert "s3cret" not in redact_url(f"mysql+pymysql://root@h/x?{key}=s3cret")
+    assert redact_url("postgresql+psycopg//u:s3cret@host/db") == "postgresql+psycopg//u:***@host/db"
+    assert redact_url("u:s3cret@host") == "u:***@host"
 
 
 def test_engine_settings_per_dialect(storage_url: str) -> None:
@@ -66,6 +75,20 @@ def test_engine_settings_per_dialect(storage_url: str) -> None:
         ("mssql+pyodbc://hp:s3cret@127.0.0.1/hpo", ["Unknown or missing database driver"]),
         ("postgresql+psycopg://postgres:s3cret@127.0.0.1:5432/no_such_db", ["does not exist"]),
         ("not a url at all", ["Malformed storage URL"]),
+        (
+            "postgresql+psycopg://hp@127.0.0.1:1/hpo?password=s3cret",
+            ["Cannot reach the database", "hp@127.0.0.1:1/hpo?password=***"],
+        ),
+        (
+            "postgresql+psycopg://postgres@127.0.0.1:5432/postgres?PassWord=s3cret",
+            ["PassWord=***"],
+        ),
+        (
+            "mysql+pymysql://root@127.0.0.1:3306/test?password=s3cret",
+            ["refused the credentials", "root@127.0.0.1:3306/test?password=***"],
+        ),
+        ("postgresql+psycopg//hp:s3cret@127.0.0.1/hpo", ["Malformed storage URL", "hp:***@"]),
+        ("hp:s3cret@127.0.0.1", ["Malformed storage URL", "hp:***@"]),
     ],
 )
 def test_storage_errors_are_one_line_and_redacted(

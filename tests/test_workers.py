@@ -56,9 +56,7 @@ def test_spawned_workers_reach_exact_budget(
     (tmp_path / "rendezvous.py").write_text(RENDEZVOUS)
     spec = load_spec_file(str(write_study(n_trials=n_trials, objective="rendezvous.py:rendezvous")))
     create_study(spec, storage_url)
-    processes = start_workers(
-        spec.name, storage_url, workers=3, timeout=None, include_host=False, log_trials=False
-    )
+    processes = start_workers(spec.name, storage_url, workers=3, timeout=None, log_trials=False)
     for process in processes:
         process.join(timeout=300)
     assert [p.exitcode for p in processes] == [0, 0, 0]
@@ -112,9 +110,7 @@ def test_failing_trials_are_recorded_and_the_worker_goes_on(
     n_trials = 15
     spec = load_spec_file(str(write_study(n_trials=n_trials, objective="flaky.py:flaky")))
     create_study(spec, storage_url)
-    processes = start_workers(
-        spec.name, storage_url, workers=2, timeout=None, include_host=False, log_trials=True
-    )
+    processes = start_workers(spec.name, storage_url, workers=2, timeout=None, log_trials=True)
     for process in processes:
         process.join(timeout=300)
     assert [p.exitcode for p in processes] == [0, 0]
@@ -149,9 +145,7 @@ def test_pruned_trials_count_and_conditional_space(storage_url: str, write_study
     )
     spec = load_spec_file(str(path))
     create_study(spec, storage_url)
-    processes = start_workers(
-        spec.name, storage_url, workers=2, timeout=None, include_host=False, log_trials=False
-    )
+    processes = start_workers(spec.name, storage_url, workers=2, timeout=None, log_trials=False)
     for process in processes:
         process.join(timeout=300)
     assert_exact_budget(storage_url, spec.name, n_trials)
@@ -168,16 +162,12 @@ def test_resume_after_timeout(storage_url: str, write_study: Any) -> None:
     create_study(spec, storage_url)
     loaded = load_study(spec.name, storage_url)
     assert budget_state(loaded.study.get_trials(), n_trials).waiting == min(n_trials, BATCH)
-    processes = start_workers(
-        spec.name, storage_url, workers=1, timeout=0.001, include_host=False, log_trials=False
-    )
+    processes = start_workers(spec.name, storage_url, workers=1, timeout=0.001, log_trials=False)
     for process in processes:
         process.join(timeout=120)
     state = budget_state(_finished(storage_url, spec.name), n_trials)
     assert state.used < n_trials and state.running == 0
-    processes = start_workers(
-        spec.name, storage_url, workers=2, timeout=None, include_host=False, log_trials=False
-    )
+    processes = start_workers(spec.name, storage_url, workers=2, timeout=None, log_trials=False)
     for process in processes:
         process.join(timeout=300)
     assert_exact_budget(storage_url, spec.name, n_trials)

@@ -37,7 +37,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     url = resolve_storage_url(args.storage)
     if is_proxy_url(url):
         raise StorageError(
-            f"`hpsearch proxy --storage {url}` would proxy a proxy; pass the database URL "
+            f"`hpsearch proxy --storage {redact_url(url)}` would proxy a proxy; pass the database URL "
             "(postgresql+psycopg://... or mysql+pymysql://...)."
         )
     stop = _stop_on_signals()

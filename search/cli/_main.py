@@ -196,16 +196,21 @@ def cmd_studies(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
-    from hpsearch.storage import open_storage
+    from hpsearch.storage import is_object_store_url, open_object_store, open_storage
 
-    artifact_store = None
-    if args.artifacts is not None:
+    artifact_store: Any = None
+    if args.artifacts is not None and is_object_store_url(args.artifacts):
+        # A bucket every node writes to: the dashboard serves any worker's checkpoint.
+        bucket = open_object_store(args.artifacts)
+        bucket.check()
+        artifact_store = bucket.artifact_store()
+    elif args.artifacts is not None:
         from optuna.artifacts import FileSystemArtifactStore
 
         if not os.path.isdir(args.artifacts):
             raise HpsearchError(
                 f"--artifacts {args.artifacts!r} is not a folder; pass the artifact store's "
-                "folder (it must exist), or leave --artifacts out."
+                "folder (it must exist) or its s3://BUCKET/PREFIX URL, or leave --artifacts out."
             )
         artifact_store = FileSystemArtifactStore(args.artifacts)
     url = resolve_storage_url(args.storage)
@@ -361,8 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--port", type=positive_int, default=8080)
     dashboard.add_argument(
         "--artifacts",
-        metavar="DIR",
-        help="folder of an Optuna FileSystemArtifactStore to browse (default: none)",
+        metavar="DIR|S3URL",
+        help="the artifact store to browse: a folder, or s3://BUCKET/PREFIX in an "
+        "S3-compatible object store (endpoint: $HPSEARCH_S3_ENDPOINT_URL) (default: none)",
     )
     dashboard.set_defaults(handler=cmd_dashboard)
 

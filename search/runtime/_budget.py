@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.attrs import ERROR, REFILL, SLOT, WORKER
+from hpsearch.attrs import ERROR, REFILL, RETRY_OF, SLOT, WORKER
 from hpsearch.storage._optuna_internals import (
     add_claimed_trial_to_cache,
     storage_of,
@@ -92,7 +92,10 @@ def claim_slot(
                 _add_to_cache(study, claimed)
                 return claimed
         return None
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    # Retries of trials whose worker died go first: their checkpoints are waiting.
+    waiting.sort(key=lambda t: (RETRY_OF not in t.system_attrs, t.number))
+    for trial in waiting:
         if _claim(study, trial_id_of(trial)):
             for key, value in attrs(trial.system_attrs).items():
                 storage_of(study).set_trial_user_attr(trial_id_of(trial), key, value)
@@ -169,3 +172,11 @@ def reap_stale_trials(study: optuna.Study) -> list[int]:
     optuna.storages.fail_stale_trials(study)
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
     return sorted(t.number for t in failed if t.number in running)
+
+
+def slot_seed(study_seed: int, slot: int) -> int:
+    """The sampler seed of a budget slot: a seeded study proposes the same parameters for the
+    same slot however many workers run it, and no two slots share a random stream."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([study_seed, slot]).generate_state(1)[0])

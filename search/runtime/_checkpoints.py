@@ -3,40 +3,231 @@
 The file is named after the trial's budget slot, which a retried trial inherits from the trial
 it replaces: the retry finds its predecessor's last checkpoint and resumes from it. The folder
 (``[resources] artifacts``) must be one that every node sees (a shared filesystem) for a trial
-to resume on another node.
+to resume on another node; or it is an S3-compatible bucket (``s3://BUCKET/PREFIX``), which
+every node reaches: the objective still writes a local file (in ``hpsearch-artifacts-cache/``),
+which :class:`CheckpointSync` keeps in step with its object in the bucket.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import posixpath
 import shutil
 import tempfile
+import threading
 import warnings
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
 
 import optuna
-import optuna.artifacts
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.attrs import CHECKPOINT as ATTR
 from hpsearch.attrs import ERROR
 from hpsearch.search.results._export import best_trials
 from hpsearch.search.spec._study_file import StudySpec
+from hpsearch.storage import (
+    ObjectStore,
+    StorageError,
+    is_object_store_url,
+    open_object_store,
+    parse_object_url,
+)
 
 log = logging.getLogger("hpsearch.checkpoints")
+# A node's copies of the checkpoints kept in an object store, under the worker's directory.
+CACHE_FOLDER = "hpsearch-artifacts-cache"
+# What the dashboard serves a checkpoint as: mimetypes guesses .pt as a SNES page table.
+CHECKPOINT_MIMETYPE = "application/octet-stream"
+
+
+def _relative(spec: StudySpec, slot: int, study_uid: str) -> str:
+    return f"{spec.name}-{study_uid}/slot-{slot:06d}/checkpoint.pt"
 
 
 def checkpoint_path(spec: StudySpec, slot: int, study_uid: str) -> str:
     """``ARTIFACTS/NAME-UID/slot-N/checkpoint.pt``: the uid keeps a re-created study of the same
-    name from resuming an old study's checkpoints."""
-    folder = os.path.abspath(spec.resources.artifacts)
-    return os.path.join(folder, f"{spec.name}-{study_uid}", f"slot-{slot:06d}", "checkpoint.pt")
+    name from resuming an old study's checkpoints. With an ``s3://`` artifacts URL, the same
+    path under the node's cache folder: the local copy the objective reads and writes."""
+    artifacts = spec.resources.artifacts
+    folder = os.path.abspath(CACHE_FOLDER if is_object_store_url(artifacts) else artifacts)
+    return os.path.join(folder, *_relative(spec, slot, study_uid).split("/"))
+
+
+@functools.cache
+def _object_store(url: str) -> ObjectStore:
+    """One client per process and store: making one costs a tenth of a second."""
+    return open_object_store(url)
+
+
+def _object(url: str) -> tuple[ObjectStore, str]:
+    """The bucket's store and the object's key for an ``s3://BUCKET/KEY`` URL."""
+    location = parse_object_url(url)
+    return _object_store(f"s3://{location.bucket}"), location.prefix
+
+
+class CheckpointSync:
+    """Keeps a trial's local checkpoint file and its object in an ``s3://`` store in step; with
+    a folder for ``[resources] artifacts`` (``store`` None), every method does nothing.
+
+    Before the trial, ``fetch`` downloads the slot's object: a retry on another node resumes from
+    it. While it runs, ``changed`` (called on each heartbeat) wakes an uploader thread that
+    uploads the file if it changed since its last upload: a kill -9 loses at most one heartbeat
+    interval of training, and a large upload never delays a heartbeat. ``finish`` uploads the
+    last version and records the object's URL as the trial's ``checkpoint``; leaving the block
+    then removes the node's copy (the store holds it). Upload failures are logged, never fatal:
+    the local file stays.
+    """
+
+    def __init__(self, store: ObjectStore | None, key: str, local: str) -> None:
+        self._store, self.key, self.local = store, key, local
+        self._lock = threading.Lock()  # one upload at a time: the uploader's or finish's
+        self._wake = threading.Event()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._stored: tuple[int, int, int] | None = None  # the local version the store holds
+        self._finished = False
+
+    @property
+    def url(self) -> str:
+        return "" if self._store is None else self._store.location.url(self.key)
+
+    def fetch(self) -> None:
+        if self._store is None:
+            return
+        try:
+            if self._store.download(self.key, self.local):
+                self._stored = _version(os.stat(self.local))
+                log.info("resuming from the checkpoint %s", self.url)
+        except (StorageError, OSError) as err:
+            log.warning(
+                "could not fetch the checkpoint %s (%s); the trial resumes from this node's "
+                "copy if it has one, else starts over",
+                self.url,
+                err,
+            )
+
+    def changed(self) -> None:
+        self._wake.set()
+
+    def __enter__(self) -> CheckpointSync:
+        if self._store is not None:
+            self._thread = threading.Thread(target=self._uploader, daemon=True)
+            self._thread.start()
+        return self
+
+    def _uploader(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._closing:
+                return
+            try:
+                self._push()
+            except Exception as err:  # never fatal: the next heartbeat tries again
+                log.warning("could not upload the checkpoint %s: %s", self.url, err)
+
+    def _stop_uploader(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _push(self) -> bool:
+        """Upload the local file if the store lacks this version; whether the store holds it."""
+        assert self._store is not None
+        with self._lock:
+            try:
+                with open(self.local, "rb") as handle:
+                    # Read from the one handle: a writer replacing the file meanwhile cannot mix
+                    # two versions into one object, and the version recorded is the one uploaded.
+                    version = _version(os.fstat(handle.fileno()))
+                    if version != self._stored:
+                        self._store.upload_fileobj(handle, self.key)
+                        self._stored = version
+            except FileNotFoundError:
+                return self._stored is not None
+            return True
+
+    def finish(self, trial: optuna.Trial) -> None:
+        """Before the trial is told: the last upload, and the object's URL on the trial."""
+        if self._store is None:
+            return
+        self._stop_uploader()
+        try:
+            stored = self._push()
+        except (StorageError, OSError) as err:
+            log.warning(
+                "could not upload the checkpoint %s (%s); it stays at %s", self.url, err, self.local
+            )
+            return
+        if not stored:
+            return  # the objective wrote no checkpoint
+        try:
+            trial.set_user_attr(ATTR, self.url)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return  # reaped meanwhile: its retry records its own
+        self._finished = True
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop_uploader()
+        if self._finished:
+            shutil.rmtree(os.path.dirname(self.local), ignore_errors=True)
+
+
+def _version(stat: os.stat_result) -> tuple[int, int, int]:
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+
+def checkpoint_sync(spec: StudySpec, slot: Any, study_uid: str) -> CheckpointSync:
+    """The sync of a claimed trial's checkpoint (a no-op unless artifacts is an s3:// URL)."""
+    artifacts = spec.resources.artifacts
+    if slot is None or not is_object_store_url(artifacts):
+        return CheckpointSync(None, "", "")
+    return CheckpointSync(
+        _object_store(artifacts),
+        _relative(spec, int(slot), study_uid),
+        checkpoint_path(spec, int(slot), study_uid),
+    )
+
+
+def _exists(location: str) -> bool:
+    if is_object_store_url(location):
+        store, key = _object(location)
+        return store.exists(key)
+    return os.path.exists(location)
 
 
 def _remove(trial: FrozenTrial) -> None:
-    path = trial.user_attrs.get(ATTR)
-    if path and os.path.exists(path):
-        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+    _remove_all([trial])
+
+
+def _remove_all(trials: Iterable[FrozenTrial]) -> None:
+    """Delete these trials' checkpoint folders; in a bucket, with one listing per study folder
+    (a request per trial would grow with the study)."""
+    slots: dict[tuple[str, str], set[str]] = {}  # (bucket, study folder) -> slot folders
+    for trial in trials:
+        path = str(trial.user_attrs.get(ATTR) or "")
+        if is_object_store_url(path):
+            location = parse_object_url(path)
+            slot = posixpath.dirname(location.prefix)
+            slots.setdefault((location.bucket, posixpath.dirname(slot)), set()).add(slot)
+        elif path and os.path.exists(path):
+            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+    for (bucket, folder), doomed in slots.items():
+        store = _object_store(f"s3://{bucket}")
+        keys = [k for k in store.keys(folder) if posixpath.dirname(k) in doomed]
+        if keys:
+            store.delete(keys)
 
 
 def tidy(study: optuna.Study, finished: FrozenTrial, keep: str) -> None:
@@ -56,7 +247,8 @@ def _tidy(study: optuna.Study, finished: FrozenTrial, keep: str) -> None:
     A trial that ended without a result of its own (interrupted, dead worker) keeps its
     checkpoint: its retry resumes from it.
     """
-    if keep == "all" or not os.path.exists(str(finished.user_attrs.get(ATTR, ""))):
+    location = str(finished.user_attrs.get(ATTR) or "")
+    if keep == "all" or not location or not _exists(location):
         return  # nothing to keep or remove (objectives that write no checkpoint end here)
     if finished.state == TrialState.FAIL and ERROR not in finished.user_attrs:
         return
@@ -65,21 +257,33 @@ def _tidy(study: optuna.Study, finished: FrozenTrial, keep: str) -> None:
         _remove(finished)
         return
     # This trial is (one of) the best now: checkpoints of earlier bests no longer are.
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if trial.number not in best and ATTR in trial.user_attrs:
-            _remove(trial)
+    _remove_all(
+        trial
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if trial.number not in best and ATTR in trial.user_attrs
+    )
     _publish(study, finished)
 
 
 def artifact_store_folder(spec: StudySpec) -> str:
-    """The Optuna artifact store beside the checkpoints: `hpsearch dashboard --artifacts` it."""
-    return os.path.join(os.path.abspath(spec.resources.artifacts), "store")
+    """The Optuna artifact store beside the checkpoints: `hpsearch dashboard --artifacts` it
+    (a folder, or ``s3://BUCKET/PREFIX/store`` when the checkpoints are in a bucket)."""
+    artifacts = spec.resources.artifacts
+    if is_object_store_url(artifacts):
+        return parse_object_url(artifacts).url("store")
+    return os.path.join(os.path.abspath(artifacts), "store")
 
 
-def _store(study: optuna.Study) -> optuna.artifacts.FileSystemArtifactStore:
+def _store(study: optuna.Study) -> Any:
+    """The study's artifact store (Optuna's ArtifactStore protocol: folder or bucket)."""
+    import optuna.artifacts  # imports boto3 where installed: only when publishing
+
     from hpsearch.search._study import SPEC_ATTR
 
-    folder = artifact_store_folder(StudySpec(study.user_attrs[SPEC_ATTR]))
+    spec = StudySpec(study.user_attrs[SPEC_ATTR])
+    if is_object_store_url(spec.resources.artifacts):
+        return _object_store(spec.resources.artifacts).artifact_store("store")
+    folder = artifact_store_folder(spec)
     os.makedirs(folder, exist_ok=True)
     return optuna.artifacts.FileSystemArtifactStore(folder)
 
@@ -95,15 +299,26 @@ def _publish(study: optuna.Study, best: FrozenTrial) -> None:
     the trial. The copies stay: the store holds every trial that was the best when it finished
     (a handful: improvements get rarer), while the checkpoint folders keep only the current best.
     Optuna has no call to delete an artifact's record, and a record without its file breaks
-    `optuna.artifacts.get_all_artifact_meta`.
+    `optuna.artifacts.get_all_artifact_meta`. Its type is set, not guessed: the dashboard serves
+    it as a download (``mimetypes`` takes ``.pt`` for ``application/vnd.snesdev-page-table``).
     """
-    path = best.user_attrs.get(ATTR)
-    if not path or not os.path.exists(path):
-        return
+    import optuna.artifacts
+
+    path = str(best.user_attrs.get(ATTR) or "")
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         named = os.path.join(folder, _artifact_name(best))
-        shutil.copyfile(path, named)
+        if is_object_store_url(path):
+            store, key = _object(path)
+            if not store.download(key, named):
+                return
+        elif path and os.path.exists(path):
+            shutil.copyfile(path, named)
+        else:
+            return
         optuna.artifacts.upload_artifact(
-            artifact_store=_store(study), file_path=named, study_or_trial=study
+            artifact_store=_store(study),
+            file_path=named,
+            study_or_trial=study,
+            mimetype=CHECKPOINT_MIMETYPE,
         )

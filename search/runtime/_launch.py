@@ -9,11 +9,8 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import socket
 import sys
-import time
 import types
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -26,8 +23,8 @@ class WorkerArgs:
     url: str
     index: int  # 0..workers-1 on this node
     threads: int  # torch CPU threads for this process
-    deadline: float | None  # time.time() after which no trial starts
-    seed_offset: int
+    timeout: float | None  # seconds, from when the worker is ready, after which no trial starts
+    parent: int  # the pid of the process that started the worker: the worker dies with it
     log_trials: bool  # one line per finished trial (off when a live display runs)
     devices_per_trial: int = 1  # > 1: each trial runs as a DDP group of this many ranks
     devices: str = "cpu"  # recorded on each trial: the CUDA_VISIBLE_DEVICES of this worker
@@ -54,11 +51,6 @@ def _caller_not_rerun() -> Iterator[None]:
         sys.modules["__main__"] = caller
 
 
-def node_seed_offset(*, include_host: bool) -> int:
-    """Workers on different nodes get different seeds; one node's workers differ by index."""
-    return zlib.crc32(socket.gethostname().encode()) % 100_003 if include_host else 0
-
-
 def available_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -72,7 +64,6 @@ def start_workers(
     *,
     workers: int = 1,
     timeout: float | None,
-    include_host: bool,
     log_trials: bool,
     devices_per_trial: int = 1,
     assignments: Sequence[WorkerDevices] | None = None,
@@ -91,8 +82,6 @@ def start_workers(
             cores=available_cores(),
         )
     context = multiprocessing.get_context("spawn")
-    deadline = None if timeout is None else time.time() + timeout
-    base = node_seed_offset(include_host=include_host)
     processes: list[multiprocessing.process.BaseProcess] = []
     for devices in assignments:
         args = WorkerArgs(
@@ -100,8 +89,8 @@ def start_workers(
             url=url,
             index=devices.index,
             threads=devices.threads,
-            deadline=deadline,
-            seed_offset=base + 7919 * devices.index,
+            timeout=timeout,
+            parent=os.getpid(),
             log_trials=log_trials,
             devices_per_trial=devices.ranks,
             devices=_visible(devices) or "cpu",

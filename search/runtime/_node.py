@@ -7,6 +7,7 @@ import multiprocessing.connection
 import sys
 import threading
 
+from hpsearch.errors import StorageError
 from hpsearch.search._study import load_study
 from hpsearch.search.runtime._devices import WorkerDevices, assign_devices, parse_gpus
 from hpsearch.search.runtime._launch import available_cores, start_workers
@@ -41,7 +42,6 @@ def run_node(
     *,
     assignments: list[WorkerDevices],
     timeout: float | None,
-    include_host: bool,
     show_progress: bool = True,
 ) -> int:
     """Start the workers, show progress until they end, return the worst exit code.
@@ -63,7 +63,6 @@ def run_node(
         study_name,
         url,
         timeout=timeout,
-        include_host=include_host,
         log_trials=show_progress and not live,
         assignments=assignments,
     )
@@ -71,15 +70,22 @@ def run_node(
     # a stop reaches the workers through their own handlers instead.
     if threading.current_thread() is threading.main_thread():
         install_parent_handlers(processes)
+
+    def line() -> str:
+        try:
+            return progress_line(loaded.study, loaded.spec, started)
+        except StorageError as err:  # an outage: the workers ride it out, and so does the parent
+            return f"progress unknown: {err}"
+
     while any(p.is_alive() for p in processes):
         if show_progress and progress.due():  # the line reads the study: only when shown
-            progress.show(progress_line(loaded.study, loaded.spec, started))
+            progress.show(line())
         # Wakes as soon as a worker exits, so the summary follows the last trial at once.
         multiprocessing.connection.wait([p.sentinel for p in processes if p.is_alive()], 0.5)
     for process in processes:
         process.join()
-    if show_progress:
-        progress.show(progress_line(loaded.study, loaded.spec, started), force=True)
+    if show_progress and all(p.exitcode == 0 for p in processes):
+        progress.show(line(), force=True)
     progress.close()
     # A negative exit code is a worker killed by a signal (e.g. the kernel's OOM killer).
     return max(1 if (p.exitcode or 0) < 0 else (p.exitcode or 0) for p in processes)

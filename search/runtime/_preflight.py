@@ -1,18 +1,23 @@
 """The node smoke test: before a worker takes trials, check what would make it fail them all.
 
 The storage was reached when the study was loaded; here the devices each worker will use must
-work, and a built-in objective's data must be present. A broken node then refuses to start with
-one clear line instead of failing trials in bulk.
+work, a built-in objective's data must be present, and the folders its trials write (checkpoints,
+downloads) must be writable. A broken node then refuses to start with one clear line instead of
+failing trials in bulk.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
 
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import HpsearchError, StorageError
 from hpsearch.objectives import BUILTIN_OBJECTIVES, ObjectiveError, load_objective
+from hpsearch.search.runtime._checkpoints import CACHE_FOLDER
 from hpsearch.search.runtime._devices import WorkerDevices
 from hpsearch.search.spec._study_file import StudySpec
+from hpsearch.storage import is_object_store_url, open_object_store
 
 
 def _check_gpus(assignments: Sequence[WorkerDevices]) -> None:
@@ -61,6 +66,82 @@ def _check_data(spec: StudySpec) -> None:
         )
 
 
+def _user() -> str:
+    getuid = getattr(os, "getuid", None)  # POSIX only
+    return f"uid {getuid()}" if getuid is not None else "this user"
+
+
+def _not_writable(folder: str) -> tuple[str, str] | None:
+    """``(absolute path, why)`` if no file can be created in ``folder`` (made if missing)."""
+    path = os.path.abspath(os.path.expanduser(folder))
+    if os.path.exists(path) and not os.path.isdir(path):
+        return path, "a file is in the way"
+    try:
+        os.makedirs(path, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".hpsearch-write-check-", dir=path)
+    except OSError as err:
+        return path, err.strerror or type(err).__name__
+    os.close(handle)
+    os.remove(probe)
+    return None
+
+
+def _check_folders(spec: StudySpec) -> None:
+    """A built-in trial writes its checkpoint after each epoch into ``[resources] artifacts``, and
+    torchvision writes into ``data_dir`` when ``download = true``: a folder this user cannot write
+    (a container's root-owned directory, a read-only mount) would fail every trial, after its
+    first epoch or before it. A user objective writes a checkpoint only if it chooses to: its
+    folder is not checked (nor created). An ``s3://`` bucket is asked instead, whatever the
+    objective: every trial's worker looks for its slot's checkpoint object there."""
+    builtin = BUILTIN_OBJECTIVES.get(spec.objective)
+    in_bucket = is_object_store_url(spec.resources.artifacts)
+    if in_bucket:
+        _check_bucket(spec)
+    if builtin is None:
+        return
+    user = _user()
+    if in_bucket:
+        problem = _not_writable(CACHE_FOLDER)
+        if problem is not None:
+            path, why = problem
+            raise HpsearchError(
+                f"This node cannot run study {spec.name!r}: the checkpoint cache folder {path} "
+                f"(this node's copies of the checkpoints in {spec.resources.artifacts}) is not "
+                f"writable by {user} ({why}); start the workers in a folder {user} can write."
+            )
+    problem = None if in_bucket else _not_writable(spec.resources.artifacts)
+    if problem is not None:
+        path, why = problem
+        raise HpsearchError(
+            f"This node cannot run study {spec.name!r}: the artifacts folder {path} (checkpoints, "
+            f"[resources] artifacts) is not writable by {user} ({why}); mount a writable volume "
+            f"there, chown it to {user}, or set [resources] artifacts to a folder {user} can write."
+        )
+    options = {**builtin.options, **spec.training}
+    if not options["download"]:
+        return
+    datasets = spec.space["dataset"].get("choices", []) if "dataset" in spec.space else []
+    if {str(d) for d in datasets or [options["dataset"]]} <= {"digits"}:
+        return  # scikit-learn's digits ship with it: nothing is downloaded
+    problem = _not_writable(str(options["data_dir"]))
+    if problem is not None:
+        path, why = problem
+        raise HpsearchError(
+            f"This node cannot run study {spec.name!r}: the data folder {path} ([training] "
+            f"data_dir, download = true) is not writable by {user} ({why}); mount a writable "
+            f"volume there, chown it to {user}, set [training] data_dir to a folder {user} can "
+            "write, or put the dataset files there and set download = false."
+        )
+
+
+def _check_bucket(spec: StudySpec) -> None:
+    """The bucket of ``[resources] artifacts = "s3://..."`` answers, with these credentials."""
+    try:
+        open_object_store(spec.resources.artifacts).check()
+    except StorageError as err:
+        raise HpsearchError(f"This node cannot run study {spec.name!r}: {err}") from None
+
+
 def _refusal(spec: StudySpec, err: ObjectiveError) -> HpsearchError:
     return HpsearchError(f"This node cannot run study {spec.name!r}: {err}")
 
@@ -69,6 +150,7 @@ def check_node(spec: StudySpec, assignments: Sequence[WorkerDevices]) -> None:
     """Raise a one-line HpsearchError/ObjectiveError if this node cannot run the study's trials."""
     try:
         load_objective(spec.objective)
+        _check_folders(spec)
         _check_data(spec)
     except ObjectiveError as err:
         raise _refusal(spec, err) from None

@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 import threading
 import time
 import traceback
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -28,8 +30,13 @@ from hpsearch.errors import HpsearchError
 from hpsearch.objectives import Objective, ObjectiveError, interrupt, load_objective
 from hpsearch.search._study import UID_ATTR, LoadedStudy, load_study
 from hpsearch.search.results._multi_objective import objective_trial
-from hpsearch.search.runtime._budget import budget_state, claim_slot, refill
-from hpsearch.search.runtime._checkpoints import checkpoint_path, tidy
+from hpsearch.search.runtime._budget import budget_state, claim_slot, refill, slot_seed
+from hpsearch.search.runtime._checkpoints import (
+    CheckpointSync,
+    checkpoint_path,
+    checkpoint_sync,
+    tidy,
+)
 from hpsearch.search.runtime._launch import WorkerArgs
 from hpsearch.search.runtime._preflight import warm_up
 from hpsearch.search.runtime._ranks import RankGroup
@@ -39,6 +46,7 @@ from hpsearch.search.spec._space import suggest
 from hpsearch.storage import StorageError, WorkerStorage
 from hpsearch.storage._optuna_internals import (
     enter_optimize_loop,
+    reseed_sampler,
     stop_requested,
     storage_of,
     trial_id_of,
@@ -52,10 +60,18 @@ STOP_BOUND_SECONDS = 30.0
 class Heartbeat:
     """Records the trial's heartbeat every interval on a thread, so a dead worker is noticed."""
 
-    def __init__(self, storage: WorkerStorage, trial_id: int, *, beat_now: bool = True) -> None:
+    def __init__(
+        self,
+        storage: WorkerStorage,
+        trial_id: int,
+        *,
+        beat_now: bool = True,
+        on_beat: Callable[[], None] = lambda: None,
+    ) -> None:
         self._storage = storage
         self._trial_id = trial_id
         self._beat_now = beat_now
+        self._on_beat = on_beat
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -72,6 +88,11 @@ class Heartbeat:
         while not self._stop.wait(interval):
             try:
                 self._storage.record_heartbeat(self._trial_id)
+                self._on_beat()
+            except StorageError:
+                # The database stayed away past db_timeout: the trial loop says so when it next
+                # needs the database, and the trial is re-queued after its grace period.
+                return
             except Exception as err:  # a missed beat is not fatal; the next one may succeed
                 log.warning("heartbeat for trial id %d failed: %s", self._trial_id, err)
 
@@ -86,6 +107,25 @@ class Heartbeat:
             self._thread.join()
 
 
+class Reaper:
+    """Fails the study's trials whose worker died (no heartbeat for the grace period), at most
+    once an interval; their retries go back to the queue. The worker loop calls it between
+    trials and the heartbeat thread during one, so a dead worker's trial waits for the grace
+    period plus at most one heartbeat interval, however long the running trials are."""
+
+    def __init__(self, study: optuna.Study, every: float) -> None:
+        self._study, self._every = study, every
+        self._last = -math.inf
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            if time.monotonic() - self._last < self._every:
+                return
+            self._last = time.monotonic()
+            optuna.storages.fail_stale_trials(self._study)
+
+
 def _as_values(result: Any, metrics: Sequence[str]) -> list[float]:
     n_directions = len(metrics)
     if isinstance(result, Mapping):
@@ -97,21 +137,43 @@ def _as_values(result: Any, metrics: Sequence[str]) -> list[float]:
                 f"{', '.join(map(str, result))}: name those in [study] metrics"
             )
         raw = [result[m] for m in metrics]
+    elif isinstance(result, str | bytes):  # a Sequence, but never a list of values
+        raise TypeError(
+            f"objective returned a {type(result).__name__} ({str(result)[:40]!r}); return a "
+            f"float, {n_directions} float(s) in a list, or a mapping of {', '.join(metrics)}"
+        )
     else:
         raw = list(result) if isinstance(result, Sequence) else [result]
     if len(raw) != n_directions:
         raise ValueError(f"objective returned {len(raw)} value(s) for {n_directions} direction(s)")
-    values = [float(v) for v in raw]
+    try:
+        values = [float(v) for v in raw]
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"objective returned {raw!r}: not a number; return a float per metric "
+            f"({', '.join(metrics)})"
+        ) from None
     if not all(math.isfinite(v) for v in values):
         raise ValueError(f"objective returned a non-finite value: {values}")
     return values
 
 
-def _record_error(study: optuna.Study, trial_id: int, err: BaseException) -> None:
+def _record_error(study: optuna.Study, trial_id: int, err: BaseException) -> str:
+    """Store the objective's error on its trial; return its one-line summary."""
     lines = traceback.format_exception(type(err), err, err.__traceback__)
-    summary = f"{type(err).__name__}: {err}".splitlines()[0][:500]
-    storage_of(study).set_trial_user_attr(trial_id, ERROR, summary)
+    text = str(err).strip()
+    summary = (f"{type(err).__name__}: {text}" if text else type(err).__name__).splitlines()[0]
+    storage_of(study).set_trial_user_attr(trial_id, ERROR, summary[:500])
     storage_of(study).set_trial_user_attr(trial_id, TRACEBACK, "".join(lines)[-4000:])
+    return summary[:500]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a trial ended, and the objective's error when it failed."""
+
+    state: TrialState
+    error: str | None = None
 
 
 def run_trial(
@@ -120,14 +182,34 @@ def run_trial(
     objective: Objective,
     *,
     log_trials: bool,
-) -> TrialState:
-    """Run one claimed trial to a finished state."""
+    reap: Callable[[], None] = lambda: None,
+    checkpoints: CheckpointSync | None = None,
+) -> Outcome:
+    """Run one claimed trial to a finished state.
+
+    ``checkpoints`` keeps the trial's checkpoint file in step with an object store (s3://
+    artifacts): fetched before the objective starts, uploaded on each heartbeat it changed by,
+    and once more before the trial is told.
+    """
     study, spec, trial_id = loaded.study, loaded.spec, trial_id_of(claimed)
-    state, values = TrialState.FAIL, None
+    state, values, error = TrialState.FAIL, None, None
     started = time.monotonic()
     # Our RDB storage wrote the first heartbeat with the claim.
     first_beat_done = hasattr(loaded.storage, "claim_trial")
-    with Heartbeat(loaded.storage, trial_id, beat_now=not first_beat_done):
+    slot = claimed.system_attrs.get(SLOT)
+    if spec.sampler.seed is not None and slot is not None:
+        # Proposals follow the study's seed and the slot, never who claimed it: two workers
+        # seeded alike (two commands on one host, a restarted worker) propose different points.
+        # Optuna samples a trial's relative parameters as the trial object is made: seed first.
+        reseed_sampler(study.sampler, slot_seed(spec.sampler.seed, int(slot)))
+    sync = checkpoints if checkpoints is not None else CheckpointSync(None, "", "")
+
+    def on_beat() -> None:
+        sync.changed()  # the upload runs on the sync's own thread: it never delays a beat
+        reap()
+
+    with sync, Heartbeat(loaded.storage, trial_id, beat_now=not first_beat_done, on_beat=on_beat):
+        sync.fetch()  # inside the heartbeat: a long download never makes the trial look dead
         trial = objective_trial(study, trial_id)
         try:
             refill(study, claimed, spec.n_trials)
@@ -144,15 +226,18 @@ def run_trial(
             # is reaped after its grace period and retried, uncounted.
             raise
         except BaseException as err:
+            # The objective's own failure: an exception, or sys.exit() called in it (which must
+            # not end the worker and hand the trial back uncounted, again and again).
+            failed = isinstance(err, Exception | SystemExit)
             if storage_of(study).get_trial(trial_id).state.is_finished():
                 # Failed and re-queued elsewhere while this worker could not reach the database.
                 log.warning("trial %d was taken over by another worker; dropping it", trial.number)
-                if isinstance(err, Exception):
-                    return TrialState.FAIL
+                if failed:
+                    return Outcome(TrialState.FAIL)
                 raise
-            if isinstance(err, Exception) and not interrupt.STOP.is_set():
+            if failed and not interrupt.STOP.is_set():
                 # One bad trial never kills the worker.
-                _record_error(study, trial_id, err)
+                error = _record_error(study, trial_id, err)
                 log.warning(
                     "trial %d failed: %s: %s\n%s",
                     trial.number,
@@ -166,6 +251,7 @@ def run_trial(
                 # Interrupted (a stop signal, Ctrl-C, or a DDP rank ended by the same signal):
                 # hand the trial back to the queue, unused; its retry resumes from the last
                 # checkpoint with the values reported so far.
+                sync.finish(trial)
                 frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
                 retry = loaded.storage.get_heartbeat_stale_trial_callback()
                 if retry is not None:
@@ -173,6 +259,7 @@ def run_trial(
                 if isinstance(err, Exception):
                     raise interrupt.TrialInterrupted("stop requested") from err
                 raise
+        sync.finish(trial)
         frozen = study.tell(trial, values=values, state=state, skip_if_finished=True)
     tidy(study, frozen, spec.resources.keep_checkpoints)
     if log_trials:
@@ -188,12 +275,36 @@ def run_trial(
             shown,
             time.monotonic() - started,
         )
-    return state
+    return Outcome(state, error)
+
+
+class ConsecutiveFailures:
+    """Stops a worker whose trials keep failing with the same error (a typo in the objective,
+    a missing file): each would otherwise use a slot, and the whole budget burns in minutes."""
+
+    def __init__(self, limit: int, study: str) -> None:
+        self.limit, self.study = limit, study
+        self.error: str | None = None
+        self.count = 0
+
+    def record(self, outcome: Outcome) -> None:
+        if outcome.state != TrialState.FAIL or outcome.error is None:
+            self.error, self.count = None, 0
+            return
+        self.count = self.count + 1 if outcome.error == self.error else 1
+        self.error = outcome.error
+        if self.count >= self.limit:
+            raise HpsearchError(
+                f"stopped after {self.count} trials in a row failed with the same error: "
+                f"{self.error}; fix the objective (`hpsearch status --study {self.study}` lists "
+                "the failed trials), then start the workers again: the rest of the budget waits "
+                "([resources] max_consecutive_failures sets the limit)."
+            )
 
 
 def work(args: WorkerArgs) -> None:
     """One worker's loop: until the budget is used up, the deadline passes, or it is interrupted."""
-    loaded = load_study(args.study, args.url, seed_offset=args.seed_offset)
+    loaded = load_study(args.study, args.url)
     study, spec = loaded.study, loaded.spec
     group: RankGroup | None = None
 
@@ -224,32 +335,46 @@ def work(args: WorkerArgs) -> None:
             attrs[CHECKPOINT] = checkpoint_path(spec, int(slot), uid)
         return attrs
 
+    failures = ConsecutiveFailures(spec.resources.max_consecutive_failures, spec.name)
     # Fill Optuna's trial cache once, up front: later reads fetch only new and unfinished trials.
     study.get_trials(deepcopy=False)
-    reap_every = loaded.storage.get_heartbeat_interval() or 10
-    last_reap = 0.0
+    reap = Reaper(study, every=loaded.storage.get_heartbeat_interval() or 10)
+    # The [budget] timeout counts from here: a worker slow to start (a loaded machine, a large
+    # import) still gets its share of trials.
+    deadline = None if args.timeout is None else time.time() + args.timeout
     # This loop is an optimize loop in Optuna's sense: samplers may call study.stop() from
     # after_trial (the grid sampler does once its grid is exhausted), which Optuna only allows
     # inside Study.optimize. Mark the loop as one, as Study.optimize does, and honour the flag.
     enter_optimize_loop(study)
     try:
-        while args.deadline is None or time.time() < args.deadline:
+        while True:
+            if deadline is not None and time.time() >= deadline:
+                log.warning(
+                    "the timeout of %gs has passed: no further trial starts in this worker",
+                    args.timeout,
+                )
+                return
             if interrupt.STOP.is_set():
                 return
             if stop_requested(study):
                 log.info("the sampler stopped the study (its search space is exhausted)")
                 return
-            if time.monotonic() - last_reap >= reap_every:
-                # Fail trials whose worker died; the retry callback puts them back in the queue.
-                optuna.storages.fail_stale_trials(study)
-                last_reap = time.monotonic()
+            reap()
             claimed = claim_slot(study, loaded.storage, claim_attrs)
             if claimed is None:
                 if budget_state(study.get_trials(deepcopy=False), spec.n_trials).finished:
                     return
                 time.sleep(0.5)  # others still run trials that may come back, or a batch is coming
                 continue
-            run_trial(loaded, claimed, objective, log_trials=args.log_trials)
+            outcome = run_trial(
+                loaded,
+                claimed,
+                objective,
+                log_trials=args.log_trials,
+                reap=reap,
+                checkpoints=checkpoint_sync(spec, claimed.system_attrs.get(SLOT), uid),
+            )
+            failures.record(outcome)
             if group is not None and not group.in_step:
                 log.warning("restarting the %d ranks after a failed trial", args.devices_per_trial)
                 objective = runner()
@@ -272,6 +397,21 @@ def _configure_process(args: WorkerArgs) -> None:
     torch.set_num_threads(args.threads)
 
 
+def _die_with_parent(parent: int) -> None:
+    """A worker whose parent is killed (kill -9, the OOM killer) gets SIGTERM and stops as on any
+    stop signal, handing its trial back; else a supervisor restarting the parent would run
+    twice the workers. Linux only (prctl PR_SET_PDEATHSIG); elsewhere workers outlive it."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def worker_main(args: WorkerArgs) -> None:
     """Entry point of a spawned worker process.
 
@@ -279,6 +419,7 @@ def worker_main(args: WorkerArgs) -> None:
     """
     _configure_process(args)
     install_worker_handlers(bound=STOP_BOUND_SECONDS)
+    _die_with_parent(args.parent)
     try:
         work(args)
     except (HpsearchError, StorageError, ObjectiveError) as err:

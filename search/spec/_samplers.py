@@ -42,10 +42,15 @@ def _construct(
     ]
     for key in options:
         if key not in allowed:
-            hint = did_you_mean(key, allowed)
+            name = getattr(factory, "__name__", factory)
+            allowed_text = (
+                f"Allowed: {', '.join(allowed)}."
+                if allowed
+                else f"{name} takes no options: remove [{where}.options]."
+            )
             raise SpecError(
                 f"{source} [{where}.options]: unknown option {key!r} for "
-                f"{getattr(factory, '__name__', factory)}.{hint} Allowed: {', '.join(allowed)}."
+                f"{name}.{did_you_mean(key, allowed)} {allowed_text}"
             )
     try:
         with warnings.catch_warnings():

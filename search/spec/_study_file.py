@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hpsearch.errors import SpecError, did_you_mean
+from hpsearch.errors import SpecError, StorageError, did_you_mean
 from hpsearch.objectives import (
     BUILTIN_OBJECTIVES,
     BuiltinObjective,
@@ -23,6 +23,7 @@ from hpsearch.objectives import (
     resolve_objective,
 )
 from hpsearch.search.spec._constraints import parse_constraints
+from hpsearch.storage import is_object_store_url, parse_object_url
 
 SPEC_VERSION = 1
 SAMPLERS = ("cmaes", "gp", "grid", "qmc", "random", "tpe")
@@ -55,6 +56,7 @@ _RESOURCES_KEYS = (
     "heartbeat_interval",
     "grace_period",
     "max_retry",
+    "max_consecutive_failures",
     "dist_timeout",
     "db_timeout",
     "artifacts",
@@ -67,12 +69,14 @@ RESOURCE_DEFAULTS: dict[str, Any] = {
     "heartbeat_interval": 10,
     "grace_period": 60,
     "max_retry": 3,
+    "max_consecutive_failures": 5,
     "dist_timeout": 600,
     "db_timeout": 300,
     "artifacts": "hpsearch-artifacts",
     "keep_checkpoints": "best",
 }
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_URL_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class _Checker:
@@ -386,12 +390,9 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
     try:
         check_options(study["objective"], training, where=f"{source} [training]")
         for name, entry in space.items():
-            # Numeric ranges are not checked here: an empty list checks only the name.
-            check_options(
-                study["objective"],
-                {name: entry.get("choices", [])},
-                where=f"{source} [space.{name}]",
-            )
+            # A searched option takes its choices, or any value between its bounds.
+            values = entry["choices"] if "choices" in entry else [entry["low"], entry["high"]]
+            check_options(study["objective"], {name: values}, where=f"{source} [space.{name}]")
     except ObjectiveError as err:
         raise SpecError(str(err)) from None
 
@@ -402,10 +403,25 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
         for key, default in RESOURCE_DEFAULTS.items()
         if isinstance(default, int)
     }
-    # Where checkpoints go: a folder every node sees (relative to each worker's directory).
+    # Where checkpoints go: a folder every node sees (relative to each worker's directory), or
+    # an S3-compatible bucket every node reaches.
     artifacts = resources_raw.get("artifacts", RESOURCE_DEFAULTS["artifacts"])
     if not isinstance(artifacts, str) or not artifacts.strip():
-        raise c.fail("resources", f"artifacts must be a folder path, got {artifacts!r}.")
+        raise c.fail(
+            "resources",
+            f"artifacts must be a folder path or an s3://BUCKET/PREFIX URL, got {artifacts!r}.",
+        )
+    if is_object_store_url(artifacts):
+        try:
+            artifacts = parse_object_url(artifacts).url()  # normalised: s3://BUCKET[/PREFIX]
+        except StorageError as err:
+            raise c.fail("resources", f"artifacts: {err}") from None
+    elif _URL_SCHEME_RE.match(artifacts.strip()):
+        raise c.fail(
+            "resources",
+            f"artifacts {artifacts!r}: only s3:// URLs (S3-compatible object stores) are "
+            "supported; give s3://BUCKET/PREFIX or a folder path.",
+        )
     keep = resources_raw.get("keep_checkpoints", RESOURCE_DEFAULTS["keep_checkpoints"])
     if keep not in KEEP_CHECKPOINTS:
         raise c.fail(
@@ -465,9 +481,10 @@ class Resources:
     heartbeat_interval: int  # seconds between a running trial's heartbeats
     grace_period: int  # seconds without a heartbeat before a trial counts as dead
     max_retry: int  # retries of a trial whose worker died
+    max_consecutive_failures: int  # a worker stops after this many failures with one error
     dist_timeout: int  # seconds a collective waits for a missing rank
     db_timeout: int  # seconds a worker rides out a database outage
-    artifacts: str  # folder of checkpoints and the artifact store
+    artifacts: str  # folder (or s3://BUCKET/PREFIX) of checkpoints and the artifact store
     keep_checkpoints: str  # "best", "all" or "none"
 
 

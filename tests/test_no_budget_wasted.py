@@ -1,0 +1,349 @@
+"""No budget wasted: proposals tied to the slot, retries first, failures that stop a worker,
+objectives that exit, dead workers reaped on a timer, workers that die with their parent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpsearch.attrs import RETRY_OF, SLOT
+from hpsearch.search import create_study, load_spec_file, load_study, start_workers
+from hpsearch.search.runtime._budget import claim_slot
+
+from .conftest import hpsearch_command
+from .test_fault_tolerance import _children
+from .test_workers import assert_exact_budget
+
+STUDY = """
+[study]
+name = "{name}"
+objective = "{objective}"
+direction = "minimize"
+
+[budget]
+n_trials = {n_trials}
+
+[sampler]
+name = "{sampler}"
+seed = 7
+
+[resources]
+heartbeat_interval = 1
+grace_period = 2
+{resources}
+
+[space.x]
+type = "float"
+low = -10.0
+high = 10.0
+
+[space.k]
+type = "int"
+low = 0
+high = 1000
+"""
+
+
+def _study(
+    folder: Path,
+    name: str,
+    *,
+    objective: str = "quad.py:fn",
+    code: str = "def fn(trial, params):\n    return params['x'] ** 2\n",
+    n_trials: int = 8,
+    sampler: str = "random",
+    resources: str = "",
+) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / objective.split(":")[0]).write_text(textwrap.dedent(code))
+    path = folder / f"{name}.toml"
+    path.write_text(
+        STUDY.format(
+            name=name, objective=objective, n_trials=n_trials, sampler=sampler, resources=resources
+        )
+    )
+    return path
+
+
+def _params_by_slot(url: str, name: str) -> dict[int, dict[str, Any]]:
+    trials = optuna.load_study(study_name=name, storage=url).get_trials()
+    return {t.system_attrs[SLOT]: t.params for t in trials if t.state == TrialState.COMPLETE}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_seeded_study_proposes_per_slot_whoever_claims_it(
+    sampler: str, tmp_path: Path, postgres_url: str, study_name: str
+) -> None:
+    """Two worker commands on one host (alike in everything a per-worker seed was made of) on
+    PostgreSQL propose what one worker alone proposes, slot by slot; none repeats another."""
+    n_trials = 10  # all within TPE's start-up phase (10 random trials)
+    path = _study(tmp_path, study_name, n_trials=n_trials, sampler=sampler)
+    spec = load_spec_file(str(path))
+    alone = f"sqlite:///{tmp_path / 'alone.db'}"
+    create_study(spec, alone)
+    for process in start_workers(spec.name, alone, workers=1, timeout=None, log_trials=False):
+        process.join(timeout=300)
+    create_study(spec, postgres_url)
+    commands = [
+        start_workers(spec.name, postgres_url, workers=1, timeout=None, log_trials=False)
+        for _ in range(2)
+    ]
+    for process in [p for command in commands for p in command]:
+        process.join(timeout=300)
+        assert process.exitcode == 0
+    assert_exact_budget(postgres_url, spec.name, n_trials)
+    shared = _params_by_slot(postgres_url, spec.name)
+    assert shared == _params_by_slot(alone, spec.name)
+    assert len({tuple(sorted(p.items())) for p in shared.values()}) == n_trials
+
+
+@pytest.mark.parametrize("path", ["storage", "generic"])
+def test_a_dead_workers_retry_is_claimed_before_fresh_slots(
+    path: str, storage_url: str, tmp_path: Path, study_name: str
+) -> None:
+    spec = load_spec_file(str(_study(tmp_path, study_name, n_trials=20)))
+    create_study(spec, storage_url)
+    loaded = load_study(spec.name, storage_url)
+    # The generic path is what storages without a claim query (the gRPC proxy) go through.
+    storage = loaded.storage if path == "storage" else object()
+    dead = claim_slot(loaded.study, storage)  # slot 0, claimed by a worker that then dies
+    assert dead is not None and dead.system_attrs[SLOT] == 0
+    loaded.storage.record_heartbeat(dead._trial_id)
+    deadline = time.monotonic() + 60
+    while not _failed(loaded, dead):
+        assert time.monotonic() < deadline, "the dead worker's trial was never reaped"
+        time.sleep(0.5)
+        optuna.storages.fail_stale_trials(loaded.study)
+    claimed = claim_slot(loaded.study, storage)
+    assert claimed is not None
+    assert claimed.system_attrs.get(RETRY_OF) == dead.number  # not slot 1, the oldest fresh one
+    assert claimed.system_attrs[SLOT] == 0
+
+
+def _failed(loaded: Any, trial: optuna.trial.FrozenTrial) -> bool:
+    return bool(loaded.study._storage.get_trial(trial._trial_id).state == TrialState.FAIL)
+
+
+def _run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*hpsearch_command(), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.slow
+def test_an_objective_that_exits_fails_its_trial_and_the_worker_goes_on(tmp_path: Path) -> None:
+    code = """
+    import sys
+
+    def fn(trial, params):
+        if trial.number % 2 == 0:
+            sys.exit(3)
+        return params["x"] ** 2
+    """
+    path = _study(tmp_path, "exits", code=code, n_trials=6)
+    url = f"sqlite:///{tmp_path / 'exits.db'}"
+    result = _run(["run", str(path), "--storage", url, "--workers", "1"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = optuna.load_study(study_name="exits", storage=url).get_trials()
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 3
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 3 and {t.user_attrs["error"] for t in failed} == {"SystemExit: 3"}
+    assert_exact_budget(url, "exits", 6)
+
+
+@pytest.mark.slow
+def test_a_worker_stops_after_failures_with_the_same_error(tmp_path: Path) -> None:
+    code = """
+    def fn(trial, params):
+        return params["learning_rate"]  # a typo: the space names x and k
+    """
+    path = _study(
+        tmp_path, "typo", code=code, n_trials=40, resources="max_consecutive_failures = 3"
+    )
+    url = f"sqlite:///{tmp_path / 'typo.db'}"
+    result = _run(["run", str(path), "--storage", url, "--workers", "1"], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "stopped after 3 trials in a row failed with the same error: KeyError:" in result.stderr
+    trials = optuna.load_study(study_name="typo", storage=url).get_trials()
+    assert [t.state for t in trials].count(TrialState.FAIL) == 3  # 37 slots still waiting
+    assert "Traceback" not in result.stderr.split("hpsearch: error:")[-1]
+
+
+@pytest.mark.slow
+def test_a_study_with_only_failed_trials_ends_non_zero_in_one_line(tmp_path: Path) -> None:
+    code = """
+    def fn(trial, params):
+        raise RuntimeError(f"broken objective {trial.number}")  # a different error each time
+    """
+    path = _study(tmp_path, "broken", code=code, n_trials=4)
+    url = f"sqlite:///{tmp_path / 'broken.db'}"
+    result = _run(["run", str(path), "--storage", url, "--workers", "1"], tmp_path)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("hpsearch: error: no trial of 'broken' completed: 4 failed")
+    assert "broken objective 3" in last
+    assert "hpsearch worker --study" not in result.stdout  # no advice to run more of the same
+
+
+def test_create_refuses_builtin_options_out_of_range(tmp_path: Path) -> None:
+    study = tmp_path / "digits.toml"
+    study.write_text(
+        '[study]\nname = "bad"\nobjective = "digits-mlp"\n\n[budget]\nn_trials = 2\n'
+        "\n[training]\nepochs = -2\n"
+        '\n[space.lr]\ntype = "float"\nlow = 0.0\nhigh = 0.1\n'
+    )
+    url = f"sqlite:///{tmp_path / 'bad.db'}"
+    result = _run(["create", str(study), "--storage", url], tmp_path)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.endswith("[training]: epochs = -2 is out of range; it must be >= 1."), line
+    assert not (tmp_path / "bad.db").exists()
+    study.write_text(study.read_text().replace("epochs = -2", "epochs = 2"))
+    result = _run(["create", str(study), "--storage", url], tmp_path)
+    assert result.returncode == 2
+    assert "[space.lr]: lr = 0.0 is out of range; it must be > 0." in result.stderr
+
+
+def test_an_objective_returning_text_is_named_as_such(tmp_path: Path) -> None:
+    code = 'def fn(trial, params):\n    return "0.5"\n'
+    path = _study(tmp_path, "text", code=code, n_trials=2, resources="max_consecutive_failures = 2")
+    url = f"sqlite:///{tmp_path / 'text.db'}"
+    result = _run(["run", str(path), "--storage", url, "--workers", "1"], tmp_path)
+    assert result.returncode == 2
+    assert "objective returned a str ('0.5'); return a float" in result.stderr
+
+
+def test_a_sampler_without_options_says_so(tmp_path: Path) -> None:
+    path = _study(tmp_path, "opts", n_trials=2)
+    path.write_text(path.read_text().replace("seed = 7", "seed = 7\noptions = { n_startup = 3 }"))
+    result = _run(["create", str(path), "--storage", f"sqlite:///{tmp_path / 'o.db'}"], tmp_path)
+    assert result.returncode == 2
+    assert "RandomSampler takes no options: remove [sampler.options]." in result.stderr
+    assert "Allowed: ." not in result.stderr
+
+
+@pytest.mark.slow
+def test_the_timeout_counts_from_when_a_worker_is_ready(tmp_path: Path) -> None:
+    code = """
+    import time
+    time.sleep(4)  # a slow import: longer than the whole timeout
+
+    def fn(trial, params):
+        return params["x"] ** 2
+    """
+    path = _study(tmp_path, "slowstart", code=code, n_trials=1000)
+    url = f"sqlite:///{tmp_path / 'slow.db'}"
+    result = _run(
+        ["run", str(path), "--storage", url, "--workers", "1", "--timeout", "3"], tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "the timeout of 3s has passed: no further trial starts" in result.stderr
+    trials = optuna.load_study(study_name="slowstart", storage=url).get_trials()
+    assert any(t.state == TrialState.COMPLETE for t in trials)
+
+
+@pytest.mark.slow
+def test_a_dead_workers_trial_is_reaped_while_others_run_long_trials(tmp_path: Path) -> None:
+    """The survivor is inside one long trial the whole time: the reaping comes from its
+    heartbeat thread, not from between its trials."""
+    release = tmp_path / "release"
+    code = f"""
+    import os, time
+
+    def fn(trial, params):
+        while not os.path.exists({str(release)!r}):
+            time.sleep(0.1)
+        return params["x"] ** 2
+    """
+    path = _study(tmp_path, "reap", code=code, n_trials=2)
+    spec = load_spec_file(str(path))
+    url = f"sqlite:///{tmp_path / 'reap.db'}"
+    create_study(spec, url)
+    loaded = load_study(spec.name, url)
+    dead = claim_slot(loaded.study, loaded.storage)  # slot 0, beating until the survivor runs
+    assert dead is not None
+    (survivor,) = start_workers(spec.name, url, workers=1, timeout=None, log_trials=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _running_slots(loaded) != [0, 1]:
+            assert time.monotonic() < deadline, "the survivor never started its trial"
+            loaded.storage.record_heartbeat(dead._trial_id)
+            time.sleep(0.2)
+        # Now the dead trial's worker "dies": no more heartbeats.
+        while not _failed(loaded, dead):
+            assert time.monotonic() < deadline, "the dead worker's trial stayed RUNNING"
+            time.sleep(0.2)
+        # The survivor's own trial (slot 1) is still running: it was never between trials.
+        assert _running_slots(loaded) == [1]
+    finally:
+        release.touch()
+        survivor.join(timeout=120)
+    assert survivor.exitcode == 0
+    done = optuna.load_study(study_name=spec.name, storage=url).get_trials()
+    assert sorted(t.system_attrs[SLOT] for t in done if t.state == TrialState.COMPLETE) == [0, 1]
+    assert [t.number for t in done if t.state == TrialState.FAIL] == [dead.number]
+
+
+def _running_slots(loaded: Any) -> list[int]:
+    backend = loaded.study._storage._backend
+    running = backend.get_all_trials(
+        loaded.study._study_id, deepcopy=False, states=(TrialState.RUNNING,)
+    )
+    return sorted(t.system_attrs[SLOT] for t in running)
+
+
+@pytest.mark.slow
+def test_workers_die_with_their_parent(tmp_path: Path) -> None:
+    code = """
+    import time
+
+    def fn(trial, params):
+        time.sleep(600)
+        return 0.0
+    """
+    path = _study(tmp_path, "orphans", code=code, n_trials=2)
+    url = f"sqlite:///{tmp_path / 'orphans.db'}"
+    assert _run(["create", str(path), "--storage", url], tmp_path).returncode == 0
+    parent = subprocess.Popen(
+        [*hpsearch_command(), "worker", "--study", "orphans", "--storage", url],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not (children := _children(parent.pid)):
+        assert time.monotonic() < deadline, "no worker process started"
+        time.sleep(0.2)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 60  # the orphan stops as on SIGTERM: within its 30 s bound
+    while any(_alive(pid) for pid in children):
+        assert time.monotonic() < deadline, f"worker {children} outlived its parent"
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent could reap it
+
+
+def test_the_python_api_raises_for_a_broken_study(tmp_path: Path) -> None:
+    import hpsearch
+
+    code = "def fn(trial, params):\n    raise ValueError('nope')\n"
+    path = _study(tmp_path, "api-broken", code=code, n_trials=2)
+    with pytest.raises(hpsearch.HpsearchError, match="no trial of 'api-broken' completed"):
+        hpsearch.run(path, storage=f"sqlite:///{tmp_path / 'api.db'}", workers=1, progress=False)
