@@ -182,6 +182,20 @@ def resolve_objective(ref: str, *, base_dir: str) -> str:
     return ref
 
 
+def _refuse_shadowing(folder: str, path: str) -> None:
+    """The objective's folder goes first on sys.path, as a script's does, and spawned workers
+    inherit that path: a module named `hpsearch` there would be imported instead of ours."""
+    # Our package is imported already: it is this module's parent.
+    ours = os.path.dirname(os.path.realpath(str(sys.modules["hpsearch"].__file__)))
+    for name in ("hpsearch", "hpsearch.py"):
+        candidate = os.path.join(folder, name)
+        if os.path.exists(candidate) and os.path.realpath(candidate) != ours:
+            raise ObjectiveError(
+                f"Objective file {path!r}: its folder holds {name!r}, which would hide hpsearch "
+                "itself from the workers; rename it, or move the objective to another folder."
+            )
+
+
 def _import_file(path: str) -> Any:
     """Import a user's objective file, once per process (a second call returns the module)."""
     if not os.path.isfile(path):
@@ -200,6 +214,7 @@ def _import_file(path: str) -> Any:
     # `storage.py` of theirs is the one they get). Ours cannot be shadowed by it: all of our
     # code lives under the one name `hpsearch`, imported before any objective.
     folder = os.path.dirname(path)
+    _refuse_shadowing(folder, path)
     if folder not in sys.path:
         sys.path.insert(0, folder)
     sys.modules[module_name] = module

@@ -190,3 +190,19 @@ def test_every_command_takes_quiet_and_verbose() -> None:
             args = parser.parse_args([*words, *required, *flags])
             assert getattr(args, "quiet", False) or getattr(args, "verbose", 0), (words, flags)
         assert parser.parse_args(["-q", *words, *required]).quiet
+
+
+def test_a_reader_that_goes_away_is_not_an_error(finished_study: tuple[Path, str, str]) -> None:
+    """`hpsearch studies --json | head -c 1`: the reader closes the pipe before we write."""
+    _, url, _ = finished_study
+    process = subprocess.Popen(
+        [*hpsearch_command(), "studies", "--json", "--storage", url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    process.stdout.close()  # before the command has written anything: it is still importing
+    _, stderr = process.communicate(timeout=120)
+    assert stderr == ""
+    assert process.returncode == 0

@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import ROOT
 
 N_TRIALS = 4
+HPSEARCH = [sys.executable, "-m", "hpsearch"]
 
 
 @pytest.fixture(scope="session")
@@ -330,3 +331,20 @@ def test_python_api_errors_are_hpsearch_errors(tmp_path: Path) -> None:
 
     with pytest.raises(hpsearch.HpsearchError, match="not found"):
         hpsearch.status("nope", storage=f"sqlite:///{tmp_path / 'empty.db'}")
+
+
+def test_a_user_module_named_hpsearch_is_refused_in_one_line(tmp_path: Path) -> None:
+    folder = tmp_path / "user"
+    folder.mkdir()
+    (folder / "hpsearch.py").write_text("")
+    (folder / "quad.py").write_text("def fn(trial, params):\n    return params['x'] ** 2\n")
+    result = subprocess.run(
+        [*HPSEARCH, "create", str(_study_file(folder, "quad.py:fn")), "--storage", "sqlite://"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "its folder holds 'hpsearch.py', which would hide hpsearch itself" in line

@@ -408,6 +408,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         code: int = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+    except BrokenPipeError:
+        # The reader went away (`hpsearch studies --json | head`): not an error of ours. Point
+        # stdout at /dev/null so the interpreter's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except _api.WorkersFailed as err:  # the worker printed its own error
         print(f"hpsearch: error: {err}", file=sys.stderr)
         return err.code
