@@ -8,11 +8,11 @@ fails with a message naming the internal, so an upgrade breaks one test, not a s
 from __future__ import annotations
 
 import os
+import types
 from typing import TYPE_CHECKING
 
 import optuna
 from optuna.storages._cached_storage import _CachedStorage
-from optuna.storages._rdb import models as rdb_models
 from optuna.storages._rdb.storage import _create_scoped_session as create_scoped_session
 
 if TYPE_CHECKING:
@@ -34,6 +34,14 @@ __all__ = [
     "study_id_of",
     "trial_id_of",
 ]
+
+
+def rdb_models() -> types.ModuleType:
+    """Optuna's SQLAlchemy models (``optuna.storages._rdb.models``). Imported when first used:
+    declaring them costs a command that never queries (``hpsearch --help``) a tenth of a second."""
+    from optuna.storages._rdb import models
+
+    return models
 
 
 def study_id_of(study: optuna.Study | FrozenStudy) -> int:

@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy.exc
-import sqlalchemy.orm
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.attrs import RETRY_OF
@@ -182,7 +181,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
             nonlocal attempts
             attempts += 1
             with create_scoped_session(self.scoped_session) as session:
-                trial = rdb_models.TrialModel.find_or_raise_by_id(
+                trial = rdb_models().TrialModel.find_or_raise_by_id(
                     trial_id, session, for_update=True
                 )
                 system = {a.key: json.loads(a.value_json) for a in trial.system_attributes}
@@ -196,10 +195,10 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                 trial.datetime_start = datetime.now()
                 for key, value in attrs.items():
                     self._set_trial_attr_without_commit(
-                        session, rdb_models.TrialUserAttributeModel, trial_id, key, value
+                        session, rdb_models().TrialUserAttributeModel, trial_id, key, value
                     )
                 if self.heartbeat_interval is not None:
-                    session.add(rdb_models.TrialHeartbeatModel(trial_id=trial_id))
+                    session.add(rdb_models().TrialHeartbeatModel(trial_id=trial_id))
             return True
 
         if not self._retry(claim, "claim_trial"):
@@ -213,8 +212,10 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         One indexed query for ids alone. Going through Optuna's trial reads instead would build
         every unfinished trial (params, attributes, reports) on each claim.
         """
-        trial = rdb_models.TrialModel
-        retry = sqlalchemy.orm.aliased(rdb_models.TrialSystemAttributeModel)
+        from sqlalchemy import orm  # with the models: only a command that queries pays for it
+
+        trial = rdb_models().TrialModel
+        retry = orm.aliased(rdb_models().TrialSystemAttributeModel)
 
         def query() -> list[int]:
             with self.scoped_session() as session:
@@ -247,16 +248,18 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         return self._retry(lambda: self._stale_trial_ids(study_id), "_get_stale_trial_ids")
 
     def _stale_trial_ids(self, study_id: int) -> list[int]:
+        from sqlalchemy import orm
+
         stale = set(super()._get_stale_trial_ids(study_id))
         grace = timedelta(seconds=self.grace_period or 2 * (self.heartbeat_interval or 60))
         # datetime_start is written with the claiming worker's clock, as this comparison is.
         oldest = datetime.now() - grace
         with self.scoped_session() as session:
             rows = (
-                session.query(rdb_models.TrialModel)
-                .options(sqlalchemy.orm.selectinload(rdb_models.TrialModel.heartbeats))
-                .filter(rdb_models.TrialModel.study_id == study_id)
-                .filter(rdb_models.TrialModel.state == TrialState.RUNNING)
+                session.query(rdb_models().TrialModel)
+                .options(orm.selectinload(rdb_models().TrialModel.heartbeats))
+                .filter(rdb_models().TrialModel.study_id == study_id)
+                .filter(rdb_models().TrialModel.state == TrialState.RUNNING)
                 .all()
             )
             for trial in rows:

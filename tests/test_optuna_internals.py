@@ -82,7 +82,7 @@ def test_scoped_session_and_models(rdb_study: optuna.Study) -> None:
     backend = internals.storage_of(rdb_study)._backend
     rdb_study.ask()
     with internals.create_scoped_session(backend.scoped_session) as session:
-        rows = session.query(internals.rdb_models.TrialModel).all()
+        rows = session.query(internals.rdb_models().TrialModel).all()
     assert len(rows) == 1, _explain(
         "optuna.storages._rdb.storage._create_scoped_session / _rdb.models",
         "the claim transaction (storage/_resilient.py)",
