@@ -76,6 +76,11 @@ def run(
         print(f"{verb} study {spec.name!r} in {redact_url(url)}", file=sys.stderr)
     loaded = load_study(spec.name, url)
     if budget_used(loaded.study, spec.n_trials):
+        if progress:
+            print(
+                f"the budget of {spec.n_trials} trial(s) is used: no worker started",
+                file=sys.stderr,
+            )
         return loaded.study
     _run_workers(
         spec.name,

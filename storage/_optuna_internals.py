@@ -29,6 +29,7 @@ __all__ = [
     "enter_optimize_loop",
     "make_grpc_server",
     "rdb_models",
+    "reseed_sampler",
     "stop_requested",
     "storage_of",
     "study_id_of",
@@ -102,23 +103,27 @@ def alembic_folder() -> str:
     return os.path.join(os.path.dirname(rdb_module.__file__), "alembic")
 
 
-def reseed_sampler(sampler: optuna.samplers.BaseSampler, seed: int) -> None:
+def reseed_sampler(sampler: optuna.samplers.BaseSampler, seed: int) -> int:
     """Seed every random state of ``sampler`` and of the samplers it delegates to (TPE's and
     NSGA's start-up ``_random_sampler``, GP's, CMA-ES's and QMC's ``_independent_sampler``, a
     partially fixed sampler's base), each from ``seed`` and its own path, so that the sampler's
-    next proposals depend on ``seed`` alone (and, for a model-based phase, on the history)."""
+    next proposals depend on ``seed`` alone (and, for a model-based phase, on the history).
+    Returns how many random states it seeded (a test checks each sampler has some)."""
     import numpy as np
     from optuna.samplers._lazy_random_state import LazyRandomState
 
-    def visit(obj: object, path: str, seen: set[int]) -> None:
+    def visit(obj: object, path: str, seen: set[int]) -> int:
         if id(obj) in seen:
-            return
+            return 0
         seen.add(id(obj))
+        seeded = 0
         for name, value in vars(obj).items():
             if isinstance(value, LazyRandomState):
                 entropy = [seed, *f"{path}.{name}".encode()]
                 value.rng.seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+                seeded += 1
             elif isinstance(value, optuna.samplers.BaseSampler):
-                visit(value, f"{path}.{name}", seen)
+                seeded += visit(value, f"{path}.{name}", seen)
+        return seeded
 
-    visit(sampler, "sampler", set())
+    return visit(sampler, "sampler", set())

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ seed = 7
 
 [resources]
 heartbeat_interval = 1
-grace_period = 2
+grace_period = {grace}
 {resources}
 
 [space.x]
@@ -62,13 +63,19 @@ def _study(
     n_trials: int = 8,
     sampler: str = "random",
     resources: str = "",
+    grace: int = 2,
 ) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / objective.split(":")[0]).write_text(textwrap.dedent(code))
     path = folder / f"{name}.toml"
     path.write_text(
         STUDY.format(
-            name=name, objective=objective, n_trials=n_trials, sampler=sampler, resources=resources
+            name=name,
+            objective=objective,
+            n_trials=n_trials,
+            sampler=sampler,
+            resources=resources,
+            grace=grace,
         )
     )
     return path
@@ -265,21 +272,31 @@ def test_a_dead_workers_trial_is_reaped_while_others_run_long_trials(tmp_path: P
             time.sleep(0.1)
         return params["x"] ** 2
     """
-    path = _study(tmp_path, "reap", code=code, n_trials=2)
+    path = _study(tmp_path, "reap", code=code, n_trials=2, grace=5)
     spec = load_spec_file(str(path))
     url = f"sqlite:///{tmp_path / 'reap.db'}"
     create_study(spec, url)
     loaded = load_study(spec.name, url)
     dead = claim_slot(loaded.study, loaded.storage)  # slot 0, beating until the survivor runs
     assert dead is not None
+    alive = threading.Event()
+    alive.set()
+
+    def beat() -> None:  # the "dead" worker while it lives, on a thread of its own
+        while alive.is_set():
+            loaded.storage.record_heartbeat(dead._trial_id)
+            time.sleep(0.3)
+
+    beating = threading.Thread(target=beat, daemon=True)
+    beating.start()
     (survivor,) = start_workers(spec.name, url, workers=1, timeout=None, log_trials=True)
     try:
         deadline = time.monotonic() + 120
         while _running_slots(loaded) != [0, 1]:
             assert time.monotonic() < deadline, "the survivor never started its trial"
-            loaded.storage.record_heartbeat(dead._trial_id)
             time.sleep(0.2)
-        # Now the dead trial's worker "dies": no more heartbeats.
+        alive.clear()  # now the dead trial's worker "dies": no more heartbeats
+        beating.join()
         while not _failed(loaded, dead):
             assert time.monotonic() < deadline, "the dead worker's trial stayed RUNNING"
             time.sleep(0.2)
@@ -321,15 +338,32 @@ def test_workers_die_with_their_parent(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
-    while not (children := _children(parent.pid)):
-        assert time.monotonic() < deadline, "no worker process started"
+    while not (running := _running_in(url, _children(parent.pid))):
+        assert time.monotonic() < deadline, "no worker process started a trial"
         time.sleep(0.2)
+    children = _children(parent.pid)
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 60  # the orphan stops as on SIGTERM: within its 30 s bound
     while any(_alive(pid) for pid in children):
         assert time.monotonic() < deadline, f"worker {children} outlived its parent"
         time.sleep(0.2)
+    # It handed its trial back, as on any stop: failed without an error, its retry queued.
+    trials = optuna.load_study(study_name="orphans", storage=url).get_trials()
+    handed_back = next(t for t in trials if t.number == running[0])
+    assert handed_back.state == TrialState.FAIL and "error" not in handed_back.user_attrs
+    retries = [t for t in trials if t.system_attrs.get(RETRY_OF) == handed_back.number]
+    assert [t.state for t in retries] == [TrialState.WAITING]
+
+
+def _running_in(url: str, pids: set[int]) -> list[int]:
+    """The numbers of the RUNNING trials of one of ``pids``."""
+    trials = optuna.load_study(study_name="orphans", storage=url).get_trials(deepcopy=False)
+    return [
+        t.number
+        for t in trials
+        if t.state == TrialState.RUNNING and t.user_attrs.get("worker", {}).get("pid") in pids
+    ]
 
 
 def _alive(pid: int) -> bool:

@@ -112,3 +112,30 @@ def test_grpc_server_serves_a_storage(rdb_study: optuna.Study) -> None:
     assert names == ["internals"], _explain(
         "optuna.storages._grpc.server.make_server", "hpsearch proxy"
     )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        optuna.samplers.RandomSampler,
+        optuna.samplers.TPESampler,
+        optuna.samplers.CmaEsSampler,
+        optuna.samplers.GPSampler,
+        optuna.samplers.QMCSampler,
+        optuna.samplers.NSGAIISampler,
+    ],
+)
+def test_reseeding_a_sampler_fixes_its_next_proposal(make: type) -> None:
+    def first_proposal(seed: int) -> float:
+        study = optuna.create_study(sampler=make())
+        assert internals.reseed_sampler(study.sampler, seed) > 0, _explain(
+            "LazyRandomState / the samplers' _rng, _random_sampler, _independent_sampler",
+            "per-slot seeding (search/runtime/_worker.py)",
+        )
+        return study.ask().suggest_float("x", 0.0, 1.0)
+
+    same = first_proposal(1)
+    if make is optuna.samplers.QMCSampler:  # one shared scrambled sequence, by design
+        return
+    assert first_proposal(1) == same
+    assert first_proposal(1) != first_proposal(2)

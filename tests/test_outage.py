@@ -105,7 +105,8 @@ class Relay:
 
 def _worker(study: str, url: str, cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [*hpsearch_command(), "worker", "--study", study, "--storage", url, "--workers", "2"],
+        # -q: no progress line, so the parent never reads the study during the outage.
+        [*hpsearch_command(), "-q", "worker", "--study", study, "--storage", url, "--workers", "2"],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

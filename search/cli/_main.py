@@ -17,7 +17,6 @@ import optuna
 
 from hpsearch.errors import HpsearchError
 from hpsearch.search import _api
-from hpsearch.search._api import budget_used
 from hpsearch.search._study import create_study, load_study, study_summaries
 from hpsearch.search.cli._argtypes import positive_float, positive_int
 from hpsearch.search.cli._deploy import add_deploy_commands
@@ -47,26 +46,16 @@ def _print_summary(study: optuna.Study, spec: StudySpec) -> None:
     print(render(document, "yaml"), end="")
 
 
-def _info(args: argparse.Namespace, line: str) -> None:
-    """A line about what the command does, on stderr; -q/--quiet leaves it out."""
-    if not args.quiet:
-        print(line, file=sys.stderr)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec_file(args.study_file)
-    url = resolve_storage_url(args.storage)
-    result = create_study(spec, url)
-    verb = "created" if result.created else "resuming"
-    _info(args, f"{verb} study {spec.name!r} in {redact_url(url)}")
-    loaded = load_study(spec.name, url)
-    if budget_used(loaded.study, spec.n_trials):
-        _info(args, f"the budget of {spec.n_trials} trial(s) is used: no worker started")
-    else:
-        worker_options = _worker_options(args)
-        _api.run(spec, storage=url, progress=not args.quiet, **worker_options)
+    study = _api.run(
+        spec,
+        storage=resolve_storage_url(args.storage),
+        progress=not args.quiet,
+        **_worker_options(args),
+    )
     if not args.quiet:
-        _print_summary(loaded.study, spec)
+        _print_summary(study, spec)
     return 0
 
 

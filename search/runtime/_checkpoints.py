@@ -99,9 +99,12 @@ class CheckpointSync:
         if self._store is None:
             return
         try:
-            if self._store.download(self.key, self.local):
-                self._stored = _version(os.stat(self.local))
-                log.info("resuming from the checkpoint %s", self.url)
+            # Under the upload lock: the uploader must not push this node's older copy over the
+            # object while it is being downloaded.
+            with self._lock:
+                if self._store.download(self.key, self.local):
+                    self._stored = _version(os.stat(self.local))
+                    log.info("resuming from the checkpoint %s", self.url)
         except (StorageError, OSError) as err:
             log.warning(
                 "could not fetch the checkpoint %s (%s); the trial resumes from this node's "

@@ -88,13 +88,17 @@ class Heartbeat:
         while not self._stop.wait(interval):
             try:
                 self._storage.record_heartbeat(self._trial_id)
-                self._on_beat()
             except StorageError:
                 # The database stayed away past db_timeout: the trial loop says so when it next
                 # needs the database, and the trial is re-queued after its grace period.
                 return
             except Exception as err:  # a missed beat is not fatal; the next one may succeed
                 log.warning("heartbeat for trial id %d failed: %s", self._trial_id, err)
+                continue
+            try:
+                self._on_beat()  # reaping others' trials: its failure never stops our beats
+            except Exception as err:
+                log.warning("after the heartbeat of trial id %d: %s", self._trial_id, err)
 
     def __exit__(
         self,
