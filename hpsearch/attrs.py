@@ -7,6 +7,10 @@ from __future__ import annotations
 SPEC = "hpsearch:spec"  # the validated study file
 UID = "hpsearch:uid"  # unique per study ever created under a name (checkpoint folders use it)
 
+# Study system attributes: marks of trials added once (storage ResilientRDBStorage.enqueue_once).
+ENQUEUED = "hpsearch:enqueued:"  # + the first slot of a batch: that batch is in the queue
+REQUEUED = "hpsearch:requeued:"  # + a dead worker's trial number: its retry is in the queue
+
 # Trial system attributes: the budget queue (search/runtime/_budget.py).
 SLOT = "hpsearch:slot"  # the budget slot a trial fills; a retry inherits it
 REFILL = "hpsearch:refill"  # the next batch of slots this trial's claimer enqueues

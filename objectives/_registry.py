@@ -22,7 +22,9 @@ from hpsearch.objectives._choices import (
     OPTIMIZERS,
     QUANTIZE_MODES,
     SCHEDULES,
+    STRATEGIES,
 )
+from hpsearch.objectives._options import TRAINING
 
 # One value per direction, or a mapping read by the study's metric names (extra entries are kept
 # for constraints).
@@ -43,33 +45,16 @@ class BuiltinObjective:
     # What the objective returns, by name, with each one's natural direction: any of them may be
     # a study's metric or a constraint.
     measurements: Mapping[str, str] = field(default_factory=dict)
+    # The measurements taken at every epoch's evaluation: the only ones a pruner can use.
+    evaluated: tuple[str, ...] = ("val_accuracy",)
 
 
-# What every built-in trainer reads, with its default.
+# What every built-in reads, with its default: the engine's options, and where the data is.
 _TRAINING_OPTIONS: dict[str, Any] = {
-    "epochs": 10,
-    "batch_size": 64,  # effective: samples per optimizer step over all of the trial's devices
-    "micro_batch": 0,  # cap on samples per forward on one device (0: no cap)
-    "lr": 1e-3,
-    "optimizer": "adam",
-    "momentum": 0.9,
-    "nesterov": False,
-    "l1": 0.0,
-    "l2": 0.0,
-    "schedule": "none",
-    "warmup_epochs": 0.0,
-    "step_size": 10,
-    "gamma": 0.1,
-    "plateau_patience": 2,
-    "plateau_factor": 0.5,
-    "amp": "auto",
-    "compile": False,
+    **TRAINING,
     "val_fraction": 0.1,
     "data_dir": "data",
     "download": False,
-    "device": "auto",
-    "seed": 0,
-    "on_nonfinite": "prune",
 }
 # Compression after training (objectives/compression.py); every step off by default.
 _COMPRESSION_OPTIONS: dict[str, Any] = {
@@ -96,6 +81,7 @@ _CHOICES = {
     "schedule": SCHEDULES,
     "amp": AMP_MODES,
     "quantize": QUANTIZE_MODES,
+    "strategy": STRATEGIES,
 }
 
 
@@ -271,6 +257,8 @@ _LIMITS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "plateau_factor": ("in (0, 1)", lambda v: 0 < v < 1),
     "val_fraction": ("in (0, 1)", lambda v: 0 < v < 1),
     "seed": (">= 0", lambda v: v >= 0),
+    "checkpoint_every": (">= 0 (0: per epoch only)", lambda v: v >= 0),
+    "loader_workers": (">= 0", lambda v: v >= 0),
     "prune_amount": ("in [0, 1)", lambda v: 0 <= v < 1),
     "prune_structured": ("in [0, 1)", lambda v: 0 <= v < 1),
     "low_rank": ("in [0, 1]", lambda v: 0 <= v <= 1),

@@ -81,7 +81,7 @@ def create_study(spec: StudySpec, url: str) -> CreateResult:
             study.set_user_attr(SPEC_ATTR, spec.data)
             study.set_user_attr(UID_ATTR, uuid.uuid4().hex[:12])
             save_spec_note(study, spec)
-            enqueue_first_batch(study, spec.n_trials)
+            enqueue_first_batch(study, storage, spec.n_trials)
         except BaseException:
             # Leave no half-made study behind.
             optuna.delete_study(study_name=spec.name, storage=storage)

@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -22,9 +22,9 @@ import optuna
 import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.attrs import RETRY_OF
+from hpsearch.attrs import REQUEUED, RETRY_OF
 from hpsearch.errors import StorageError
-from hpsearch.storage._optuna_internals import create_scoped_session, rdb_models
+from hpsearch.storage._optuna_internals import create_scoped_session, rdb_models, study_id_of
 from hpsearch.storage._url import redact_text, redact_url
 
 log = logging.getLogger("hpsearch.storage")
@@ -48,7 +48,9 @@ _RETRIED = (
     "get_trial_system_attrs",
     "get_all_studies",
     "create_new_trial",
+    "_create_new_trial",
     "set_trial_param",
+    "_set_trial_param",
     "get_trial_param",
     "set_trial_intermediate_value",
     "set_trial_user_attr",
@@ -58,6 +60,7 @@ _RETRIED = (
     "get_all_trials",
     "_get_trials",
     "get_best_trial",
+    "_get_best_trial_id",
     "record_heartbeat",
 )
 
@@ -205,6 +208,54 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
             return None
         return self.get_trial(trial_id)
 
+    def enqueue_once(self, study_id: int, key: str, trials: Sequence[FrozenTrial]) -> bool:
+        """Add ``trials`` to the study in one transaction that also sets the study system
+        attribute ``key``; add nothing and return False if ``key`` is set already.
+
+        A retried insert after a lost acknowledgement would otherwise add the trials twice, as
+        would two workers doing one duty (re-queuing one dead worker's trial): either way the
+        study would run more trials than its budget. The study row's lock makes the check and
+        the insert one step on PostgreSQL and MySQL; SQLite's BEGIN IMMEDIATE does it there.
+        """
+
+        def call() -> bool:
+            models = rdb_models()
+            with create_scoped_session(self.scoped_session) as session:
+                study = models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+                if models.StudySystemAttributeModel.find_by_study_and_key(study, key, session):
+                    return False
+                session.add(
+                    models.StudySystemAttributeModel(
+                        study_id=study_id, key=key, value_json=json.dumps(True)
+                    )
+                )
+                for trial in trials:
+                    self._get_prepared_new_trial(study_id, trial, session)
+            return True
+
+        return self._retry(call, "enqueue_once")
+
+    def get_heartbeat_stale_trial_callback(
+        self,
+    ) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        """Optuna's retry of a dead worker's trial, added at most once per failed trial.
+
+        Two workers' reapers can both fail one stale trial (a retried update after a lost
+        acknowledgement reads as a success), and each would queue a retry: one slot, two trials.
+        """
+        retry = super().get_heartbeat_stale_trial_callback()
+        if retry is None:
+            return None
+        callback = retry
+
+        def requeue_once(study: optuna.Study, trial: FrozenTrial) -> None:
+            made = _TrialsAdded()
+            callback(made, trial)  # type: ignore[arg-type]  # Optuna's template, its max_retry
+            if made.trials:
+                self.enqueue_once(study_id_of(study), f"{REQUEUED}{trial.number}", made.trials)
+
+        return requeue_once
+
     def waiting_trial_ids(self, study_id: int, limit: int) -> list[int]:
         """The ids of the study's WAITING trials in the order workers claim them: retries of
         trials whose worker died first (their checkpoints wait), then the oldest slots.
@@ -267,6 +318,16 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                     stale.add(int(trial.trial_id))
         self.scoped_session.remove()
         return sorted(stale)
+
+
+class _TrialsAdded:
+    """Stands in for a study to collect the trials a callback would add to it."""
+
+    def __init__(self) -> None:
+        self.trials: list[FrozenTrial] = []
+
+    def add_trial(self, trial: FrozenTrial) -> None:
+        self.trials.append(trial)
 
 
 def _retrying(name: str) -> Callable[..., Any]:

@@ -288,4 +288,4 @@ def test_postgres_restart_while_workers_run(
     for number, value in before.items():  # nothing completed before the restart was lost
         assert after[number].state == TrialState.COMPLETE and after[number].value == value
     state = budget_state(after.values(), 40)
-    assert state.used == 40 and state.running == 0 and state.waiting == 0, state
+    assert state.used == 40 and state.running == 0 and state.waiting == 0, (state, log[-3000:])

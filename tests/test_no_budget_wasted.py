@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from hpsearch.attrs import RETRY_OF, SLOT
 from hpsearch.search import create_study, load_spec_file, load_study, start_workers
-from hpsearch.search.runtime._budget import claim_slot
+from hpsearch.search.runtime._budget import claim_slot, enqueue_batch
 
 from .conftest import hpsearch_command
 from .test_fault_tolerance import _children
@@ -381,3 +381,49 @@ def test_the_python_api_raises_for_a_broken_study(tmp_path: Path) -> None:
     path = _study(tmp_path, "api-broken", code=code, n_trials=2)
     with pytest.raises(hpsearch.HpsearchError, match="no trial of 'api-broken' completed"):
         hpsearch.run(path, storage=f"sqlite:///{tmp_path / 'api.db'}", workers=1, progress=False)
+
+
+def test_a_batch_and_a_retry_are_enqueued_once_however_often_asked(
+    storage_url: str, tmp_path: Path, study_name: str
+) -> None:
+    """A retried insert after a lost acknowledgement, or two workers doing one duty, must not
+    put a slot (or a dead worker's retry) in the queue twice: the study would overrun its budget."""
+    spec = load_spec_file(str(_study(tmp_path, study_name, n_trials=20)))
+    create_study(spec, storage_url)
+    loaded = load_study(spec.name, storage_url)
+    assert enqueue_batch(loaded.study, loaded.storage, 0, 20) is False  # made by create
+    assert enqueue_batch(loaded.study, loaded.storage, 8, 20) is True
+    assert enqueue_batch(loaded.study, loaded.storage, 8, 20) is False
+    dead = claim_slot(loaded.study, loaded.storage)
+    assert dead is not None
+    loaded.storage.set_trial_state_values(dead._trial_id, TrialState.FAIL)
+    requeue = loaded.storage.get_heartbeat_stale_trial_callback()
+    assert requeue is not None
+    frozen = loaded.study._storage.get_trial(dead._trial_id)
+    requeue(loaded.study, frozen)
+    requeue(loaded.study, frozen)  # a second reaper that also saw the trial stale
+    trials = loaded.study.get_trials(deepcopy=False)
+    slots = [t.system_attrs[SLOT] for t in trials if t.state != TrialState.FAIL]
+    assert sorted(slots) == list(range(16)), slots
+    (retry,) = [t for t in trials if t.system_attrs.get(RETRY_OF) == dead.number]
+    assert retry.state == TrialState.WAITING and retry.system_attrs[SLOT] == dead.system_attrs[SLOT]
+
+
+def test_a_batch_whose_duty_was_lost_is_enqueued_by_a_worker(
+    storage_url: str, tmp_path: Path, study_name: str
+) -> None:
+    """Slot 0 carries the duty to enqueue slots 8-15. Its trial fails for good without a retry
+    (its worker died ``max_retry`` times): the workers still fill the rest of the budget."""
+    spec = load_spec_file(str(_study(tmp_path, study_name, n_trials=20)))
+    create_study(spec, storage_url)
+    loaded = load_study(spec.name, storage_url)
+    lost = claim_slot(loaded.study, loaded.storage)
+    assert lost is not None and lost.system_attrs[SLOT] == 0
+    loaded.storage.set_trial_state_values(lost._trial_id, TrialState.FAIL)  # no retry queued
+    for process in start_workers(spec.name, storage_url, workers=1, timeout=None, log_trials=False):
+        process.join(timeout=300)
+        assert process.exitcode == 0
+    trials = optuna.load_study(study_name=spec.name, storage=storage_url).get_trials()
+    complete = sorted(t.system_attrs[SLOT] for t in trials if t.state == TrialState.COMPLETE)
+    assert complete == list(range(1, 20))
+    assert len(trials) == 20

@@ -139,3 +139,30 @@ def test_reseeding_a_sampler_fixes_its_next_proposal(make: type) -> None:
         return
     assert first_proposal(1) == same
     assert first_proposal(1) != first_proposal(2)
+
+
+def test_every_database_call_of_optunas_cache_rides_out_an_outage() -> None:
+    """Optuna's trial cache calls some of the backend's private methods (``_create_new_trial``,
+    ``_set_trial_param``, ...): each must go through the outage retry, or a database restart
+    during a trial's suggest fails the trial as if the objective had."""
+    import inspect
+    import re
+
+    from optuna.storages import _cached_storage
+
+    from hpsearch.storage._resilient import ResilientRDBStorage
+
+    source = inspect.getsource(_cached_storage)
+    called = set(re.findall(r"self\._backend\.(\w+)\(", source))
+    assert called, _explain("_CachedStorage._backend", "the outage retry")
+    # Made once by `hpsearch create` (a clear failure there beats a retry), or no database call.
+    not_retried = {"create_new_study", "delete_study", "get_heartbeat_interval"}
+    unretried = {
+        name
+        for name in called - not_retried
+        if getattr(ResilientRDBStorage, name) is getattr(optuna.storages.RDBStorage, name)
+    }
+    assert not unretried, (
+        f"Optuna {VERSION}'s trial cache calls {sorted(unretried)} on its backend: add them to "
+        "_RETRIED in storage/_resilient.py."
+    )

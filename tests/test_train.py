@@ -108,7 +108,7 @@ def test_retraining_an_export_reproduces_the_trial_metric(
     assert evaluate(model, data.x_val, data.y_val) == best.value
 
 
-def test_retraining_a_user_objective_reports_only_the_metric(
+def test_retraining_a_user_objective_without_the_engine_reports_only_the_metric(
     tmp_path: Path, write_study: Any, study_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = f"sqlite:///{tmp_path / 'q.db'}"
@@ -123,8 +123,9 @@ def test_retraining_a_user_objective_reports_only_the_metric(
     assert result.returncode == 0, result.stderr
     assert "epoch 3 loss " in result.stderr  # the objective reported 3 steps; no epoch count
     assert f"loss {best.value!r} (trial {best.number}: {best.value!r}, equal)" in result.stdout
-    assert "only its metric is reported" in result.stdout
+    assert "the objective saved no model" in result.stdout
     assert not (tmp_path / "model").exists()
+    assert json.loads(export.read_text())["checkpoint"] is None  # it never wrote one
 
 
 @pytest.mark.parametrize(
@@ -198,3 +199,51 @@ def _compressed_architecture(options: dict[str, object]) -> tuple[torch.nn.Modul
     data = load_dataset("digits", val_fraction=float(options["val_fraction"]))  # type: ignore[arg-type]
     model = build_model("mlp", data, options)
     return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8), data
+
+
+REGRESSION = Path(__file__).resolve().parent.parent / "examples" / "regression"
+
+
+@pytest.mark.slow
+def test_retraining_a_user_model_saves_it_and_reproduces_the_trial_metric(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The regression example trains through hpsearch.fit: its export names the checkpoint it
+    wrote, and `hpsearch train` saves model.pt, which loads back into the example's model."""
+    monkeypatch.chdir(tmp_path)
+    study = (REGRESSION / "study.toml").read_text()
+    study = study.replace("n_trials = 12", "n_trials = 2").replace("epochs = 8", "epochs = 2")
+    study = study.replace(
+        'objective = "regression.py:objective"',
+        (f'objective = "{REGRESSION / "regression.py"}:objective"'),
+    )
+    (tmp_path / "study.toml").write_text(study)
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    assert main(["run", "study.toml", "--storage", url, "--workers", "1"]) == 0
+    export = tmp_path / "best.yaml"
+    assert main(["export", "--study", "regression", "--storage", url, "-o", str(export)]) == 0
+    capsys.readouterr()
+    best = optuna.load_study(study_name="regression", storage=url).best_trial
+    assert Path(best.user_attrs["checkpoint"]).is_file()
+
+    result = _train(export, tmp_path / "model", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "epoch 2/2 mse " in result.stderr
+    assert f"mse {best.value!r} (trial {best.number}: {best.value!r}, equal)" in result.stdout
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["metrics"] == {"mse": best.value}
+
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "regression_example", REGRESSION / "regression.py"
+    )
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    model = example.build(best.params)
+    model.load_state_dict(torch.load(tmp_path / "model" / "model.pt"))
+    val = example.CsvRows(example.DATA, 1600)
+    with torch.no_grad():
+        mse = torch.nn.functional.mse_loss(model(val.x), val.y).item()
+    assert mse == pytest.approx(best.value, rel=1e-5)

@@ -1,10 +1,11 @@
 """``hpsearch train``: retrain the configuration in an exported file, without any study.
 
 The objective gets the same ``params`` a worker gave it (the file's ``training`` merged under
-its ``params``) and a local stand-in for the Optuna trial that prints each reported value. A
-built-in objective's trained model is saved as ``model.pt`` (a state_dict) beside
-``config.json`` (everything that produced it); a user objective's model is its own business,
-so only its metric is reported. With the same seed on the same hardware (and thread count) the
+its ``params``) and a local stand-in for the Optuna trial that prints each reported value. The
+trained model is saved as ``model.pt`` (a state_dict) beside ``config.json`` (everything that
+produced it): a built-in's always, a user objective's when it trains through ``hpsearch.fit``
+(the engine saves it where the context says); otherwise only the metric is reported. With the
+same seed on the same hardware (and thread count) the
 metric equals the trial's: the training is deterministic on CPU.
 """
 
@@ -15,7 +16,7 @@ import json
 import os
 import sys
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -24,6 +25,7 @@ import yaml
 from hpsearch import attrs
 from hpsearch.errors import HpsearchError, NonFiniteLoss
 from hpsearch.files import replacing
+from hpsearch.objectives.context import TrialContext, trial_context
 from hpsearch.search.results._export import package_versions, write_atomically
 
 
@@ -122,7 +124,7 @@ class TrainOutcome:
     values: list[float]  # what this run measured, one per metric
     exported: list[float] | None  # what the trial measured, from the file
     trial: int | None  # the trial's number, from the file
-    model_path: str | None  # None for a user objective
+    model_path: str | None  # None when the objective saved no model
 
 
 def _metrics(document: dict[str, Any]) -> list[str]:
@@ -193,29 +195,35 @@ def train_from_export(path: str, output: str, *, stream: TextIO = sys.stderr) ->
             "the batch is the same, the floating-point sums may differ slightly",
             file=stream,
         )
+    model_path = os.path.join(output, "model.pt")
+    context = TrialContext(
+        metrics=tuple(metrics),
+        directions=tuple(_directions(document, len(metrics))),
+        # A user objective that trains through hpsearch.fit saves its model here.
+        model_path=None if builtin else model_path,
+    )
     if builtin is None:
         function = load_objective(objective)
-        with _one_line_failures(path):
-            values = _as_values(function(trial, params), metrics)
+        with _one_line_failures(path), trial_context(context):
+            result = function(trial, params)
+            values = _as_values(result, metrics)
+        measurements = dict(result) if isinstance(result, Mapping) else {}
+        saved = os.path.exists(model_path)
+    else:
+        from hpsearch.objectives.builtin import train_builtin
+        from hpsearch.objectives.compression import serialize
+
+        _make_folder(output)
+        with _one_line_failures(path), trial_context(context):
+            measurements, model = train_builtin(trial, params, objective=objective)
+            values = _as_values(measurements, metrics)
+        # The bytes `size_bytes` measured: sparse weights stay compact, int8 layers stay packed
+        # (`objectives.compression.load_serialized` reads them back into the compressed model).
+        with replacing(model_path) as partial, open(partial, "wb") as handle:
+            handle.write(serialize(model.to("cpu")))
+        saved = True
+    if not saved:
         return TrainOutcome(metrics, values, _exported_values(document), trial.number, None)
-
-    from hpsearch.objectives.builtin import train_builtin
-    from hpsearch.objectives.compression import serialize
-
-    with _one_line_failures(path):
-        measurements, model = train_builtin(trial, params, objective=objective)
-        values = _as_values(measurements, metrics)
-    try:
-        os.makedirs(output, exist_ok=True)
-    except OSError as err:
-        raise HpsearchError(
-            f"Cannot use --output {output!r}: {err.strerror}; name a folder that can be created."
-        ) from None
-    model_path = os.path.join(output, "model.pt")
-    # The bytes `size_bytes` measured: sparse weights stay compact, int8 layers stay packed
-    # (`objectives.compression.load_serialized` reads them back into the compressed model).
-    with replacing(model_path) as partial, open(partial, "wb") as handle:
-        handle.write(serialize(model.to("cpu")))
     config = {
         "objective": objective,
         "options": options,  # every option the model was trained with, defaults included
@@ -233,6 +241,21 @@ def train_from_export(path: str, output: str, *, stream: TextIO = sys.stderr) ->
     return TrainOutcome(metrics, values, _exported_values(document), trial.number, model_path)
 
 
+def _make_folder(output: str) -> None:
+    try:
+        os.makedirs(output, exist_ok=True)
+    except OSError as err:
+        raise HpsearchError(
+            f"Cannot use --output {output!r}: {err.strerror}; name a folder that can be created."
+        ) from None
+
+
+def _directions(document: dict[str, Any], count: int) -> list[str]:
+    direction = document.get("direction")
+    directions = direction if isinstance(direction, list) else [direction] * count
+    return [str(d) if d in ("minimize", "maximize") else "minimize" for d in directions]
+
+
 def describe(outcome: TrainOutcome) -> list[str]:
     """The lines ``hpsearch train`` ends with: the metric, and how it compares to the trial's."""
     lines = []
@@ -244,7 +267,10 @@ def describe(outcome: TrainOutcome) -> list[str]:
             line += f" (trial {outcome.trial}: {before!r}, {same})"
         lines.append(line)
     if outcome.model_path is None:
-        lines.append("a user objective: only its metric is reported, its model is not saved")
+        lines.append(
+            "the objective saved no model: train it with hpsearch.fit, which saves model.pt "
+            "under --output, or save it in the objective yourself"
+        )
     else:
         lines.append(f"saved {outcome.model_path} and config.json")
     return lines

@@ -13,20 +13,23 @@ one worker that claims it enqueues that range. A stale trial's retry copies its 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.attrs import ERROR, REFILL, RETRY_OF, SLOT, WORKER
+from hpsearch.attrs import ENQUEUED, ERROR, REFILL, RETRY_OF, SLOT, WORKER
 from hpsearch.storage._optuna_internals import (
     add_claimed_trial_to_cache,
     storage_of,
     study_id_of,
     trial_id_of,
 )
+
+log = logging.getLogger("hpsearch.worker")
 
 
 def worker_of(trial: FrozenTrial) -> dict[str, object]:
@@ -49,24 +52,55 @@ def _slot_trial(slot: int, n_trials: int) -> FrozenTrial:
     return optuna.trial.create_trial(state=TrialState.WAITING, system_attrs=attrs)
 
 
-def enqueue_slots(study: optuna.Study, slots: Iterable[int], n_trials: int) -> None:
-    for slot in slots:
-        study.add_trial(_slot_trial(slot, n_trials))
+def enqueue_batch(study: optuna.Study, storage: object, start: int, n_trials: int) -> bool:
+    """Put the slots of the batch that starts at ``start`` in the queue, unless they are there.
 
-
-def enqueue_first_batch(study: optuna.Study, n_trials: int) -> None:
-    enqueue_slots(study, range(min(BATCH, n_trials)), n_trials)
-
-
-def refill(study: optuna.Study, claimed: FrozenTrial, n_trials: int) -> None:
-    """Enqueue the next batch if ``claimed`` carries that duty and nobody did it yet."""
-    next_range = claimed.system_attrs.get(REFILL)
-    if not next_range:
-        return
-    start, stop = next_range
+    Our RDB storage adds the batch in one transaction, at most once however often it is asked
+    (a retry after a lost acknowledgement, two workers repairing the queue at once). Other
+    storages add the batch's missing slots one by one. Returns whether anything was added.
+    """
+    slots = range(start, min(start + BATCH, n_trials))
+    enqueue_once = getattr(storage, "enqueue_once", None)
+    if enqueue_once is not None:
+        trials = [_slot_trial(slot, n_trials) for slot in slots]
+        return bool(enqueue_once(study_id_of(study), f"{ENQUEUED}{start}", trials))
     # A previous holder of this duty may have died half-way through the batch.
     existing = {t.system_attrs.get(SLOT) for t in study.get_trials(deepcopy=False)}
-    enqueue_slots(study, [s for s in range(start, stop) if s not in existing], n_trials)
+    missing = [slot for slot in slots if slot not in existing]
+    for slot in missing:
+        study.add_trial(_slot_trial(slot, n_trials))
+    return bool(missing)
+
+
+def enqueue_first_batch(study: optuna.Study, storage: object, n_trials: int) -> None:
+    enqueue_batch(study, storage, 0, n_trials)
+
+
+def refill(study: optuna.Study, storage: object, claimed: FrozenTrial, n_trials: int) -> None:
+    """Enqueue the next batch if ``claimed`` carries that duty and nobody did it yet."""
+    next_range = claimed.system_attrs.get(REFILL)
+    if next_range:
+        enqueue_batch(study, storage, int(next_range[0]), n_trials)
+
+
+def repair_queue(study: optuna.Study, storage: object, state: BudgetState) -> bool:
+    """Enqueue the batches no worker enqueued: their duty went with a trial that failed for good
+    (its worker died ``max_retry`` times before it could refill). Only on storages that enqueue
+    at most once: elsewhere two workers repairing at once would overrun the budget.
+
+    Returns whether slots were added (the caller claims again).
+    """
+    if state.enqueued >= state.n_trials or not hasattr(storage, "enqueue_once"):
+        return False
+    added = False
+    for start in range(0, state.n_trials, BATCH):
+        if any(
+            slot not in state.slots for slot in range(start, min(start + BATCH, state.n_trials))
+        ):
+            added = enqueue_batch(study, storage, start, state.n_trials) or added
+    if added:
+        log.warning("re-queued budget slots that were never enqueued")
+    return added
 
 
 ClaimAttrs = Callable[[Mapping[str, Any]], dict[str, Any]]  # system attrs -> user attrs to set
@@ -131,6 +165,7 @@ class BudgetState:
     waiting: int
     lost: int  # failed without an error: a dead worker's trial, re-queued as a retry
     enqueued: int  # slots put in the queue so far
+    slots: frozenset[int] = field(default=frozenset(), repr=False)  # which ones
 
     @property
     def used(self) -> int:
@@ -162,7 +197,7 @@ def budget_state(trials: Iterable[FrozenTrial], n_trials: int) -> BudgetState:
             counts["running"] += 1
         elif trial.state == TrialState.WAITING:
             counts["waiting"] += 1
-    return BudgetState(n_trials=n_trials, enqueued=len(slots), **counts)
+    return BudgetState(n_trials=n_trials, enqueued=len(slots), slots=frozenset(slots), **counts)
 
 
 def reap_stale_trials(study: optuna.Study) -> list[int]:

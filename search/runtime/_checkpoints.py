@@ -10,6 +10,7 @@ which :class:`CheckpointSync` keeps in step with its object in the bucket.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -175,6 +176,17 @@ class CheckpointSync:
         except optuna.exceptions.UpdateFinishedTrialError:
             return  # reaped meanwhile: its retry records its own
         self._finished = True
+
+    def forget_if_unwritten(self, trial: optuna.Trial) -> None:
+        """A trial whose objective wrote no checkpoint names none: status, export and the
+        dashboard must not point at a file that never existed (an objective that does not
+        train through ``hpsearch.fit`` usually writes none)."""
+        if self._finished:
+            return  # uploaded: the attribute holds the object's URL
+        path = trial.user_attrs.get(ATTR)
+        if isinstance(path, str) and not is_object_store_url(path) and not os.path.exists(path):
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                trial.set_user_attr(ATTR, None)
 
     def __exit__(
         self,

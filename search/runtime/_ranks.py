@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from hpsearch.errors import NonFiniteLoss
 from hpsearch.objectives import load_objective
+from hpsearch.objectives.context import current_context, trial_context
 from hpsearch.objectives.distributed import DistributedTrial
 
 log = logging.getLogger("hpsearch.ranks")
@@ -84,8 +85,10 @@ def follower_main(rank: int, args: GroupArgs) -> None:
             message = _receive()
             if message is None:
                 return
+            params, context = message
             try:
-                objective(DistributedTrial(None), message)
+                with trial_context(context):
+                    objective(DistributedTrial(None), params)
             except Exception as err:  # rank 0 records the trial's outcome
                 if not isinstance(err, _LOCKSTEP_ERRORS):
                     log.warning("trial failed on rank %d: %s: %s", rank, type(err).__name__, err)
@@ -125,7 +128,8 @@ class RankGroup:
 
     def run(self, trial: Any, params: dict[str, Any]) -> Any:
         """Run one trial on every rank; rank 0's result is the trial's."""
-        box: list[Any] = [params]
+        # The worker's context (the checkpoint file, the study's metric) goes to every rank.
+        box: list[Any] = [(params, current_context())]
         dist.broadcast_object_list(box, src=0)
         try:
             return self.objective(DistributedTrial(trial), params)

@@ -28,9 +28,16 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.attrs import CHECKPOINT, ERROR, SLOT, TRACEBACK, WORKER
 from hpsearch.errors import HpsearchError
 from hpsearch.objectives import Objective, ObjectiveError, interrupt, load_objective
+from hpsearch.objectives.context import TrialContext, trial_context
 from hpsearch.search._study import UID_ATTR, LoadedStudy, load_study
 from hpsearch.search.results._multi_objective import objective_trial
-from hpsearch.search.runtime._budget import budget_state, claim_slot, refill, slot_seed
+from hpsearch.search.runtime._budget import (
+    budget_state,
+    claim_slot,
+    refill,
+    repair_queue,
+    slot_seed,
+)
 from hpsearch.search.runtime._checkpoints import (
     CheckpointSync,
     checkpoint_path,
@@ -188,6 +195,7 @@ def run_trial(
     log_trials: bool,
     reap: Callable[[], None] = lambda: None,
     checkpoints: CheckpointSync | None = None,
+    context: TrialContext | None = None,
 ) -> Outcome:
     """Run one claimed trial to a finished state.
 
@@ -214,11 +222,13 @@ def run_trial(
 
     with sync, Heartbeat(loaded.storage, trial_id, beat_now=not first_beat_done, on_beat=on_beat):
         sync.fetch()  # inside the heartbeat: a long download never makes the trial look dead
+        # Before the objective: a failure here is the database's, never the objective's.
+        refill(study, loaded.storage, claimed, spec.n_trials)
         trial = objective_trial(study, trial_id)
         try:
-            refill(study, claimed, spec.n_trials)
             params = suggest(trial, spec.space)
-            result = objective(trial, {**spec.training, **params})
+            with trial_context(context or TrialContext()):
+                result = objective(trial, {**spec.training, **params})
             values = _as_values(result, spec.metrics)
             measured = measurements(result, spec.metrics, values)
             apply_constraints(trial, spec.constraints, measured)
@@ -264,6 +274,7 @@ def run_trial(
                     raise interrupt.TrialInterrupted("stop requested") from err
                 raise
         sync.finish(trial)
+        sync.forget_if_unwritten(trial)
         frozen = study.tell(trial, values=values, state=state, skip_if_finished=True)
     tidy(study, frozen, spec.resources.keep_checkpoints)
     if log_trials:
@@ -339,6 +350,16 @@ def work(args: WorkerArgs) -> None:
             attrs[CHECKPOINT] = checkpoint_path(spec, int(slot), uid)
         return attrs
 
+    def context_of(claimed: FrozenTrial) -> TrialContext:
+        """What the training engine learns of the trial: its checkpoint file, the metric."""
+        slot = claimed.system_attrs.get(SLOT)
+        return TrialContext(
+            checkpoint=None if slot is None else checkpoint_path(spec, int(slot), uid),
+            metrics=tuple(spec.metrics),
+            directions=tuple(spec.directions),
+            prunes=spec.pruner.name != "none",
+        )
+
     failures = ConsecutiveFailures(spec.resources.max_consecutive_failures, spec.name)
     # Fill Optuna's trial cache once, up front: later reads fetch only new and unfinished trials.
     study.get_trials(deepcopy=False)
@@ -366,7 +387,8 @@ def work(args: WorkerArgs) -> None:
             reap()
             claimed = claim_slot(study, loaded.storage, claim_attrs)
             if claimed is None:
-                if budget_state(study.get_trials(deepcopy=False), spec.n_trials).finished:
+                state = budget_state(study.get_trials(deepcopy=False), spec.n_trials)
+                if state.finished and not repair_queue(study, loaded.storage, state):
                     return
                 time.sleep(0.5)  # others still run trials that may come back, or a batch is coming
                 continue
@@ -377,6 +399,7 @@ def work(args: WorkerArgs) -> None:
                 log_trials=args.log_trials,
                 reap=reap,
                 checkpoints=checkpoint_sync(spec, claimed.system_attrs.get(SLOT), uid),
+                context=context_of(claimed),
             )
             failures.record(outcome)
             if group is not None and not group.in_step:

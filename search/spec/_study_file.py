@@ -367,6 +367,19 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
 
     sampler = _parse_component(c, raw, "sampler", _SAMPLER_KEYS, SAMPLERS, "tpe")
     pruner = _parse_component(c, raw, "pruner", _PRUNER_KEYS, PRUNERS, "median")
+    metric = study["metrics"][0] if len(study["metrics"]) == 1 else None
+    if builtin is not None and metric is not None and metric not in builtin.evaluated:
+        # The built-in reports each epoch's evaluation; a pruner fed another quantity than the
+        # study's metric (validation accuracy for a study minimizing size_bytes) would prune
+        # the best trials.
+        if "pruner" in raw and pruner["name"] != "none":
+            raise c.fail(
+                "pruner",
+                f"{pruner['name']!r} prunes on each epoch's value of the metric, and "
+                f'{metric!r} is measured only once, after training; set name = "none", or '
+                f"optimize one of {', '.join(builtin.evaluated)}.",
+            )
+        pruner = {"name": "none", "options": {}}
 
     budget_raw = c.table(raw, "budget", "")
     c.keys(budget_raw, _BUDGET_KEYS, "budget")
