@@ -40,6 +40,7 @@ def __getattr__(name: str) -> Any:
         return getattr(trainer, name)
     raise AttributeError(f"module 'hpsearch' has no attribute {name!r}")
 
+
 __all__ = [
     "Fitted",
     "HpsearchError",

@@ -600,6 +600,11 @@ class _Loop:
                 ]
                 for i, value in enumerate(values):
                     value = value.detach().double()
+                    if value.ndim > 1 or (value.ndim == 1 and len(value) != size):
+                        raise ValueError(
+                            f"metric {names[i]!r} must return a scalar (the batch's mean) or one "
+                            f"value per sample ({size}), got shape {tuple(value.shape)}"
+                        )
                     # One value per sample sums exactly (a count of correct answers stays one).
                     sums[i] += value.sum() if value.ndim == 1 else value * size
                 sums[-1] += size
@@ -680,8 +685,10 @@ class _Loop:
         return epoch, step
 
     def _train_epoch(self, epoch: int, first: int) -> None:
-        self.train_model.train()
         count, every = self.steps_per_epoch, self.cfg.checkpoint_every
+        if count and first >= count:
+            return  # resumed from a step checkpoint at the epoch's end: only its evaluation is left
+        self.train_model.train()
         step = first - 1
         for step, batch in enumerate(
             self.train.steps(epoch, self.plan, self.rank, first, count), start=first

@@ -19,6 +19,7 @@ from hpsearch.search._study import create_study, load_study, study_summaries
 from hpsearch.search.results._export import export_document
 from hpsearch.search.results._status import status_document
 from hpsearch.search.runtime._budget import budget_state
+from hpsearch.search.runtime._launch import NodeGroup, node_group
 from hpsearch.search.spec import StudySpec, load_spec_file
 from hpsearch.storage import redact_url, resolve_storage_url
 
@@ -69,6 +70,13 @@ def run(
     ``HpsearchError`` when a worker failed. A study whose budget is used returns at once.
     """
     spec = _spec(study_file)
+    if spec.resources.nodes_per_trial > 1:
+        raise HpsearchError(
+            f"Study {spec.name!r} has [resources] nodes_per_trial = "
+            f"{spec.resources.nodes_per_trial}: its trials span machines, which `run` (one "
+            "machine) cannot start; create it with `hpsearch create`, then start `hpsearch "
+            "worker --node-rank R --rendezvous HOST:PORT` on each node (README: Trials across nodes)."
+        )
     url = resolve_storage_url(storage)
     result = create_study(spec, url)
     if progress:
@@ -105,11 +113,24 @@ def worker(
     devices_per_trial: int | None = None,
     timeout: float | None = None,
     progress: bool = True,
+    nodes_per_trial: int | None = None,
+    node_rank: int | None = None,
+    rendezvous: str | None = None,
 ) -> optuna.Study:
     """Join an existing study with this machine's workers (one per GPU group, else one) until its
-    budget is used; other machines may run workers on the same storage at the same time."""
+    budget is used; other machines may run workers on the same storage at the same time.
+
+    ``nodes_per_trial`` > 1 (default the study's): this machine is node ``node_rank`` of trial
+    groups whose ranks meet at ``rendezvous`` (``HOST:PORT`` of node 0); one worker per node.
+    """
     url = resolve_storage_url(storage)
     loaded = load_study(study, url)
+    group = node_group(
+        nodes_per_trial or loaded.spec.resources.nodes_per_trial,
+        node_rank=node_rank,
+        rendezvous=rendezvous,
+        workers=workers,
+    )
     _run_workers(
         study,
         url,
@@ -120,6 +141,7 @@ def worker(
         devices_per_trial=devices_per_trial,
         timeout=timeout,
         progress=progress,
+        group=group,
     )
     return loaded.study
 
@@ -135,6 +157,7 @@ def _run_workers(
     devices_per_trial: int | None,
     timeout: float | None,
     progress: bool,
+    group: NodeGroup | None = None,
 ) -> None:
     from hpsearch.search.runtime._node import node_assignments, run_node
 
@@ -151,6 +174,7 @@ def _run_workers(
         assignments=assignments,
         timeout=timeout if timeout is not None else spec.timeout,
         show_progress=progress,
+        group=group,
     )
     if code != 0:
         raise WorkersFailed(code)

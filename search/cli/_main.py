@@ -18,7 +18,7 @@ import optuna
 from hpsearch.errors import HpsearchError
 from hpsearch.search import _api
 from hpsearch.search._study import create_study, load_study, study_summaries
-from hpsearch.search.cli._argtypes import positive_float, positive_int
+from hpsearch.search.cli._argtypes import non_negative_int, positive_float, positive_int
 from hpsearch.search.cli._deploy import add_deploy_commands
 from hpsearch.search.results._export import (
     EXPORT_FORMATS,
@@ -98,7 +98,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
         for devices in assignments:
             print(f"  {devices.describe()}")
         return 0
-    _api.worker(args.study, storage=url, progress=not args.quiet, **_worker_options(args))
+    _api.worker(
+        args.study,
+        storage=url,
+        progress=not args.quiet,
+        nodes_per_trial=args.nodes_per_trial,
+        node_rank=args.node_rank,
+        rendezvous=args.rendezvous,
+        **_worker_options(args),
+    )
     return 0
 
 
@@ -311,6 +319,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=positive_float, help="seconds after which no trial starts"
     )
     add_device_options(worker)
+    worker.add_argument(
+        "--nodes-per-trial",
+        type=positive_int,
+        help="nodes whose workers form each trial's group (default [resources].nodes_per_trial)",
+    )
+    worker.add_argument(
+        "--node-rank",
+        type=non_negative_int,
+        help="this node's place in the trial group, 0..nodes-1; node 0 claims the trials "
+        "(default $HPSEARCH_NODE_RANK)",
+    )
+    worker.add_argument(
+        "--rendezvous",
+        help="HOST:PORT where the group's ranks meet: node 0's address and a free port, the "
+        "same on every node (default $HPSEARCH_RENDEZVOUS, else $MASTER_ADDR:$MASTER_PORT)",
+    )
     worker.add_argument(
         "--dry-run", action="store_true", help="print the device assignment and exit"
     )

@@ -323,10 +323,14 @@ def _publish(study: optuna.Study, best: FrozenTrial) -> None:
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         named = os.path.join(folder, _artifact_name(best))
+        mimetype = CHECKPOINT_MIMETYPE
         if is_object_store_url(path):
             store, key = _object(path)
             if not store.download(key, named):
                 return
+        elif path and os.path.isdir(path):  # a sharded checkpoint: one archive of its shards
+            named = shutil.make_archive(os.path.splitext(named)[0], "zip", path)
+            mimetype = "application/zip"
         elif path and os.path.exists(path):
             shutil.copyfile(path, named)
         else:
@@ -335,5 +339,5 @@ def _publish(study: optuna.Study, best: FrozenTrial) -> None:
             artifact_store=_store(study),
             file_path=named,
             study_or_trial=study,
-            mimetype=CHECKPOINT_MIMETYPE,
+            mimetype=mimetype,
         )

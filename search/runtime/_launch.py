@@ -7,6 +7,7 @@ for the training stack, and a spawned child imports it only when it starts worki
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import sys
@@ -14,6 +15,7 @@ import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from hpsearch.errors import HpsearchError
 from hpsearch.search.runtime._devices import WorkerDevices, assign_devices
 
 
@@ -28,6 +30,55 @@ class WorkerArgs:
     log_trials: bool  # one line per finished trial (off when a live display runs)
     devices_per_trial: int = 1  # > 1: each trial runs as a DDP group of this many ranks
     devices: str = "cpu"  # recorded on each trial: the CUDA_VISIBLE_DEVICES of this worker
+    nodes_per_trial: int = 1  # > 1: the workers of this many nodes form each trial's group
+    node_rank: int = 0  # this node's place in the group: node 0 claims the trials
+    rendezvous: str | None = None  # HOST:PORT of node 0's store (nodes_per_trial > 1)
+
+
+@dataclass(frozen=True)
+class NodeGroup:
+    """This node's place in trial groups that span ``nodes`` nodes (``nodes_per_trial``)."""
+
+    nodes: int
+    node_rank: int
+    rendezvous: str  # HOST:PORT of node 0's store
+
+
+NODE_RANK_VAR = "HPSEARCH_NODE_RANK"
+RENDEZVOUS_VAR = "HPSEARCH_RENDEZVOUS"
+
+
+def node_group(
+    nodes: int, *, node_rank: int | None, rendezvous: str | None, workers: int | None
+) -> NodeGroup | None:
+    """This node's place in trial groups of ``nodes`` nodes (None for one node), from the
+    command line or ``$HPSEARCH_NODE_RANK`` / ``$HPSEARCH_RENDEZVOUS`` (``MASTER_ADDR`` and
+    ``MASTER_PORT`` as torchrun's launchers set them)."""
+    if nodes == 1:
+        return None
+    if node_rank is None:
+        value = os.environ.get(NODE_RANK_VAR, "")
+        node_rank = int(value) if value.isdigit() else None
+    if rendezvous is None:
+        rendezvous = os.environ.get(RENDEZVOUS_VAR)
+        if rendezvous is None and os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT"):
+            rendezvous = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    if node_rank is None or not 0 <= node_rank < nodes:
+        raise HpsearchError(
+            f"Trials span {nodes} nodes (nodes_per_trial): give this node's place with "
+            f"--node-rank 0..{nodes - 1} (or ${NODE_RANK_VAR}); node 0 claims the trials."
+        )
+    if not rendezvous:
+        raise HpsearchError(
+            f"Trials span {nodes} nodes: give node 0's HOST:PORT with --rendezvous (or "
+            f"${RENDEZVOUS_VAR}), the same on every node of the group."
+        )
+    if workers not in (None, 1):
+        raise HpsearchError(
+            f"--workers {workers} with trials that span nodes: each node runs one worker per "
+            "trial group; start one `hpsearch worker` per group, each with its own --rendezvous."
+        )
+    return NodeGroup(nodes, node_rank, rendezvous)
 
 
 def _worker_entry(args: WorkerArgs) -> None:
@@ -67,6 +118,7 @@ def start_workers(
     log_trials: bool,
     devices_per_trial: int = 1,
     assignments: Sequence[WorkerDevices] | None = None,
+    group: NodeGroup | None = None,
 ) -> list[multiprocessing.process.BaseProcess]:
     """Spawn (never fork: CUDA and gRPC do not survive a fork) one process per worker.
 
@@ -95,6 +147,13 @@ def start_workers(
             devices_per_trial=devices.ranks,
             devices=_visible(devices) or "cpu",
         )
+        if group is not None:
+            args = dataclasses.replace(
+                args,
+                nodes_per_trial=group.nodes,
+                node_rank=group.node_rank,
+                rendezvous=group.rendezvous,
+            )
         process = context.Process(
             target=_worker_entry, args=(args,), name=f"hpsearch-worker-{devices.index}"
         )

@@ -10,7 +10,7 @@ import threading
 from hpsearch.errors import StorageError
 from hpsearch.search._study import load_study
 from hpsearch.search.runtime._devices import WorkerDevices, assign_devices, parse_gpus
-from hpsearch.search.runtime._launch import available_cores, start_workers
+from hpsearch.search.runtime._launch import NodeGroup, available_cores, start_workers
 
 
 def node_assignments(
@@ -43,6 +43,7 @@ def run_node(
     assignments: list[WorkerDevices],
     timeout: float | None,
     show_progress: bool = True,
+    group: NodeGroup | None = None,
 ) -> int:
     """Start the workers, show progress until they end, return the worst exit code.
 
@@ -65,6 +66,7 @@ def run_node(
         timeout=timeout,
         log_trials=show_progress and not live,
         assignments=assignments,
+        group=group,
     )
     # Signal handlers belong to the main thread; called from another (a notebook's executor),
     # a stop reaches the workers through their own handlers instead.

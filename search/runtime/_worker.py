@@ -46,11 +46,17 @@ from hpsearch.search.runtime._checkpoints import (
 )
 from hpsearch.search.runtime._launch import WorkerArgs
 from hpsearch.search.runtime._preflight import warm_up
-from hpsearch.search.runtime._ranks import RankGroup
+from hpsearch.search.runtime._ranks import (
+    GroupLost,
+    RankGroup,
+    Rendezvous,
+    follow_group,
+    parse_rendezvous,
+)
 from hpsearch.search.runtime._stop import install_worker_handlers
 from hpsearch.search.spec._constraints import apply_constraints, measurements
 from hpsearch.search.spec._space import suggest
-from hpsearch.storage import StorageError, WorkerStorage
+from hpsearch.storage import StorageError, WorkerStorage, close_storage
 from hpsearch.storage._optuna_internals import (
     enter_optimize_loop,
     reseed_sampler,
@@ -322,18 +328,25 @@ def work(args: WorkerArgs) -> None:
     loaded = load_study(args.study, args.url)
     study, spec = loaded.study, loaded.spec
     group: RankGroup | None = None
+    rendezvous: Rendezvous | None = None
 
     def runner() -> Objective:
-        nonlocal group
-        if args.devices_per_trial == 1:
+        nonlocal group, rendezvous
+        if args.devices_per_trial * args.nodes_per_trial == 1:
             return load_objective(spec.objective)
         if group is not None:
             group.close()
+            group = None
+        if rendezvous is None:
+            address = parse_rendezvous(args.rendezvous) if args.rendezvous else None
+            rendezvous = Rendezvous.host_store(address, spec.resources.dist_timeout)
         group = RankGroup(
-            world_size=args.devices_per_trial,
+            local_devices=args.devices_per_trial,
+            nodes=args.nodes_per_trial,
             objective=spec.objective,
             threads=args.threads,
             timeout=spec.resources.dist_timeout,
+            rendezvous=rendezvous,
         )
         return group.run
 
@@ -392,22 +405,50 @@ def work(args: WorkerArgs) -> None:
                     return
                 time.sleep(0.5)  # others still run trials that may come back, or a batch is coming
                 continue
-            outcome = run_trial(
-                loaded,
-                claimed,
-                objective,
-                log_trials=args.log_trials,
-                reap=reap,
-                checkpoints=checkpoint_sync(spec, claimed.system_attrs.get(SLOT), uid),
-                context=context_of(claimed),
-            )
+            try:
+                outcome = run_trial(
+                    loaded,
+                    claimed,
+                    objective,
+                    log_trials=args.log_trials,
+                    reap=reap,
+                    checkpoints=checkpoint_sync(spec, claimed.system_attrs.get(SLOT), uid),
+                    context=context_of(claimed),
+                )
+            except GroupLost as err:
+                # Handed back by run_trial, uncounted: its retry resumes from the checkpoint.
+                log.warning(
+                    "trial %d lost a rank of its group (%s); it goes back to the queue and the "
+                    "group re-forms",
+                    claimed.number,
+                    err,
+                )
+                objective = runner()
+                continue
             failures.record(outcome)
             if group is not None and not group.in_step:
-                log.warning("restarting the %d ranks after a failed trial", args.devices_per_trial)
+                log.warning("restarting the trial group's ranks after a failed trial")
                 objective = runner()
     finally:
         if group is not None:
             group.close()
+
+
+def _follow(args: WorkerArgs) -> None:
+    """A worker on a node other than node 0 of a trial group: it runs its node's ranks of each
+    trial and never talks to the database (the study only names the objective and timeouts)."""
+    assert args.rendezvous is not None  # the command line checked it
+    loaded = load_study(args.study, args.url)
+    close_storage(loaded.storage)
+    follow_group(
+        rendezvous=parse_rendezvous(args.rendezvous),
+        node_rank=args.node_rank,
+        local_devices=args.devices_per_trial,
+        nodes=args.nodes_per_trial,
+        objective=loaded.spec.objective,
+        threads=args.threads,
+        timeout=loaded.spec.resources.dist_timeout,
+    )
 
 
 def _configure_process(args: WorkerArgs) -> None:
@@ -448,7 +489,10 @@ def worker_main(args: WorkerArgs) -> None:
     install_worker_handlers(bound=STOP_BOUND_SECONDS)
     _die_with_parent(args.parent)
     try:
-        work(args)
+        if args.node_rank > 0:
+            _follow(args)
+        else:
+            work(args)
     except (HpsearchError, StorageError, ObjectiveError) as err:
         print(f"hpsearch worker {args.index}: {err}", file=sys.stderr)
         sys.exit(2)

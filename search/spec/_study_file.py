@@ -53,6 +53,7 @@ _BUDGET_KEYS = ("n_trials", "timeout")
 _RESOURCES_KEYS = (
     "workers",
     "devices_per_trial",
+    "nodes_per_trial",
     "heartbeat_interval",
     "grace_period",
     "max_retry",
@@ -66,6 +67,7 @@ KEEP_CHECKPOINTS = ("best", "all", "none")
 RESOURCE_DEFAULTS: dict[str, Any] = {
     "workers": 1,
     "devices_per_trial": 1,
+    "nodes_per_trial": 1,
     "heartbeat_interval": 10,
     "grace_period": 60,
     "max_retry": 3,
@@ -491,6 +493,7 @@ class Resources:
 
     workers: int  # worker processes per `hpsearch run`
     devices_per_trial: int  # DDP ranks per trial
+    nodes_per_trial: int  # nodes whose workers form one trial group
     heartbeat_interval: int  # seconds between a running trial's heartbeats
     grace_period: int  # seconds without a heartbeat before a trial counts as dead
     max_retry: int  # retries of a trial whose worker died
