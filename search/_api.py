@@ -168,6 +168,22 @@ def _run_workers(
         spec_ranks=spec.resources.devices_per_trial,
         default_workers=default_workers,
     )
+    if group is not None and len(assignments) > 1:
+        if devices_per_trial is not None:
+            raise HpsearchError(
+                f"--devices-per-trial {devices_per_trial} splits this node's devices into "
+                f"{len(assignments)} workers, and a node of trials that span nodes runs one: "
+                "leave --devices-per-trial out (the node's devices all join the group), or "
+                "start one `hpsearch worker` per group with its own --gpus and --rendezvous."
+            )
+        # One worker per node of a group: every device of the node joins the trial group.
+        assignments = node_assignments(
+            gpus=gpus,
+            devices_per_trial=sum(len(a.gpus) for a in assignments) or None,
+            workers=1,
+            spec_ranks=spec.resources.devices_per_trial,
+            default_workers=1,
+        )
     code = run_node(
         study,
         url,

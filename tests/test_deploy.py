@@ -40,6 +40,8 @@ K8S = ROOT / "deploy" / "k8s"
 # backoffLimitPerIndex is GA from 1.33; also the newest schemas the package has.
 K8S_VERSIONS = ("1.33", kubernetes_validate.latest_version())
 SBATCH = ROOT / "deploy" / "slurm" / "hpsearch-workers.sbatch"
+SBATCH_GROUPS = ROOT / "deploy" / "slurm" / "hpsearch-groups.sbatch"
+GROUP_JOB = K8S / "groups-job.yaml"
 ENV_EXAMPLE = ROOT / "deploy" / "env.example"
 # Where the images' trials write: the defaults, relative to the image's WORKDIR.
 DEFAULT_ARTIFACTS = str(RESOURCE_DEFAULTS["artifacts"])
@@ -493,3 +495,264 @@ def test_slurm_script_checks_the_storage_then_starts_the_workers(tmp_path: Path)
     )
     assert result.returncode != 0 and "set HPSEARCH_STORAGE" in result.stderr
     assert not log.exists()  # nothing started
+
+
+# Trials across nodes ([resources] nodes_per_trial): groups of nodes, each with its rendezvous.
+
+COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+
+
+def _k8s_expand(word: str, env: dict[str, str]) -> str:
+    """Kubernetes' `$(VAR)` in a container's command, from its environment (an unknown one stays)."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z_0-9]*)\)", lambda m: env.get(m[1], m[0]), word)
+
+
+def _group(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The headless Service and the Indexed Job of groups-job.yaml's text."""
+    documents = [d for d in yaml.safe_load_all(text) if d]
+    assert sorted(d["kind"] for d in documents) == ["Job", "Service"]
+    by_kind = {d["kind"]: d for d in documents}
+    return by_kind["Service"], by_kind["Job"]
+
+
+def _check_trial_group(service: dict[str, Any], job: dict[str, Any]) -> str:
+    """One group of M pods whose worker commands agree: node ranks 0..M-1 (the pod's index),
+    nodes_per_trial M, the rendezvous at pod 0's DNS name under the Service, on the port the
+    Service and the container name. Returns that rendezvous."""
+    name, spec, pod = job["metadata"]["name"], job["spec"], _pod(job)
+    nodes = spec["completions"]
+    assert spec["completionMode"] == "Indexed"  # pod hostnames <job>-<index>, the index as rank
+    assert spec["parallelism"] == nodes >= 2  # a trial needs every node of its group at once
+    assert service["spec"]["clusterIP"] == "None"  # headless: a DNS name per pod
+    assert service["spec"]["publishNotReadyAddresses"] is True  # resolvable while starting
+    assert pod["subdomain"] == service["metadata"]["name"]
+    # The Job controller labels its pods with the Job's name: the Service selects them.
+    labels = {**job["spec"]["template"]["metadata"]["labels"], "batch.kubernetes.io/job-name": name}
+    assert service["spec"]["selector"].items() <= labels.items()
+    (worker,) = pod["containers"]
+    indexed = {e["name"] for e in worker["env"] if e.get("valueFrom", {}).get("fieldRef")} | {
+        "JOB_COMPLETION_INDEX"
+    }  # the controller sets it too
+    assert "HPSEARCH_NODE_RANK" in indexed
+    for e in worker["env"]:
+        if "fieldRef" in e.get("valueFrom", {}):
+            assert e["valueFrom"]["fieldRef"]["fieldPath"] == COMPLETION_INDEX
+    (port,) = service["spec"]["ports"]
+    container_ports = {p["name"]: p["containerPort"] for p in worker["ports"]}
+    assert container_ports[port["targetPort"]] == port["port"]
+    ranks, rendezvous = [], set()
+    for index in range(nodes):
+        words = [_k8s_expand(w, dict.fromkeys(indexed, str(index))) for w in worker["command"]]
+        assert not any("$(" in w for w in words), words  # every reference resolves
+        args = parse_hpsearch(words)
+        assert args.command == "worker" and args.gpus == "all"
+        assert args.nodes_per_trial == nodes
+        # One worker per pod, all its GPUs ranks of each trial (not one worker per GPU).
+        assert args.devices_per_trial == worker["resources"]["limits"]["nvidia.com/gpu"]
+        assert args.workers in (None, 1)
+        ranks.append(args.node_rank)
+        rendezvous.add(args.rendezvous)
+    assert ranks == list(range(nodes))
+    (address,) = rendezvous  # the same on every node
+    host, _, rendezvous_port = address.rpartition(":")
+    assert host == f"{name}-0.{service['metadata']['name']}"  # pod 0, whose worker hosts it
+    assert rendezvous_port == str(port["port"])
+    return address
+
+
+def test_k8s_trial_group_job_meets_at_pod_0() -> None:
+    service, job = _group(GROUP_JOB.read_text())
+    assert _check_trial_group(service, job) == "hpsearch-group-0.hpsearch-group:29400"
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in _manifests()}
+    assert by_name[("Job", "hpsearch-group")] == job  # validated with the others
+    assert by_name[("Service", "hpsearch-group")] == service
+    assert job["spec"]["backoffLimitPerIndex"] >= 1  # a replaced pod keeps its index, its rank
+    assert _pod(job)["restartPolicy"] == "Never"
+    assert _pod(job)["terminationGracePeriodSeconds"] >= 120  # node 0 hands its trial back
+    artifacts = _image_artifacts()
+    (worker,) = _containers(job)
+    claims = {
+        v["name"]
+        for v in _pod(job)["volumes"]
+        if v.get("persistentVolumeClaim", {}).get("claimName") == "hpsearch-artifacts"
+    }
+    assert {m["mountPath"] for m in worker["volumeMounts"] if m["name"] in claims} == {artifacts}
+    assert _pod(job)["securityContext"]["fsGroup"] == 1000
+
+
+def test_k8s_trial_groups_are_copies_under_other_names() -> None:
+    """G groups: the sed of the file's comment renames the Job, the Service, the subdomain, the
+    selector and the rendezvous host together; the copies share nothing."""
+    text = GROUP_JOB.read_text()
+    assert 'sed "s/hpsearch-group/hpsearch-group-$g/g" deploy/k8s/groups-job.yaml' in text
+    addresses = set()
+    for g in range(3):
+        service, job = _group(text.replace("hpsearch-group", f"hpsearch-group-{g}"))
+        for document in (service, job):
+            kubernetes_validate.validate(document, K8S_VERSIONS[-1], strict=True)
+        address = _check_trial_group(service, job)
+        assert address == f"hpsearch-group-{g}-0.hpsearch-group-{g}:29400"
+        addresses.add(address)
+    assert len(addresses) == 3
+
+
+def test_slurm_groups_script_starts_one_step_per_group() -> None:
+    text = SBATCH_GROUPS.read_text()
+    subprocess.run(["bash", "-n", str(SBATCH_GROUPS)], check=True)
+    directives = dict(
+        re.match(r"#SBATCH --([\w-]+)=?(\S*)", line).groups()  # type: ignore[union-attr]
+        for line in text.splitlines()
+        if line.startswith("#SBATCH")
+    )
+    assert directives["ntasks-per-node"] == "1" and "gpus-per-node" in directives
+    # The same stop as hpsearch-workers.sbatch: every step's tasks, not the batch shell (B:).
+    assert re.fullmatch(r"(?:SIG)?TERM@(\d+)", directives["signal"])
+    assert int(directives["signal"].split("@")[1]) >= 120
+    commands = _shell_commands(text)
+    (srun,) = [c for c in commands if c[0] == "srun"]
+    assert srun[-1] == "&"  # the groups run side by side; `wait` for them
+    options = [w for w in srun[: srun.index("bash")] if w.startswith("--")]
+    assert {o.split("=")[0] for o in options} >= {
+        "--nodes",
+        "--ntasks",
+        "--ntasks-per-node",
+        "--relative",
+    }
+    assert "--ntasks-per-node=1" in options
+    script = srun[srun.index("-c") + 1]
+    # In single quotes: each task expands its own $SLURM_PROCID, not the batch shell.
+    assert f"'{script}'" in text and '--node-rank "$SLURM_PROCID"' in script
+    inner = shlex.split(script)
+    assert inner[0] == "exec"
+    worker = parse_hpsearch(inner[1:])
+    assert worker.command == "worker" and worker.gpus == "all"
+    checks = [parse_hpsearch(c) for c in commands if c[0] == "hpsearch"]
+    assert [(a.command, a.db_command) for a in checks] == [("db", "check")]
+    assert commands.index(next(c for c in commands if c[0] == "hpsearch")) < commands.index(srun)
+    assert not INLINE_CREDENTIALS.search(text)
+
+
+def _fake_slurm(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """Stand-ins for `scontrol show hostnames`, `srun` (its tasks on the step's nodes, each with
+    its SLURM_PROCID and SLURMD_NODENAME, as Slurm runs them) and `hpsearch`; a 4-node job."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    _fake(
+        bin_dir,
+        "hpsearch",
+        f'echo "${{SLURMD_NODENAME:-batch}} ${{SLURM_PROCID:--}}: hpsearch $* [$HPSEARCH_STORAGE]" >> {log}\n'
+        "[[ $1 == worker ]] || exit 0\n"
+        '[[ $SLURMD_NODENAME == "${FAKE_FAILING_NODE:-}" ]] && exit 3\n'
+        f'sleep "${{FAKE_WORKER_SECONDS:-0}}"; echo "$SLURMD_NODENAME ended" >> {log}\n',
+    )
+    _fake(
+        bin_dir,
+        "scontrol",
+        '[[ "$*" == "show hostnames gpu[01-04]" ]] || exit 1\nprintf "gpu%02d\\n" 1 2 3 4\n',
+    )
+    _fake(
+        bin_dir,
+        "srun",
+        f'options=(); while [[ $1 == --* ]]; do options+=("$1"); shift; done\n'
+        f'echo "srun ${{options[*]}}" >> {log}\n'
+        "nodes=1 tasks=1 relative=0\n"
+        'for o in "${options[@]}"; do case $o in --nodes=*) nodes=${o#*=};; '
+        "--ntasks=*) tasks=${o#*=};; --relative=*) relative=${o#*=};; esac; done\n"
+        'mapfile -t hosts < <(scontrol show hostnames "$SLURM_JOB_NODELIST")\n'
+        "(( relative + nodes <= ${#hosts[@]} && tasks == nodes )) || exit 1\n"
+        "pids=(); for ((i = 0; i < tasks; i++)); do\n"
+        '  SLURM_PROCID=$i SLURMD_NODENAME=${hosts[relative + i]} "$@" & pids+=($!)\n'
+        'done\nstatus=0; for p in "${pids[@]}"; do wait "$p" || status=$?; done; exit $status\n',
+    )
+    url_file = tmp_path / "url"
+    url_file.write_text("postgresql+psycopg://u@db/hp")
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_NUM_NODES": "4",
+        "SLURM_JOB_NODELIST": "gpu[01-04]",
+        "SLURM_GPUS_ON_NODE": "4",
+        "HPSEARCH_STORAGE_FILE": str(url_file),
+    }
+    return env, log
+
+
+def test_slurm_groups_script_starts_groups_that_meet_at_their_first_node(
+    tmp_path: Path,
+) -> None:
+    """4 nodes in groups of 2: the storage checked once, then 2 steps of 2 tasks, node ranks 0
+    and 1, each group's rendezvous its first node, where its node rank 0 runs."""
+    env, log = _fake_slurm(tmp_path)
+    result = subprocess.run(
+        ["bash", str(SBATCH_GROUPS), "digits-mlp", "2"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    lines = log.read_text().splitlines()
+    assert (
+        lines[0]
+        == "batch -: hpsearch db check --workers 4 --nodes 4 [postgresql+psycopg://u@db/hp]"
+    )
+    steps = sorted(line for line in lines if line.startswith("srun "))
+    assert steps == [
+        f"srun --nodes=2 --ntasks=2 --ntasks-per-node=1 --relative={r} --kill-on-bad-exit=0"
+        for r in (0, 2)
+    ]
+    groups: dict[str, dict[int, str]] = {}
+    for line in lines:
+        if " hpsearch worker " not in line:
+            continue
+        where, command = line.split(": ", 1)
+        node, procid = where.split()
+        words = command.removesuffix(" [postgresql+psycopg://u@db/hp]").split()
+        assert command.endswith("[postgresql+psycopg://u@db/hp]")  # the URL reached the tasks
+        args = parse_hpsearch(words)
+        assert (args.study, args.gpus, args.devices_per_trial) == ("digits-mlp", "all", 4)
+        assert args.nodes_per_trial == 2 and args.node_rank == int(procid)
+        groups.setdefault(args.rendezvous, {})[args.node_rank] = node
+    assert groups == {
+        "gpu01:29400": {0: "gpu01", 1: "gpu02"},
+        "gpu03:29400": {0: "gpu03", 1: "gpu04"},
+    }
+
+
+def test_slurm_groups_script_refuses_what_cannot_form_groups(tmp_path: Path) -> None:
+    env, log = _fake_slurm(tmp_path)
+    for args in (["digits-mlp", "3"], ["digits-mlp"], ["digits-mlp", "two"]):
+        result = subprocess.run(
+            ["bash", str(SBATCH_GROUPS), *args], env=env, capture_output=True, text=True
+        )
+        assert result.returncode != 0 and "do not split into groups" in result.stderr, args
+    assert not log.exists()  # nothing started, not even the check
+    result = subprocess.run(
+        ["bash", str(SBATCH_GROUPS), "digits-mlp"],
+        env={**env, "HPSEARCH_NODES_PER_TRIAL": "2"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr  # M from the environment
+    log.unlink()
+    del env["HPSEARCH_STORAGE_FILE"]
+    result = subprocess.run(
+        ["bash", str(SBATCH_GROUPS), "digits-mlp", "2"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "set HPSEARCH_STORAGE" in result.stderr
+    assert not log.exists()
+
+
+def test_slurm_groups_script_keeps_the_other_groups_when_one_fails(tmp_path: Path) -> None:
+    """The first group fails at once: the batch shell still waits for the other one (its exit
+    would end the job, and the other groups' steps with it), then reports the failure."""
+    env, log = _fake_slurm(tmp_path)
+    env["FAKE_FAILING_NODE"], env["FAKE_WORKER_SECONDS"] = "gpu01", "0.5"
+    result = subprocess.run(
+        ["bash", "-c", f'bash "$0" digits-mlp 2; echo "job exit $?" >> {log}', str(SBATCH_GROUPS)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = log.read_text().splitlines()
+    started = [line.split(":")[0] for line in lines if " worker " in line]
+    assert sorted(started) == ["gpu01 0", "gpu02 1", "gpu03 0", "gpu04 1"]
+    ended = [line for line in lines if line.endswith(" ended")]
+    assert sorted(ended) == ["gpu02 ended", "gpu03 ended", "gpu04 ended"]
+    assert lines[-1] == "job exit 3"  # after the other groups ended; the failure reported

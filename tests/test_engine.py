@@ -38,7 +38,7 @@ from hpsearch.search import budget_state, create_study, load_spec_file
 from hpsearch.search.runtime._launch import available_cores
 
 from .conftest import ROOT, hpsearch_command
-from .test_fault_tolerance import _children, _trials, _wait_for_running
+from .test_fault_tolerance import _trials
 from .test_objectives import RecordingTrial
 from .test_trainer import assert_same_weights, weights
 
@@ -145,6 +145,49 @@ def test_a_dataset_and_the_same_rows_as_tensors_train_identical_weights() -> Non
     assert [s for s, _ in dataset_reports] == [s for s, _ in tensor_reports] == [0, 1]
     for (_, a), (_, b) in zip(dataset_reports, tensor_reports, strict=True):
         assert a == pytest.approx(b, rel=1e-6)
+
+
+def test_dataloader_worker_processes_load_the_same_batches() -> None:
+    """`loader_workers` only moves the loading to other processes: the same weights."""
+    from_workers, _ = fit({**DDP_PARAMS, "loader_workers": 2})
+    for a, b in zip(weights(from_workers.model), single_process("dataset")[0], strict=True):
+        assert torch.equal(a, b)
+
+
+class Stream(torch.utils.data.IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Rows as a stream (a file read line by line, a socket): no length, no random access."""
+
+    def __init__(self, start: int, stop: int) -> None:
+        self.rows = dataset(start, stop)
+
+    def __iter__(self) -> Any:
+        return (self.rows[i] for i in range(len(self.rows)))
+
+
+def test_an_iterable_dataset_trains_on_one_device() -> None:
+    trial = RecordingTrial()
+    result = hpsearch.fit(
+        trial,
+        {**BASE, "epochs": 3, "micro_batch": 8},
+        model=regression().build,
+        train=Stream(*TRAIN),
+        val=Stream(*VAL),
+        loss=F.mse_loss,
+        metrics={"mse": F.mse_loss},
+        metric="mse",
+    )
+    reported = [value for _, value in trial.reports]
+    assert len(reported) == 3 and reported[-1] < reported[0]  # one pass per epoch, learning
+    assert result.plan.accumulation == 4 and result["mse"] == reported[-1]
+    with pytest.raises(ValueError, match="needs the steps per epoch"):
+        hpsearch.fit(
+            RecordingTrial(),
+            {**BASE, "schedule": "cosine"},
+            model=regression().build,
+            train=Stream(*TRAIN),
+            val=Stream(*VAL),
+            loss=F.mse_loss,
+        )
 
 
 def _ddp_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
@@ -409,8 +452,13 @@ choices = [0.003]
 """
 
 
-def write_study(folder: Path, name: str, objective: str = f"{EXAMPLE}:objective") -> Path:
+def write_study(folder: Path, name: str, objective: str | None = None) -> Path:
+    """The example's study; by default with the example's objective held after epoch 1
+    (PAUSING_OBJECTIVE) while the folder holds a file named ``pause``."""
     folder.mkdir(parents=True, exist_ok=True)
+    if objective is None:
+        (folder / "pausing.py").write_text(PAUSING_OBJECTIVE)
+        objective = f"{folder / 'pausing.py'}:objective"
     path = folder / f"{name}.toml"
     path.write_text(STUDY.format(name=name, objective=objective, artifacts=folder / "artifacts"))
     return path
@@ -447,25 +495,56 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
     return curve
 
 
+PAUSING_OBJECTIVE = f"""
+import os
+import runpy
+import time
+
+from hpsearch.objectives import interrupt
+
+example = runpy.run_path({str(EXAMPLE)!r})
+
+
+class Pausing:
+    \"\"\"The worker's trial, which holds the training after epoch 1's checkpoint while a file
+    named `pause` is in the working directory: the test then kills or stops the worker at a
+    known point, however fast or slow the machine is.\"\"\"
+
+    def __init__(self, trial):
+        self.trial, self.reported = trial, 0
+
+    def __getattr__(self, name):
+        return getattr(self.trial, name)
+
+    def report(self, value, step):
+        self.trial.report(value, step)
+        self.reported = step + 1
+
+    def should_prune(self):  # the engine asks after each epoch's checkpoint
+        if self.reported >= 2 and os.path.exists("pause"):
+            open("paused", "w").close()
+            while os.path.exists("pause") and not interrupt.STOP.is_set():
+                time.sleep(0.05)
+        return self.trial.should_prune()
+
+
+def objective(trial, params):
+    return example["objective"](Pausing(trial), params)
+"""
+
+
 def start_and_wait(name: str, url: str, cwd: Path) -> tuple[subprocess.Popen[str], FrozenTrial]:
-    """A worker command and its trial, once the trial has reported two epochs."""
+    """A worker command and its trial, held after two reported epochs (the checkpoint written
+    after epoch 1 is on disk); removing ``cwd / "pause"`` lets it go on."""
+    (cwd / "pause").touch()
     parent = worker(name, url, cwd)
     deadline = time.monotonic() + 300
-    while True:
-        # The command's children are its worker and multiprocessing's resource tracker, which
-        # may start first: look them up again until one of them runs the trial.
-        pids = _children(parent.pid)
-        if any(
-            t.state == TrialState.RUNNING and t.user_attrs.get("worker", {}).get("pid") in pids
-            for t in _trials(url, name)
-        ):
-            break
+    while not (cwd / "paused").exists():
         assert parent.poll() is None, parent.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "the worker command started no trial"
-        time.sleep(0.2)
-    # Two reported epochs: the checkpoint written after epoch 0 is on disk.
-    running = _wait_for_running(url, name, pids, epochs=2, timeout=300)
-    assert len(running.intermediate_values) < EPOCHS, "the trial ended before it was stopped"
+        assert time.monotonic() < deadline, "the worker's trial never reached epoch 2"
+        time.sleep(0.1)
+    (running,) = [t for t in _trials(url, name) if t.state == TrialState.RUNNING]
+    assert len(running.intermediate_values) == 2
     return parent, running
 
 
@@ -505,6 +584,7 @@ def test_kill_9_mid_trial_resumes_at_the_checkpointed_epoch_with_the_same_curve(
     parent, victim = start_and_wait(study_name, url, tmp_path)
     os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
     parent.communicate(timeout=120)  # the command ends with its worker
+    (tmp_path / "pause").unlink()
     run_worker(study_name, url, tmp_path)  # reaps the dead trial after its grace period, resumes
     assert_resumed_like_uninterrupted(url, study_name, victim, uninterrupted)
 

@@ -195,7 +195,7 @@ high = 10.0
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "mysql"])
-def test_four_workers_500_trials_exact_budget(
+def test_four_workers_300_trials_exact_budget(
     backend: str, server_urls: dict[str, str], write_study: Any, tmp_path: Path, study_name: str
 ) -> None:
     """No deadlock, no 'already finished' error, exactly the budget (random sampler: the
@@ -203,7 +203,7 @@ def test_four_workers_500_trials_exact_budget(
     url = server_urls[backend]
     write_study()  # writes quadratic.py beside the study file
     path = tmp_path / "quick.toml"
-    path.write_text(QUICK.format(name=study_name, objective="quadratic.py:quadratic", n_trials=500))
+    path.write_text(QUICK.format(name=study_name, objective="quadratic.py:quadratic", n_trials=300))
     result = subprocess.run(
         [*hpsearch_command(), "run", str(path), "--storage", url, "--workers", "4"],
         capture_output=True,
@@ -216,7 +216,7 @@ def test_four_workers_500_trials_exact_budget(
     for marker in ("already finished", "Traceback", "Deadlock", "deadlock"):
         assert marker not in result.stderr
     trials = _trials(url, study_name)
-    assert len(trials) == 500 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len(trials) == 300 and all(t.state == TrialState.COMPLETE for t in trials)
     assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 4
 
 

@@ -24,13 +24,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 
 from hpsearch.objectives.context import TrialContext, trial_context
 from tests.conftest import free_port, hpsearch_command
 
 ROOT = Path(__file__).resolve().parent.parent
 REGRESSION = ROOT / "examples" / "regression" / "regression.py"
+CHARLM = ROOT / "examples" / "charlm" / "charlm.py"
+METRIC = {REGRESSION: "mse", CHARLM: "perplexity"}
 TOLERANCE = 1e-5
 
 
@@ -54,65 +55,117 @@ class Recorder:
         self.attrs[key] = value
 
 
-def _rank(
-    rank: int, world: int, port: int, params: dict[str, Any], out: str, stop_after: int | None
-) -> None:
-    torch.set_num_threads(1)
-    if world > 1:
-        dist.init_process_group(
-            "gloo",
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=rank,
-            world_size=world,
-            timeout=dt.timedelta(seconds=120),
-        )
-    example = runpy.run_path(str(REGRESSION))
-    trial = Recorder(stop_after)
-    context = TrialContext(
-        checkpoint=params.pop("checkpoint", None), metrics=("mse",), directions=("minimize",)
-    )
-    try:
-        with trial_context(context):
-            example["hpsearch"].fit(
-                trial,
-                params,
-                model=example["build"],
-                train=example["CsvRows"](example["DATA"], 0, 1600),
-                val=example["CsvRows"](example["DATA"], 1600),
-                loss=F.mse_loss,
-                metrics={"mse": F.mse_loss},
-            )
-    except KeyboardInterrupt:
-        pass
-    if rank == 0:
-        Path(out).write_text(json.dumps({"reports": trial.reports, "attrs": trial.attrs}))
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+# A small character transformer (the LM example without dropout, whose random masks differ
+# between layouts): 256 windows of 32 characters an epoch.
+TRANSFORMER = {
+    "width": 32,
+    "depth": 2,
+    "heads": 4,
+    "dropout": 0.0,
+    "context": 32,
+    "windows": 256,
+    "epochs": 2,
+    "batch_size": 32,
+    "micro_batch": 8,
+    "lr": 3e-3,
+}
+MLP = {
+    "width": 48,
+    "depth": 2,
+    "epochs": 4,
+    "batch_size": 128,
+    "micro_batch": 16,  # accumulation on every layout: 128 = 16 x 8 / 16 x 4 x 2 / 16 x 2 x 4
+    "lr": 3e-3,
+}
 
 
-def _train(
-    tmp_path: Path, world: int, strategy: str, *, stop_after: int | None = None, **extra: Any
+def _job(
+    example: Path, strategy: str, *, stop_after: int | None = None, **extra: Any
 ) -> dict[str, Any]:
-    """Rank 0's reports and trial attributes after training on ``world`` gloo ranks."""
-    params = {
-        "width": 48,
-        "depth": 2,
-        "epochs": 4,
-        "batch_size": 128,
-        "micro_batch": 16,  # accumulation on every layout: 128 = 16 x 8 / 16 x 4 x 2 / 16 x 2 x 4
-        "lr": 3e-3,
-        "strategy": strategy,
-        **extra,
+    base = MLP if example == REGRESSION else TRANSFORMER
+    return {
+        "example": str(example),
+        "params": {**base, "strategy": strategy, **extra},
+        "stop_after": stop_after,
     }
-    out = tmp_path / f"{strategy}-{world}-{free_port()}.json"
-    args = (world, free_port(), params, str(out), stop_after)
-    if world == 1:
-        _rank(0, *args)
-    else:
-        mp.start_processes(_rank, args=args, nprocs=world, start_method="spawn")
+
+
+def _rank(rank: int, world: int, port: int, jobs: dict[str, dict[str, Any]], out: str) -> None:
+    """One rank of a group that trains every job in turn (one group start for all of them)."""
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=dt.timedelta(seconds=120),
+    )
+    results: dict[str, Any] = {}
+    for name, job in jobs.items():
+        params = dict(job["params"])
+        trial = Recorder(job["stop_after"])
+        example = Path(job["example"])
+        context = TrialContext(
+            checkpoint=params.pop("checkpoint", None),
+            metrics=(METRIC[example],),
+            directions=("minimize",),
+        )
+        try:
+            with trial_context(context):  # as a worker runs the example's objective
+                runpy.run_path(str(example))["objective"](trial, params)
+            results[name] = {"reports": trial.reports, "attrs": trial.attrs}
+        except KeyboardInterrupt:  # stopped after a checkpoint, as a preempted node
+            results[name] = {"reports": trial.reports, "attrs": trial.attrs}
+        except ValueError as err:  # refused before any collective, on every rank alike
+            results[name] = {"error": str(err)}
+        dist.barrier()
+    if rank == 0:
+        Path(out).write_text(json.dumps(results))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _group(world: int, jobs: dict[str, dict[str, Any]], folder: Path) -> dict[str, Any]:
+    out = folder / f"group-{world}.json"
+    mp.start_processes(
+        _rank, args=(world, free_port(), jobs, str(out)), nprocs=world, start_method="spawn"
+    )
     result: dict[str, Any] = json.loads(out.read_text())
     return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every training of this file, on a group of 4 ranks, then one of 2.
+
+    The 4 ranks stop the MLP after 2 of its 4 epochs (a preempted node), after its sharded
+    checkpoint; the 2 ranks then resume it from that checkpoint, as a retried trial would.
+    """
+    folder = tmp_path_factory.mktemp("fsdp")
+    checkpoint = str(folder / "slot-000000" / "checkpoint.pt")
+    runs = _group(
+        4,
+        {
+            "mlp-fsdp-4-stopped": _job(REGRESSION, "fsdp", checkpoint=checkpoint, stop_after=2),
+            "lm-fsdp-4": _job(CHARLM, "fsdp"),
+        },
+        folder,
+    )
+    shards = [p for p in Path(checkpoint).iterdir() if p.suffix == ".distcp"]
+    runs["shards-after-4"] = len(shards)
+    runs |= _group(
+        2,
+        {
+            "mlp-ddp-2": _job(REGRESSION, "ddp"),
+            "mlp-fsdp-2": _job(REGRESSION, "fsdp"),
+            "mlp-fsdp-2-resumed": _job(REGRESSION, "fsdp", checkpoint=checkpoint),
+            "lm-ddp-2": _job(CHARLM, "ddp"),
+            "lm-fsdp-2": _job(CHARLM, "fsdp"),
+            "mlp-fsdp-2-l1": _job(REGRESSION, "fsdp", l1=1e-4),
+        },
+        folder,
+    )
+    return runs
 
 
 def _assert_close(a: list[float], b: list[float]) -> None:
@@ -122,27 +175,35 @@ def _assert_close(a: list[float], b: list[float]) -> None:
 
 
 @pytest.mark.slow
-def test_fsdp_on_2_and_4_ranks_trains_what_ddp_trains_and_resumes_on_another_group_size(
-    tmp_path: Path,
-) -> None:
-    ddp = _train(tmp_path, 2, "ddp")["reports"]
-    assert ddp[-1] < ddp[0] / 2  # it learns: the comparison is not between two flat lines
-    _assert_close(_train(tmp_path, 2, "fsdp")["reports"], ddp)
-    # 4 ranks train the first two epochs, then stop (a preempted node) after the checkpoint...
-    checkpoint = tmp_path / "slot-000000" / "checkpoint.pt"
-    first = _train(tmp_path, 4, "fsdp", checkpoint=str(checkpoint), stop_after=2)
-    _assert_close(first["reports"], ddp[:2])
-    assert checkpoint.is_dir()  # sharded: one folder, a file per rank and the metadata
-    assert len([p for p in checkpoint.iterdir() if p.suffix == ".distcp"]) == 4
-    # ...and the retry lands on a group of 2, which resumes from the 4 ranks' shards.
-    resumed = _train(tmp_path, 2, "fsdp", checkpoint=str(checkpoint))
+def test_fsdp_on_2_and_4_ranks_trains_the_mlp_as_ddp_does(trained: dict[str, Any]) -> None:
+    ddp = trained["mlp-ddp-2"]["reports"]
+    assert len(ddp) == 4 and ddp[-1] < ddp[0] / 2  # it learns: not two flat lines compared
+    _assert_close(trained["mlp-fsdp-2"]["reports"], ddp)
+    _assert_close(trained["mlp-fsdp-4-stopped"]["reports"], ddp[:2])
+
+
+@pytest.mark.slow
+def test_a_sharded_checkpoint_written_by_4_ranks_resumes_on_2(trained: dict[str, Any]) -> None:
+    assert trained["shards-after-4"] == 4  # one folder: a shard file per rank, the metadata
+    resumed = trained["mlp-fsdp-2-resumed"]
     assert resumed["attrs"]["resumed_from_epoch"] == 2
-    _assert_close(resumed["reports"], ddp[2:])  # the same learning curve from there on
+    _assert_close(resumed["reports"], trained["mlp-ddp-2"]["reports"][2:])  # the same curve
 
 
-def test_l1_with_sharded_weights_is_refused_in_one_line(tmp_path: Path) -> None:
-    with pytest.raises(Exception, match="l1 needs whole weights and strategy fsdp"):
-        _train(tmp_path, 2, "fsdp", l1=1e-4)
+@pytest.mark.slow
+def test_fsdp_on_2_and_4_ranks_trains_the_transformer_as_ddp_does(
+    trained: dict[str, Any],
+) -> None:
+    """Per-block sharding of the LM example's encoder layers."""
+    ddp = trained["lm-ddp-2"]["reports"]
+    assert len(ddp) == 2 and ddp[-1] < ddp[0]
+    _assert_close(trained["lm-fsdp-2"]["reports"], ddp)
+    _assert_close(trained["lm-fsdp-4"]["reports"], ddp)
+
+
+@pytest.mark.slow
+def test_l1_with_sharded_weights_is_refused_in_one_line(trained: dict[str, Any]) -> None:
+    assert "l1 needs whole weights and strategy fsdp" in trained["mlp-fsdp-2-l1"]["error"]
 
 
 FSDP_STUDY = """
