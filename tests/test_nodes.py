@@ -142,3 +142,38 @@ def test_a_two_node_group_survives_losing_its_follower_and_ends_the_study_exactl
     assert retry.user_attrs[RESUMED_FROM_EPOCH] >= 2
     assert retry.params == victim.params
     assert retry.user_attrs["batch"]["world_size"] == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], "give this node's place with --node-rank 0..1"),
+        (["--node-rank", "2", "--rendezvous", "node0:29400"], "--node-rank 0..1"),
+        (["--node-rank", "0"], "give node 0's HOST:PORT with --rendezvous"),
+        (["--node-rank", "0", "--rendezvous", "node0"], "is not HOST:PORT"),
+        (["--node-rank", "1", "--rendezvous", "node0:29400", "--workers", "2"], "--workers 2"),
+    ],
+)
+def test_a_group_member_without_its_place_is_one_line_and_exit_2(
+    args: list[str],
+    expected: str,
+    tmp_path: Path,
+    study_name: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hpsearch.search.cli import main
+
+    for name in ("HPSEARCH_NODE_RANK", "HPSEARCH_RENDEZVOUS", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    path = tmp_path / "nodes.toml"
+    path.write_text(STUDY.format(name=study_name, objective=f"{REGRESSION}:objective"))
+    url = f"sqlite:///{tmp_path / 'nodes.db'}"
+    assert main(["create", str(path), "--storage", url]) == 0
+    capsys.readouterr()
+    assert main(["worker", "--study", study_name, "--storage", url, *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+    # `run` is one machine: a study whose trials span nodes is refused before any worker.
+    assert main(["run", str(path), "--storage", url]) == 2
+    assert "nodes_per_trial = 2" in capsys.readouterr().err

@@ -44,6 +44,16 @@ class NodeGroup:
     rendezvous: str  # HOST:PORT of node 0's store
 
 
+def parse_rendezvous(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise HpsearchError(
+            f"--rendezvous {text!r} is not HOST:PORT; give node 0's address and a free port, "
+            "e.g. --rendezvous node0.cluster:29400 (the same on every node of the group)."
+        )
+    return host, int(port)
+
+
 NODE_RANK_VAR = "HPSEARCH_NODE_RANK"
 RENDEZVOUS_VAR = "HPSEARCH_RENDEZVOUS"
 
@@ -73,6 +83,7 @@ def node_group(
             f"Trials span {nodes} nodes: give node 0's HOST:PORT with --rendezvous (or "
             f"${RENDEZVOUS_VAR}), the same on every node of the group."
         )
+    parse_rendezvous(rendezvous)  # refused here, in one line, not in every worker
     if workers not in (None, 1):
         raise HpsearchError(
             f"--workers {workers} with trials that span nodes: each node runs one worker per "

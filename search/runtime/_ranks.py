@@ -70,16 +70,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def parse_rendezvous(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise HpsearchError(
-            f"--rendezvous {text!r} is not HOST:PORT; give node 0's address and a free port, "
-            "e.g. --rendezvous node0.cluster:29400 (the same on every node of the group)."
-        )
-    return host, int(port)
-
-
 def _backend(local_devices: int) -> str:
     cuda = torch.cuda.is_available() and torch.cuda.device_count() >= local_devices
     return "nccl" if cuda else "gloo"

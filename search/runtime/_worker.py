@@ -44,14 +44,13 @@ from hpsearch.search.runtime._checkpoints import (
     checkpoint_sync,
     tidy,
 )
-from hpsearch.search.runtime._launch import WorkerArgs
+from hpsearch.search.runtime._launch import WorkerArgs, parse_rendezvous
 from hpsearch.search.runtime._preflight import warm_up
 from hpsearch.search.runtime._ranks import (
     GroupLost,
     RankGroup,
     Rendezvous,
     follow_group,
-    parse_rendezvous,
 )
 from hpsearch.search.runtime._stop import install_worker_handlers
 from hpsearch.search.spec._constraints import apply_constraints, measurements
