@@ -31,11 +31,18 @@ class MissingSchemaError(StorageError):
     """The database is reachable but holds no Optuna tables: no study was ever created there."""
 
 
+class GroupLost(BaseException):
+    """A rank of a trial's group (DDP, FSDP, several nodes) is gone: not the objective's failure.
+    The trial goes back to the queue uncounted (a BaseException, like a stop, so no
+    ``except Exception`` keeps it)."""
+
+
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the trial decides whether that prunes or fails."""
 
 
 __all__ = [
+    "GroupLost",
     "HpsearchError",
     "MissingSchemaError",
     "NonFiniteLoss",

@@ -21,7 +21,7 @@ from hpsearch.storage import (
     MissingSchemaError,
     StorageSettings,
     WorkerStorage,
-    close_storage,
+    apply_worker_settings,
     create_schema,
     open_storage,
     open_worker_storage,
@@ -136,9 +136,8 @@ def load_study(name: str, url: str) -> LoadedStudy:
                 "create it with `hpsearch create STUDY.toml`."
             ) from None
         spec = _stored_spec(storage, name, url)
-    # The heartbeat and retry settings are the study's own: reopen with them.
-    close_storage(storage)
-    storage = open_worker_storage(url, settings=settings_from(spec))
+    # The heartbeat and retry settings are the study's own.
+    apply_worker_settings(storage, settings_from(spec))
     sampler = build_sampler(spec, seed=spec.sampler.seed)
     pruner = build_pruner(spec)
     with translate_errors(url):

@@ -17,6 +17,7 @@ from hpsearch.storage._artifacts import (
 from hpsearch.storage._proxy import (
     ProxyStorage,
     WorkerStorage,
+    apply_worker_settings,
     close_storage,
     open_worker_storage,
     start_proxy_server,
@@ -47,6 +48,7 @@ __all__ = [
     "StorageError",
     "StorageSettings",
     "WorkerStorage",
+    "apply_worker_settings",
     "close_storage",
     "create_schema",
     "describe_driver_error",

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 import optuna
 from optuna.storages._cached_storage import _CachedStorage
-from optuna.storages._rdb.storage import _create_scoped_session as create_scoped_session
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
@@ -25,11 +24,11 @@ if TYPE_CHECKING:
 __all__ = [
     "add_claimed_trial_to_cache",
     "alembic_folder",
-    "create_scoped_session",
     "enter_optimize_loop",
     "make_grpc_server",
     "rdb_models",
     "reseed_sampler",
+    "save_dashboard_note",
     "stop_requested",
     "storage_of",
     "study_id_of",
@@ -56,8 +55,8 @@ def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
     return storage
 
 
-def trial_id_of(trial: FrozenTrial) -> int:
-    """The storage's id of a trial (``FrozenTrial._trial_id``)."""
+def trial_id_of(trial: FrozenTrial | optuna.Trial) -> int:
+    """The storage's id of a trial (``FrozenTrial._trial_id``, ``Trial._trial_id``)."""
     return int(trial._trial_id)
 
 
@@ -127,3 +126,27 @@ def reseed_sampler(sampler: optuna.samplers.BaseSampler, seed: int) -> int:
         return seeded
 
     return visit(sampler, "sampler", set())
+
+
+def save_dashboard_note(study: optuna.Study, body: str) -> None:
+    """``optuna_dashboard.save_note(study, body)`` without importing the dashboard's app.
+
+    The package's ``__init__`` imports its web app, and with it scikit-learn (Optuna's fANOVA
+    importance): two seconds before a new study's first trial. Its ``_note`` module needs only
+    Optuna, so it is loaded from its file on its own."""
+    import importlib.util
+    import sys
+
+    loaded = sys.modules.get("optuna_dashboard")
+    if loaded is not None:
+        loaded.save_note(study, body)
+        return
+    package = importlib.util.find_spec("optuna_dashboard")
+    assert package is not None and package.origin is not None, "optuna-dashboard is installed"
+    spec = importlib.util.spec_from_file_location(
+        "hpsearch_dashboard_note", os.path.join(os.path.dirname(package.origin), "_note.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.save_note(study, body)

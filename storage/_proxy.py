@@ -27,6 +27,7 @@ from hpsearch.storage._rdb import (
     _check_sqlite_path,
     _engine_kwargs,
     _serialize_sqlite_transactions,
+    apply_settings,
     open_storage,
     retry_callback,
     translate_errors,
@@ -64,6 +65,9 @@ class ProxyStorage(GrpcStorageProxy):
                 f"{self._settings.connect_timeout}s; check that `hpsearch proxy --storage DB_URL "
                 f"--host HOST --port {port}` runs there and that the port is open."
             ) from None
+
+    def apply_settings(self, settings: StorageSettings) -> None:
+        self._settings = settings
 
     def get_heartbeat_interval(self) -> int:
         return self._settings.heartbeat_interval
@@ -145,6 +149,14 @@ def open_worker_storage(url: str, *, settings: StorageSettings | None = None) ->
     if is_proxy_url(url):
         return ProxyStorage(url, settings=settings)
     return open_storage(url, settings=settings)
+
+
+def apply_worker_settings(storage: WorkerStorage, settings: StorageSettings) -> None:
+    """A study's own heartbeat and retry settings on a storage opened with the defaults."""
+    if isinstance(storage, ProxyStorage):
+        storage.apply_settings(settings)
+    else:
+        apply_settings(storage, settings)
 
 
 def close_storage(storage: WorkerStorage) -> None:

@@ -15,6 +15,7 @@ import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
 from hpsearch.errors import MissingSchemaError, StorageError
+from hpsearch.storage._hot_path import READ_ONLY
 from hpsearch.storage._resilient import ResilientRDBStorage
 from hpsearch.storage._url import ENV_VAR, dialect_of, is_proxy_url, redact_text, redact_url
 
@@ -44,7 +45,10 @@ def _engine_kwargs(url: str, settings: StorageSettings) -> dict[str, Any]:
         # One connection for the trial loop and one for the heartbeat thread.
         "pool_size": 1,
         "max_overflow": 1,
-        "pool_pre_ping": True,
+        # No ping before each use of a pooled connection: a round trip per transaction, where a
+        # connection the server dropped fails its first statement and the outage retry
+        # (storage/_resilient.py) reconnects.
+        "pool_pre_ping": False,
         "pool_recycle": 1800,
     }
     if dialect in ("postgresql", "mysql", "mariadb"):
@@ -86,6 +90,17 @@ def retry_callback(settings: StorageSettings) -> optuna.storages.RetryHeartbeatS
     return optuna.storages.RetryHeartbeatStaleTrialCallback(
         max_retry=settings.max_retry, inherit_intermediate_values=True
     )
+
+
+def apply_settings(storage: optuna.storages.RDBStorage, settings: StorageSettings) -> None:
+    """Give an open storage other heartbeat, retry and outage settings (the engine's options
+    stay: ``connect_timeout`` is not changed), without opening it again."""
+    storage.heartbeat_interval = settings.heartbeat_interval
+    storage.grace_period = settings.grace_period
+    callback = retry_callback(settings)
+    storage.heartbeat_stale_trial_callback = storage.failed_trial_callback = callback
+    if isinstance(storage, ResilientRDBStorage):
+        storage.outage_timeout = settings.outage_timeout
 
 
 def open_storage(
@@ -143,7 +158,9 @@ def _serialize_sqlite_transactions(engine: sqlalchemy.engine.Engine) -> None:
 
     @sqlalchemy.event.listens_for(engine, "begin")
     def _begin_immediate(connection: sqlalchemy.engine.Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A read-only transaction needs no lock: WAL gives it a snapshot, writers go on.
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     engine.dispose()  # connections opened before the listeners existed are dropped
 

@@ -19,12 +19,16 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import optuna
+import sqlalchemy
 import sqlalchemy.exc
+from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.attrs import REQUEUED, RETRY_OF
 from hpsearch.errors import StorageError
-from hpsearch.storage._optuna_internals import create_scoped_session, rdb_models, study_id_of
+from hpsearch.storage import _hot_path as hot_path
+from hpsearch.storage._hot_path import READ_ONLY
+from hpsearch.storage._optuna_internals import rdb_models, study_id_of
 from hpsearch.storage._url import redact_text, redact_url
 
 log = logging.getLogger("hpsearch.storage")
@@ -49,14 +53,11 @@ _RETRIED = (
     "get_all_studies",
     "create_new_trial",
     "_create_new_trial",
-    "set_trial_param",
-    "_set_trial_param",
     "get_trial_param",
     "set_trial_intermediate_value",
     "set_trial_user_attr",
     "set_trial_system_attr",
     "get_trial_id_from_study_id_trial_number",
-    "get_trial",
     "get_all_trials",
     "_get_trials",
     "get_best_trial",
@@ -101,6 +102,11 @@ def is_connection_error(err: BaseException) -> bool:
 
 class ResilientRDBStorage(optuna.storages.RDBStorage):
     outage_timeout: float = 300.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_finish: dict[int, dict[str, Any]] = {}  # trial id -> user attrs to write
+
     # One outage per storage, whichever thread (trial loop, heartbeat) meets it first: one line
     # when it starts, one when it ends, one clock for giving up.
     _outage_lock = threading.Lock()
@@ -151,23 +157,81 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                 self._outage_ended()
             return result
 
+    # The per-trial calls, in SQLAlchemy Core (storage/_hot_path.py): the ORM's own work was
+    # most of a short trial's coordination cost.
+
+    def _write(self, what: str, call: Callable[[sqlalchemy.Connection], T]) -> T:
+        """``call`` in one transaction that takes SQLite's write lock at its start."""
+
+        def attempt() -> T:
+            with self.engine.begin() as connection:
+                return call(connection)
+
+        return self._retry(attempt, what)
+
+    def _read(self, what: str, call: Callable[[sqlalchemy.Connection], T]) -> T:
+        """``call`` in one read-only transaction: on SQLite it does not take the write lock, so
+        readers never queue behind a writer (WAL gives them a consistent snapshot)."""
+
+        def attempt() -> T:
+            with self.engine.connect() as connection:
+                connection.execution_options(**{READ_ONLY: True})
+                with connection.begin():
+                    return call(connection)
+
+        return self._retry(attempt, what)
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        return self._read("get_trial", lambda c: hot_path.read_trial(c, trial_id))
+
+    def set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: BaseDistribution,
+    ) -> None:
+        self._set_trial_param(trial_id, param_name, param_value_internal, distribution, None)
+
+    def _set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: BaseDistribution,
+        previous_distribution: BaseDistribution | None,
+    ) -> None:
+        self._write(
+            "set_trial_param",
+            lambda c: hot_path.set_param(
+                c, trial_id, param_name, param_value_internal, distribution, previous_distribution
+            ),
+        )
+
+    def finish_with_user_attrs(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
+        """Write ``attrs`` on the trial in the transaction that finishes it (``tell``), not in
+        one of their own."""
+        self._on_finish.setdefault(trial_id, {}).update(attrs)
+
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
         attempts = 0
+        attrs = self._on_finish.pop(trial_id, {}) if state.is_finished() else {}
 
-        def call() -> bool:
+        def call(connection: sqlalchemy.Connection) -> bool:
             nonlocal attempts
             attempts += 1
             try:
-                return super(ResilientRDBStorage, self).set_trial_state_values(
-                    trial_id, state, values
-                )
+                return hot_path.set_state_values(connection, trial_id, state, values, attrs)
             except optuna.exceptions.UpdateFinishedTrialError:
                 # A retry after a lost acknowledgement: the first attempt may have committed.
-                if attempts > 1 and self.get_trial(trial_id).state == state:
+                if attempts > 1 and hot_path.locked_state(connection, trial_id)[0] == state:
                     return True
                 raise
 
-        return self._retry(call, "set_trial_state_values")
+        try:
+            return self._write("set_trial_state_values", call)
+        except sqlalchemy.exc.IntegrityError:
+            return False
 
     def claim_trial(
         self, trial_id: int, user_attrs: Callable[[Mapping[str, Any]], Mapping[str, Any]]
@@ -180,33 +244,20 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         """
         attempts = 0
 
-        def claim() -> bool:
+        def claim(connection: sqlalchemy.Connection) -> FrozenTrial | None:
             nonlocal attempts
             attempts += 1
-            with create_scoped_session(self.scoped_session) as session:
-                trial = rdb_models().TrialModel.find_or_raise_by_id(
-                    trial_id, session, for_update=True
-                )
-                system = {a.key: json.loads(a.value_json) for a in trial.system_attributes}
-                attrs = user_attrs(system)
-                if trial.state != TrialState.WAITING:
-                    # A retry after a lost acknowledgement finds its own claim committed.
-                    stored = {a.key: json.loads(a.value_json) for a in trial.user_attributes}
-                    mine = attempts > 1 and bool(trial.state == TrialState.RUNNING) and bool(attrs)
-                    return mine and all(stored.get(k) == v for k, v in attrs.items())
-                trial.state = TrialState.RUNNING
-                trial.datetime_start = datetime.now()
-                for key, value in attrs.items():
-                    self._set_trial_attr_without_commit(
-                        session, rdb_models().TrialUserAttributeModel, trial_id, key, value
-                    )
-                if self.heartbeat_interval is not None:
-                    session.add(rdb_models().TrialHeartbeatModel(trial_id=trial_id))
-            return True
+            attrs = user_attrs(hot_path.system_attrs(connection, trial_id))
+            beat = self.heartbeat_interval is not None
+            if not hot_path.claim(connection, trial_id, attrs, heartbeat=beat):
+                # A retry after a lost acknowledgement finds its own claim committed.
+                trial = hot_path.read_trial(connection, trial_id)
+                mine = attempts > 1 and trial.state == TrialState.RUNNING and bool(attrs)
+                if not (mine and all(trial.user_attrs.get(k) == v for k, v in attrs.items())):
+                    return None
+            return hot_path.read_trial(connection, trial_id)
 
-        if not self._retry(claim, "claim_trial"):
-            return None
-        return self.get_trial(trial_id)
+        return self._write("claim_trial", claim)
 
     def enqueue_once(self, study_id: int, key: str, trials: Sequence[FrozenTrial]) -> bool:
         """Add ``trials`` to the study in one transaction that also sets the study system
@@ -217,23 +268,31 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         study would run more trials than its budget. The study row's lock makes the check and
         the insert one step on PostgreSQL and MySQL; SQLite's BEGIN IMMEDIATE does it there.
         """
+        models = rdb_models()
+        studies = models.StudyModel.__table__
+        marks = models.StudySystemAttributeModel.__table__
 
-        def call() -> bool:
-            models = rdb_models()
-            with create_scoped_session(self.scoped_session) as session:
-                study = models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
-                if models.StudySystemAttributeModel.find_by_study_and_key(study, key, session):
-                    return False
-                session.add(
-                    models.StudySystemAttributeModel(
-                        study_id=study_id, key=key, value_json=json.dumps(True)
-                    )
+        def call(connection: sqlalchemy.Connection) -> bool:
+            connection.execute(
+                sqlalchemy.select(studies.c.study_id)
+                .where(studies.c.study_id == study_id)
+                .with_for_update()
+            ).one()
+            done = connection.execute(
+                sqlalchemy.select(marks.c.study_system_attribute_id).where(
+                    marks.c.study_id == study_id, marks.c.key == key
                 )
-                for trial in trials:
-                    self._get_prepared_new_trial(study_id, trial, session)
+            ).first()
+            if done is not None:
+                return False
+            connection.execute(
+                marks.insert().values(study_id=study_id, key=key, value_json=json.dumps(True))
+            )
+            if trials:
+                hot_path.add_waiting_trials(connection, study_id, trials)
             return True
 
-        return self._retry(call, "enqueue_once")
+        return self._write("enqueue_once", call)
 
     def get_heartbeat_stale_trial_callback(
         self,
@@ -263,32 +322,10 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         One indexed query for ids alone. Going through Optuna's trial reads instead would build
         every unfinished trial (params, attributes, reports) on each claim.
         """
-        from sqlalchemy import orm  # with the models: only a command that queries pays for it
-
-        trial = rdb_models().TrialModel
-        retry = orm.aliased(rdb_models().TrialSystemAttributeModel)
-
-        def query() -> list[int]:
-            with self.scoped_session() as session:
-                rows = (
-                    session.query(trial.trial_id)
-                    .outerjoin(
-                        retry,
-                        sqlalchemy.and_(retry.trial_id == trial.trial_id, retry.key == RETRY_OF),
-                    )
-                    .filter(trial.study_id == study_id)
-                    .filter(trial.state == TrialState.WAITING)
-                    .order_by(
-                        sqlalchemy.case((retry.trial_system_attribute_id.is_(None), 1), else_=0),
-                        trial.trial_id,
-                    )
-                    .limit(limit)
-                    .all()
-                )
-            self.scoped_session.remove()
-            return [int(row[0]) for row in rows]
-
-        return self._retry(query, "waiting_trial_ids")
+        return self._read(
+            "waiting_trial_ids",
+            lambda c: hot_path.waiting_trial_ids(c, study_id, RETRY_OF, limit),
+        )
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         """Optuna's stale trials, plus RUNNING trials that never wrote a heartbeat.

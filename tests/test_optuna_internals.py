@@ -6,6 +6,8 @@ internal, the Optuna version, and where hpsearch uses it."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -78,14 +80,40 @@ def test_optimize_loop_flags_let_a_sampler_stop_the_study(rdb_study: optuna.Stud
     )
 
 
-def test_scoped_session_and_models(rdb_study: optuna.Study) -> None:
-    backend = internals.storage_of(rdb_study)._backend
+def test_models_name_the_columns_of_our_core_statements(rdb_study: optuna.Study) -> None:
     rdb_study.ask()
-    with internals.create_scoped_session(backend.scoped_session) as session:
-        rows = session.query(internals.rdb_models().TrialModel).all()
-    assert len(rows) == 1, _explain(
-        "optuna.storages._rdb.storage._create_scoped_session / _rdb.models",
-        "the claim transaction (storage/_resilient.py)",
+    models = internals.rdb_models()
+    used = {
+        models.TrialModel: {"trial_id", "number", "study_id", "state", "datetime_start"},
+        models.TrialParamModel: {"trial_id", "param_id", "param_name", "param_value"},
+        models.TrialValueModel: {"trial_id", "objective", "value", "value_type"},
+        models.TrialIntermediateValueModel: {"trial_id", "step", "intermediate_value"},
+        models.TrialUserAttributeModel: {"trial_id", "key", "value_json"},
+        models.TrialSystemAttributeModel: {"trial_id", "key", "value_json"},
+        models.TrialHeartbeatModel: {"trial_id", "heartbeat"},
+        models.StudySystemAttributeModel: {"study_id", "key", "value_json"},
+    }
+    for model, columns in used.items():
+        assert columns <= set(model.__table__.c.keys()), _explain(
+            f"optuna.storages._rdb.models.{model.__name__}'s columns",
+            "the per-trial statements in SQLAlchemy Core (storage/_hot_path.py)",
+        )
+
+
+def test_a_dashboard_note_is_saved_without_importing_the_dashboard(tmp_path: Path) -> None:
+    script = f"""
+import sys, optuna
+from hpsearch.storage._optuna_internals import save_dashboard_note
+study = optuna.create_study(storage="sqlite:///{tmp_path / "note.db"}", study_name="n")
+save_dashboard_note(study, "## hello")
+assert "optuna_dashboard" not in sys.modules and "sklearn" not in sys.modules, "imported"
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    from optuna_dashboard import get_note
+
+    study = optuna.load_study(study_name="n", storage=f"sqlite:///{tmp_path / 'note.db'}")
+    assert get_note(study) == "## hello", _explain(
+        "optuna_dashboard/_note.py (save_note)", "the study file's note on the dashboard"
     )
 
 

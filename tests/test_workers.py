@@ -201,3 +201,32 @@ def test_worker_warm_up_loads_what_the_first_trial_would(tmp_path: Path, write_s
     )
     assert custom.returncode == 0, custom.stderr
     assert custom.stdout.split() == ["False", "0"]
+
+
+IMPORTS = """
+import sys
+
+def imports(trial, params):
+    trial.set_user_attr("heavy", sorted({"torch", "sklearn"} & set(sys.modules)))
+    return (params["x"] - 2.0) ** 2
+"""
+
+
+def test_a_worker_imports_torch_only_if_its_objective_does(
+    tmp_path: Path, write_study: Any
+) -> None:
+    """A user objective that never imports torch runs in workers that never import it (nor
+    scikit-learn): seconds of start-up per worker, and memory, for nothing."""
+    (tmp_path / "imports.py").write_text(IMPORTS)
+    path = write_study(n_trials=3, objective="imports.py:imports")
+    url = f"sqlite:///{tmp_path / 'imports.db'}"
+    result = subprocess.run(
+        [*hpsearch_command(), "run", str(path), "--storage", url, "--workers", "2"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    trials = _finished(url, load_spec_file(str(path)).name)
+    assert [t.user_attrs["heavy"] for t in trials] == [[], [], []]

@@ -37,6 +37,7 @@ from hpsearch.storage import (
     open_object_store,
     parse_object_url,
 )
+from hpsearch.storage._optuna_internals import trial_id_of
 
 log = logging.getLogger("hpsearch.checkpoints")
 # A node's copies of the checkpoints kept in an object store, under the worker's directory.
@@ -177,14 +178,24 @@ class CheckpointSync:
             return  # reaped meanwhile: its retry records its own
         self._finished = True
 
-    def forget_if_unwritten(self, trial: optuna.Trial) -> None:
+    def forget_if_unwritten(
+        self, trial: optuna.Trial, path: str | None = None, storage: object = None
+    ) -> None:
         """A trial whose objective wrote no checkpoint names none: status, export and the
         dashboard must not point at a file that never existed (an objective that does not
-        train through ``hpsearch.fit`` usually writes none)."""
+        train through ``hpsearch.fit`` usually writes none).
+
+        ``path``: the trial's checkpoint file, when the caller knows it (else it is read from
+        the trial). ``storage``: our RDB storage writes the change with the trial's end."""
         if self._finished:
             return  # uploaded: the attribute holds the object's URL
-        path = trial.user_attrs.get(ATTR)
+        if path is None:
+            path = trial.user_attrs.get(ATTR)
         if isinstance(path, str) and not is_object_store_url(path) and not os.path.exists(path):
+            finish_with = getattr(storage, "finish_with_user_attrs", None)
+            if finish_with is not None:
+                finish_with(trial_id_of(trial), {ATTR: None})
+                return
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 trial.set_user_attr(ATTR, None)
 

@@ -3,7 +3,9 @@ they end. ``hpsearch run``/``worker`` and the Python API (``hpsearch.run``/``wor
 
 from __future__ import annotations
 
+import glob
 import multiprocessing.connection
+import os
 import sys
 import threading
 
@@ -11,6 +13,18 @@ from hpsearch.errors import StorageError
 from hpsearch.search._study import load_study
 from hpsearch.search.runtime._devices import WorkerDevices, assign_devices, parse_gpus
 from hpsearch.search.runtime._launch import NodeGroup, available_cores, start_workers
+
+
+def visible_gpus() -> int:
+    """How many GPUs torch sees here. A machine with no GPU driver's device files has none,
+    and is told so without importing torch (seconds of a command's start-up)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return 0
+    if not (glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd")):  # NVIDIA, ROCm
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def node_assignments(
@@ -22,10 +36,8 @@ def node_assignments(
     default_workers: int,
 ) -> list[WorkerDevices]:
     """The node's workers and their devices, from --gpus/--gpus-per-trial/--workers."""
-    import torch  # the visible GPUs: only a command that starts workers asks
-
     chosen = parse_gpus(gpus) if gpus is not None else None
-    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    visible = visible_gpus()
     return assign_devices(
         gpus=chosen,
         visible_gpus=visible,

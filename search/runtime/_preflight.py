@@ -21,11 +21,11 @@ from hpsearch.storage import is_object_store_url, open_object_store
 
 
 def _check_gpus(assignments: Sequence[WorkerDevices]) -> None:
-    import torch
-
     wanted = sorted({gpu for a in assignments for gpu in a.gpus})
     if not wanted:
         return
+    import torch
+
     # Physical ids are checked against what this process sees (it has no CUDA_VISIBLE_DEVICES
     # restriction of its own, or the ids refer to that restriction).
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -32,7 +32,7 @@ import optuna
 import torch
 import torch.distributed as dist
 
-from hpsearch.errors import HpsearchError, NonFiniteLoss
+from hpsearch.errors import GroupLost, HpsearchError, NonFiniteLoss
 from hpsearch.objectives import interrupt, load_objective
 from hpsearch.objectives.context import current_context, trial_context
 from hpsearch.objectives.distributed import DistributedTrial
@@ -44,11 +44,6 @@ _LOCKSTEP_ERRORS = (optuna.TrialPruned, NonFiniteLoss)
 GENERATION = "hpsearch/generation"
 # What gloo and NCCL say when a peer is gone or a collective timed out.
 _LOST = ("connection closed by peer", "connection reset", "timed out", "broken pipe", "nccl")
-
-
-class GroupLost(BaseException):
-    """A rank of the trial group is gone: not the objective's failure. The trial goes back to
-    the queue uncounted (a BaseException, like a stop, so no ``except Exception`` keeps it)."""
 
 
 @dataclass(frozen=True)

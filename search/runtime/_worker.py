@@ -20,13 +20,13 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.attrs import CHECKPOINT, ERROR, SLOT, TRACEBACK, WORKER
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import GroupLost, HpsearchError
 from hpsearch.objectives import Objective, ObjectiveError, interrupt, load_objective
 from hpsearch.objectives.context import TrialContext, trial_context
 from hpsearch.search._study import UID_ATTR, LoadedStudy, load_study
@@ -46,12 +46,6 @@ from hpsearch.search.runtime._checkpoints import (
 )
 from hpsearch.search.runtime._launch import WorkerArgs, parse_rendezvous
 from hpsearch.search.runtime._preflight import warm_up
-from hpsearch.search.runtime._ranks import (
-    GroupLost,
-    RankGroup,
-    Rendezvous,
-    follow_group,
-)
 from hpsearch.search.runtime._stop import install_worker_handlers
 from hpsearch.search.spec._constraints import apply_constraints, measurements
 from hpsearch.search.spec._space import suggest
@@ -63,6 +57,10 @@ from hpsearch.storage._optuna_internals import (
     storage_of,
     trial_id_of,
 )
+
+if TYPE_CHECKING:
+    # torch.distributed: imported only by workers whose trials span several ranks.
+    from hpsearch.search.runtime._ranks import RankGroup, Rendezvous
 
 log = logging.getLogger("hpsearch.worker")
 # How long a stopping worker waits for its objective to reach a safe point before interrupting it.
@@ -279,7 +277,9 @@ def run_trial(
                     raise interrupt.TrialInterrupted("stop requested") from err
                 raise
         sync.finish(trial)
-        sync.forget_if_unwritten(trial)
+        sync.forget_if_unwritten(
+            trial, None if context is None else context.checkpoint, loaded.storage
+        )
         frozen = study.tell(trial, values=values, state=state, skip_if_finished=True)
     tidy(study, frozen, spec.resources.keep_checkpoints)
     if log_trials:
@@ -333,6 +333,8 @@ def work(args: WorkerArgs) -> None:
         nonlocal group, rendezvous
         if args.devices_per_trial * args.nodes_per_trial == 1:
             return load_objective(spec.objective)
+        from hpsearch.search.runtime._ranks import RankGroup, Rendezvous
+
         if group is not None:
             group.close()
             group = None
@@ -437,6 +439,8 @@ def _follow(args: WorkerArgs) -> None:
     """A worker on a node other than node 0 of a trial group: it runs its node's ranks of each
     trial and never talks to the database (the study only names the objective and timeouts)."""
     assert args.rendezvous is not None  # the command line checked it
+    from hpsearch.search.runtime._ranks import follow_group
+
     loaded = load_study(args.study, args.url)
     close_storage(loaded.storage)
     follow_group(
@@ -459,9 +463,12 @@ def _configure_process(args: WorkerArgs) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    import torch
-
-    torch.set_num_threads(args.threads)
+    # A worker imports torch only if its objective does (a user objective may never): the
+    # thread count goes to the environment, which torch reads when it is first imported.
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = str(args.threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(args.threads)
 
 
 def _die_with_parent(parent: int) -> None:

@@ -14,6 +14,7 @@ import optuna
 import tomli_w
 
 from hpsearch.search.spec._study_file import StudySpec
+from hpsearch.storage._optuna_internals import save_dashboard_note
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -61,6 +62,4 @@ def spec_note(spec: StudySpec) -> str:
 
 
 def save_spec_note(study: optuna.Study, spec: StudySpec) -> None:
-    from optuna_dashboard import save_note
-
-    save_note(study, spec_note(spec))
+    save_dashboard_note(study, spec_note(spec))

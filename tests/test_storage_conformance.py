@@ -1,0 +1,163 @@
+"""Our RDB storage passes Optuna's own storage test suite on SQLite, PostgreSQL and MariaDB.
+
+A worker's per-trial calls (read a trial, set a parameter, finish a trial, claim, enqueue) are
+written in SQLAlchemy Core (storage/_hot_path.py) rather than through Optuna's ORM. Optuna's
+``StorageTestCase`` is the contract every storage must keep; it runs here against
+``ResilientRDBStorage`` on each database, in a database of its own that each test starts empty.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.testing.pytest_storages import StorageTestCase
+from optuna.trial import TrialState
+
+from hpsearch.storage import create_schema, open_storage
+from hpsearch.storage._optuna_internals import rdb_models
+from hpsearch.storage._resilient import ResilientRDBStorage
+from tests.conftest import SERVER_URLS
+
+CONFORMANCE_DB = "hpsearch_conformance"
+
+
+@pytest.fixture(scope="module")
+def server_storages() -> Iterator[dict[str, ResilientRDBStorage]]:
+    """One storage per database server, on a database of this module's own."""
+    storages = {}
+    for backend, admin_url in SERVER_URLS.items():
+        admin = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        name = f"{CONFORMANCE_DB}_{abs(hash(admin_url)) % 10_000}"
+        force = " WITH (FORCE)" if backend == "postgresql" else ""
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{force}")
+            connection.exec_driver_sql(f"CREATE DATABASE {name}")
+        admin.dispose()
+        url = sqlalchemy.make_url(admin_url).set(database=name)
+        storage = create_schema(url.render_as_string(hide_password=False))
+        assert isinstance(storage, ResilientRDBStorage)
+        storages[backend] = storage
+    yield storages
+    for backend, storage in storages.items():
+        database = storage.engine.url.database
+        storage.engine.dispose()
+        admin = sqlalchemy.create_engine(SERVER_URLS[backend], isolation_level="AUTOCOMMIT")
+        force = " WITH (FORCE)" if backend == "postgresql" else ""
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {database}{force}")
+        admin.dispose()
+
+
+def _emptied(storage: ResilientRDBStorage) -> ResilientRDBStorage:
+    """The storage with every study deleted (children first: MariaDB checks foreign keys)."""
+    models = rdb_models()
+    with storage.engine.begin() as connection:
+        for table in reversed(models.BaseModel.metadata.sorted_tables):
+            if table.name not in ("version_info", "alembic_version"):
+                connection.execute(table.delete())
+    return storage
+
+
+@pytest.fixture(scope="module")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file with the schema, copied for each test (creating the schema takes longer
+    than most tests)."""
+    path = tmp_path_factory.mktemp("conformance") / "template.db"
+    create_schema(f"sqlite:///{path}").engine.dispose()
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> ResilientRDBStorage:
+    if request.param == "sqlite":
+        path = tmp_path / "conformance.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        made = open_storage(f"sqlite:///{path}")
+        assert isinstance(made, ResilientRDBStorage)
+        return made
+    return _emptied(request.getfixturevalue("server_storages")[request.param])
+
+
+# Times on MySQL are stored to the second (Optuna's schema declares DATETIME without fractional
+# seconds), so these fail with Optuna's own RDBStorage on MariaDB as well: strict, so that the
+# marker goes when a schema change fixes them.
+SECOND_PRECISION_ON_MYSQL = {
+    "test_create_new_trial[mysql]",
+    "test_create_new_trial_with_template_trial[mysql-start_time0-complete_time0]",
+    "test_get_trial[mysql]",
+    "test_get_all_trials[mysql]",
+}
+
+
+@pytest.fixture(autouse=True)
+def _times_to_the_second_on_mysql(request: pytest.FixtureRequest) -> None:
+    if request.node.name in SECOND_PRECISION_ON_MYSQL:
+        request.applymarker(
+            pytest.mark.xfail(strict=True, reason="MySQL DATETIME keeps whole seconds")
+        )
+
+
+class TestOptunasStorageContract(StorageTestCase):
+    """Every test of Optuna's storage contract that involves trials, on each database. Study
+    calls go through Optuna's own code unchanged: their tests are left to Optuna."""
+
+    test_create_new_study = None
+    test_create_new_study_unique_id = None
+    test_create_new_study_with_name = None
+    test_create_new_study_with_empty_name = None
+    test_delete_study = None
+    test_delete_study_after_create_multiple_studies = None
+    test_get_study_id_from_name_and_get_study_name_from_id = None
+    test_set_and_get_study_directions = None
+    test_set_and_get_study_user_attrs = None
+    test_set_and_get_study_user_attrs_for_floats = None
+    test_set_and_get_study_system_attrs = None
+    test_set_and_get_study_system_attrs_for_floats = None
+    test_study_user_and_system_attrs_confusion = None
+    test_get_all_studies = None
+    test_study_user_attrs_concurrent_write = None
+    test_study_system_attrs_concurrent_write = None
+
+
+def test_our_trial_reads_equal_optunas_own(storage: ResilientRDBStorage) -> None:
+    """A trial with every kind of field (params of each distribution, infinite and NaN values,
+    attributes, reports) reads back from our Core read exactly as Optuna's ORM read builds it."""
+    study_id = storage.create_new_study(
+        [optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MAXIMIZE]
+    )
+    trial_id = storage.create_new_trial(study_id)
+    storage.set_trial_param(trial_id, "lr", 3e-4, FloatDistribution(1e-5, 1, log=True))
+    storage.set_trial_param(trial_id, "layers", 3, IntDistribution(1, 4))
+    storage.set_trial_param(trial_id, "act", 1, CategoricalDistribution(["relu", "gelu", None]))
+    storage.set_trial_user_attr(trial_id, "where", {"host": "n1", "devices": [0, 1]})
+    storage.set_trial_system_attr(trial_id, "slot", 7)
+    for step, value in enumerate([0.5, float("nan"), float("inf"), -float("inf")]):
+        storage.set_trial_intermediate_value(trial_id, step, value)
+    assert storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [float("inf"), 0.25])
+
+    ours = storage.get_trial(trial_id)
+    optunas = optuna.storages.RDBStorage.get_trial(storage, trial_id)
+    assert ours.params == optunas.params == {"lr": pytest.approx(3e-4), "layers": 3, "act": "gelu"}
+    assert ours.distributions == optunas.distributions
+    assert ours.values == optunas.values == [float("inf"), 0.25]
+    reports, theirs = ours.intermediate_values, optunas.intermediate_values
+    assert list(reports) == list(theirs) == [0, 1, 2, 3]
+    assert math.isnan(reports[1]) and math.isnan(theirs[1])
+    assert [reports[s] for s in (0, 2, 3)] == [theirs[s] for s in (0, 2, 3)]
+    assert ours.user_attrs == optunas.user_attrs
+    assert ours.system_attrs == optunas.system_attrs
+    assert (ours.number, ours.state) == (optunas.number, optunas.state) == (0, TrialState.COMPLETE)
+    assert ours.datetime_start == optunas.datetime_start
+    assert ours.datetime_complete == optunas.datetime_complete
+    assert isinstance(ours.datetime_complete, dt.datetime)
+    assert abs(ours.datetime_complete - dt.datetime.now()) < dt.timedelta(minutes=5), (
+        "trial times are local time, as Optuna hands them out"
+    )
