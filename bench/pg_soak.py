@@ -12,6 +12,7 @@ It drops and recreates the database ``hpsearch_bench`` on that server.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import subprocess
@@ -79,12 +80,29 @@ STORAGE_ERROR = re.compile(
 
 
 def fresh_database(admin_url: str, name: str) -> str:
+    """Drop database ``name`` on the server of ``admin_url`` (PostgreSQL, MySQL or MariaDB),
+    ending its sessions first, create it empty and return its URL."""
     url = sqlalchemy.make_url(admin_url)
     engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        connection.exec_driver_sql(f"CREATE DATABASE {name}")
-    engine.dispose()
+    try:
+        with engine.connect() as connection:
+            if url.get_backend_name() == "postgresql":
+                connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            else:  # MySQL and MariaDB have no FORCE: end the database's sessions by hand
+                sessions = connection.execute(
+                    sqlalchemy.text(
+                        "SELECT id FROM information_schema.processlist "
+                        "WHERE db = :name AND id <> CONNECTION_ID()"
+                    ),
+                    {"name": name},
+                ).scalars()
+                for session in list(sessions):
+                    with contextlib.suppress(sqlalchemy.exc.DBAPIError):  # it ended meanwhile
+                        connection.exec_driver_sql(f"KILL {int(session)}")
+                connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+            connection.exec_driver_sql(f"CREATE DATABASE {name}")
+    finally:
+        engine.dispose()
     return url.set(database=name).render_as_string(hide_password=False)
 
 

@@ -3,18 +3,32 @@
     python -m bench.plain_worker URL SAMPLER N_TRIALS SEED
 
 It imports Optuna and the trivial objective only, as a hand-written Optuna loop would, so that
-its start-up does not pay for hpsearch's imports (torch among them).
+its start-up does not pay for hpsearch's imports (torch among them). URL is a database URL, or
+``redis://HOST:PORT#PREFIX`` for Optuna's JournalStorage on Redis, its log under keys ``PREFIX:*``.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 
 import optuna
+from optuna.storages.journal import JournalRedisBackend
 
 from bench.trivial import plain_objective
 
 STUDY = "overhead"
+
+
+def open_storage(url: str) -> str | optuna.storages.BaseStorage:
+    """What ``optuna.load_study(storage=...)`` takes for ``url``: a JournalStorage for Redis."""
+    if not url.startswith("redis://"):
+        return url
+    address, _, prefix = url.partition("#")
+    with warnings.catch_warnings():  # "JournalRedisBackend is experimental"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        backend = JournalRedisBackend(address, prefix=prefix)
+    return optuna.storages.JournalStorage(backend)
 
 
 def sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -28,7 +42,9 @@ def sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 def main() -> int:
     url, name, n_trials, seed = sys.argv[1:5]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=STUDY, storage=url, sampler=sampler(name, int(seed)))
+    study = optuna.load_study(
+        study_name=STUDY, storage=open_storage(url), sampler=sampler(name, int(seed))
+    )
     study.optimize(plain_objective, n_trials=int(n_trials))
     return 0
 

@@ -6,6 +6,11 @@ costs the epochs it ran. After all runs, the target is the best validation accur
 reached, less ``TARGET_GAP``; a run's cost is the epochs it had spent when a trial first finished
 at or above the target (the whole budget, marked as not reached, when none did). Runs use an
 in-memory Optuna storage in parallel processes: what is compared is the search, not the database.
+
+Random search's trials are independent draws, so beside its budgeted runs the full suite runs 20
+more of its seeds (500 trials) only to pool their trials: the probability p that one trial reaches
+the target, with a 95% Wilson interval, gives random search's median epochs to the target without
+the budget's cap (geometric: ceil(ln 0.5 / ln(1 - p)) trials) and its interval.
 """
 
 from __future__ import annotations
@@ -75,7 +80,7 @@ def search_run(job: tuple[str, int, int, int]) -> list[tuple[int, float | None]]
     )
 
     def run(trial: optuna.Trial) -> float:
-        result = objective(trial, {**training, **suggest(trial, spec.space)})
+        result: Any = objective(trial, {**training, **suggest(trial, spec.space)})
         return float(result["val_accuracy"] if isinstance(result, Mapping) else result)
 
     spent, history = 0, []
@@ -98,6 +103,21 @@ def epochs_to_target(history: list[tuple[int, float | None]], target: float) -> 
     return None
 
 
+def _median_trials(p: float) -> int | None:
+    """Median trials until the first success of probability ``p``; None if p is 0."""
+    if p <= 0:
+        return None
+    return 1 if p >= 0.5 else math.ceil(math.log(0.5) / math.log(1 - p))
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (95% for z = 1.96)."""
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def random_median_epochs(
     histories: list[list[tuple[int, float | None]]], target: float, epochs: int
 ) -> int | None:
@@ -108,28 +128,42 @@ def random_median_epochs(
     with median ceil(ln 0.5 / ln(1 - p)). None if no trial reached it.
     """
     values = [value for history in histories for _, value in history]
-    p = sum(v is not None and v >= target for v in values) / len(values)
-    if p == 0:
-        return None
-    trials = 1 if p >= 0.5 else math.ceil(math.log(0.5) / math.log(1 - p))
-    return trials * epochs
+    trials = _median_trials(sum(v is not None and v >= target for v in values) / len(values))
+    return None if trials is None else trials * epochs
+
+
+def random_median_interval(
+    histories: list[list[tuple[int, float | None]]], target: float, epochs: int
+) -> tuple[int, int | None]:
+    """95% interval of :func:`random_median_epochs`: the median at the ends of p's Wilson
+    interval (the median falls as p rises). The upper end is None (unbounded) if p's lower
+    end is 0."""
+    values = [value for history in histories for _, value in history]
+    low, high = wilson(sum(v is not None and v >= target for v in values), len(values))
+    fewest, most = _median_trials(high), _median_trials(low)
+    assert fewest is not None  # the interval's upper end is above 0 whenever n > 0
+    return fewest * epochs, None if most is None else most * epochs
 
 
 def measure(*, quick: bool, processes: int = 2) -> dict[str, Any]:
     seeds = 2 if quick else 5
     epochs = 3 if quick else 6
     budget = epochs * (6 if quick else 25)  # epochs: random search's 25 trials
+    pooled_seeds = 1 if quick else 20  # more random-search runs, for the pooled estimate only
     configs = list(CONFIGS) if not quick else [DEFAULT, "tpe + hyperband", BASELINE]
     jobs = [(name, seed, budget, epochs) for seed in range(seeds) for name in configs]
+    jobs += [(BASELINE, seed, budget, epochs) for seed in range(seeds, seeds + pooled_seeds)]
     context = multiprocessing.get_context("spawn")
     with context.Pool(processes) as pool:
         histories = pool.map(search_run, jobs, chunksize=1)
     runs: dict[str, list[list[tuple[int, float | None]]]] = {name: [] for name in configs}
-    for (name, *_), history in zip(jobs, histories, strict=True):
-        runs[name].append(history)
+    for (name, seed, *_), history in zip(jobs, histories, strict=True):
+        if seed < seeds:
+            runs[name].append(history)
+    pooled = [h for (name, *_), h in zip(jobs, histories, strict=True) if name == BASELINE]
     best = max(v for hs in runs.values() for h in hs for _, v in h if v is not None)
     target = best - TARGET_GAP
-    table = []
+    table: list[dict[str, Any]] = []
     for name, histories_of in runs.items():
         costs = [epochs_to_target(h, target) for h in histories_of]
         reached = [c for c in costs if c is not None]
@@ -152,14 +186,24 @@ def measure(*, quick: bool, processes: int = 2) -> dict[str, Any]:
     baseline = next(r for r in table if r["configuration"] == BASELINE)["median_epochs_to_target"]
     for row in table:
         row["vs_random"] = round(row["median_epochs_to_target"] / baseline, 3)
-    uncensored = random_median_epochs(runs[BASELINE], target, epochs)
+    uncensored = random_median_epochs(pooled, target, epochs)
+    fewest, most = random_median_interval(pooled, target, epochs)
     default = next(r for r in table if r["configuration"] == DEFAULT)["median_epochs_to_target"]
+    hits = sum(v is not None and v >= target for h in pooled for _, v in h)
     return {
-        "random_trials_pooled": sum(len(h) for h in runs[BASELINE]),
+        "random_trials_pooled": sum(len(h) for h in pooled),
+        "random_runs_pooled": len(pooled),
+        "random_trials_reaching_target": hits,
         "random_median_epochs_uncensored": uncensored,
+        "random_median_epochs_95": [fewest, most],
         "default_vs_random_uncensored": (
             None if uncensored is None else round(default / uncensored, 3)
         ),
+        # The ratio's 95% interval from random search's side (the default's median is fixed).
+        "default_vs_random_uncensored_95": [
+            None if most is None else round(default / most, 3),
+            round(default / fewest, 3),
+        ],
         "seeds": seeds,
         "epochs_per_trial": epochs,
         "budget_epochs": budget,

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from .conftest import ROOT
 
@@ -71,7 +76,10 @@ def test_random_search_estimate_pools_its_iid_trials() -> None:
     from bench.search_efficiency import random_median_epochs
 
     # 2 of 8 trials reach 0.95: p = 1/4; P(first success within k) = 1 - 0.75**k >= 0.5 at k = 3.
-    runs = [[(6, 0.90), (6, 0.96), (6, 0.80), (6, 0.91)], [(6, 0.97), (6, 0.5), (6, 0.6), (6, 0.7)]]
+    runs: list[list[tuple[int, float | None]]] = [
+        [(6, 0.90), (6, 0.96), (6, 0.80), (6, 0.91)],
+        [(6, 0.97), (6, 0.5), (6, 0.6), (6, 0.7)],
+    ]
     assert random_median_epochs(runs, 0.95, 6) == 3 * 6
     assert random_median_epochs(runs, 0.99, 6) is None
     assert random_median_epochs([[(6, 0.99)]], 0.95, 6) == 6
@@ -123,3 +131,207 @@ def test_plain_workers_use_the_sampler_hpsearch_builds(tmp_path: Path) -> None:
         assert [getattr(ours, s, None) for s in settings] == [
             getattr(plain, s, None) for s in settings
         ]
+
+
+def test_random_search_interval_brackets_the_estimate_and_narrows_with_more_trials() -> None:
+    from bench.search_efficiency import random_median_epochs, random_median_interval, wilson
+
+    low, high = wilson(10, 100)
+    assert 0.05 < low < 0.10 < high < 0.18  # the Wilson interval of 10/100: 0.055-0.174
+    one: list[tuple[int, float | None]] = [(6, 0.99), *[(6, 0.5)] * 9]  # p = 1/10
+    few, many = [one], [one] * 10
+    for runs in (few, many):
+        fewest, most = random_median_interval(runs, 0.95, 6)
+        assert random_median_epochs(runs, 0.95, 6) == 7 * 6  # ceil(ln 0.5 / ln 0.9) trials
+        assert most is not None and fewest <= 7 * 6 <= most
+    assert random_median_interval(many, 0.95, 6) != random_median_interval(few, 0.95, 6)
+    wide, narrow = random_median_interval(few, 0.95, 6), random_median_interval(many, 0.95, 6)
+    assert wide[1] is not None and narrow[1] is not None
+    assert wide[1] - wide[0] > narrow[1] - narrow[0]
+    # no success at all: the estimate is unknown and the interval has no upper end
+    assert random_median_interval([[(6, 0.5)] * 4], 0.95, 6)[1] is None
+
+
+def test_markdown_renders_the_new_rows_targets_and_an_unreachable_redis() -> None:
+    from bench.suite import overhead_md, search_md, startup_md
+
+    row = {"dialect": "postgresql", "sampler": "random", "workers": 4}
+    overhead = {
+        "trials_per_run": 80,
+        "repeats": 3,
+        "growth_trials_per_run": {"random": 80},
+        "growth_repeats": {"random": 2},
+        "overhead": [
+            {
+                **row,
+                "plain_ms_per_trial": 20.0,
+                "ours_ms_per_trial": 18.0,
+                "overhead": -0.1,
+                "target_overhead": 0.1,
+                "target_met": True,
+            },
+            {
+                **row,
+                "workers": 1,
+                "plain_ms_per_trial": 20.0,
+                "ours_ms_per_trial": 30.0,
+                "overhead": 0.5,
+                "target_overhead": 0.05,
+                "target_met": False,
+            },
+            {
+                **row,
+                "workers": 2,
+                "plain_ms_per_trial": 20.0,
+                "ours_ms_per_trial": 20.01,
+                "overhead": 0.0,
+            },
+        ],
+        "growth": [],
+        "journal": {
+            "redis": "redis://x:1",
+            "not_measured": None,
+            "rows": [
+                {
+                    "workers": 16,
+                    "trials_per_run": 320,
+                    "repeats": 2,
+                    "redis_journal_ms_per_trial": 5.0,
+                    "postgresql_plain_ms_per_trial": 10.0,
+                    "postgresql_ours_ms_per_trial": 12.0,
+                    "redis_vs_postgresql": 0.5,
+                },
+            ],
+        },
+    }
+    text = "\n".join(overhead_md(overhead))
+    assert "| postgresql | 4 | 20.0 ms | 18.0 ms | -10% | <= +10% | yes | none: cheaper |" in text
+    assert "| postgresql | 1 | 20.0 ms | 30.0 ms | +50% | <= +5% | **no** | 0.20 s |" in text
+    assert "| postgresql | 2 | 20.0 ms | 20.0 ms | +0% |  |  | 0.2 ms |" in text  # no target
+    assert "| 16 | 320 | 2 | 5.0 ms | 10.0 ms | 0.50x | 12.0 ms |" in text
+    assert "not a `BaseHeartbeat` storage" in text and "0.00 s" not in text
+    overhead["journal"] = {"not_measured": "Redis unreachable at redis://x:1 (refused)"}
+    text = "\n".join(overhead_md(overhead))
+    assert "not measured: Redis unreachable at redis://x:1" in text
+
+    startup = {
+        "repeats": 1,
+        "start_target": 1.5,
+        "shutdown_target_seconds": 1.0,
+        "rows": [
+            {
+                "objective": "digits-mlp (torch)",
+                "plain_start_seconds": 2.0,
+                "ours_start_seconds": 2.5,
+                "start_ratio": 1.25,
+                "start_target_met": True,
+                "ours_shutdown_seconds": 1.5,
+                "shutdown_target_met": False,
+            },
+        ],
+    }
+    text = "\n".join(startup_md(startup))
+    assert "| start-up | digits-mlp (torch) | 2.00 s | 2.50 s | **1.25x** | <= 1.5x | yes |" in text
+    assert "| shutdown | digits-mlp (torch) | | 1.50 s | **1.50 s** | < 1 s | **no** |" in text
+
+    search = {
+        "epochs_per_trial": 6,
+        "budget_epochs": 150,
+        "seeds": 5,
+        "target": 0.97,
+        "best_seen": 0.98,
+        "table": [],
+        "random_trials_pooled": 625,
+        "random_runs_pooled": 25,
+        "random_trials_reaching_target": 20,
+        "random_median_epochs_uncensored": 132,
+        "random_median_epochs_95": [96, 186],
+        "default_vs_random_uncensored": 0.4,
+        "default_vs_random_uncensored_95": [0.285, 0.552],
+    }
+    text = "\n".join(search_md(search))
+    assert "132 epochs (95% interval 96-186)" in text and "(95% interval 0.28-0.55x" in text
+
+
+def test_start_times_compare_with_time_time_in_any_timezone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Optuna's FrozenTrial times are naive local time; the launch time is converted alike."""
+    import optuna
+
+    from bench.startup import seconds_between
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        for zone in ("Asia/Kolkata", "America/New_York"):
+            monkeypatch.setenv("TZ", zone)
+            time.tzset()
+            study = optuna.create_study(storage=f"sqlite:///{tmp_path}/{zone[:4]}.db")
+            before = time.time()
+            study.ask()
+            ask = time.time() - before
+            start = study.trials[0].datetime_start
+            assert start is not None
+            assert 0 <= seconds_between(before, start) <= ask + 0.01, zone
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_mysql_database_is_recreated_though_a_session_holds_it(mysql_url: str) -> None:
+    """bench/pg_soak.py's fresh_database on MariaDB, where DROP DATABASE has no FORCE: a session
+    in a transaction on one of its tables would block the drop; it is ended first."""
+    import sqlalchemy
+
+    from bench.pg_soak import fresh_database
+
+    admin = sqlalchemy.make_url(mysql_url).set(database="test").render_as_string(False)
+    name = f"hpsearch_bench_test_{os.getpid()}"
+    url = fresh_database(admin, name)
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as holder:
+            holder.exec_driver_sql("CREATE TABLE t (x INT)")
+            holder.commit()
+            holder.exec_driver_sql("SELECT * FROM t")  # a metadata lock until the transaction ends
+            started = time.monotonic()
+            assert fresh_database(admin, name) == url  # ends the holder's session
+            assert time.monotonic() - started < 10
+            with contextlib.suppress(sqlalchemy.exc.DBAPIError):
+                holder.rollback()  # its server session is gone
+    finally:
+        engine.dispose()
+        admin_engine = sqlalchemy.create_engine(admin)
+        with admin_engine.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        admin_engine.dispose()
+
+
+def test_plain_workers_wait_at_the_barrier_and_mysql_times_are_microseconds(
+    tmp_path: Path, mysql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each worker's first trial waits until all are up; on MariaDB the span is measured in
+    microseconds (Optuna's DATETIME columns hold whole seconds there)."""
+    import sqlalchemy
+
+    from bench import overhead
+
+    admin = sqlalchemy.make_url(mysql_url).set(database="test").render_as_string(False)
+    name = f"hpsearch_bench_test_{os.getpid()}"
+    monkeypatch.setitem(overhead.ADMIN_URLS, "mysql", admin)
+    monkeypatch.setattr(overhead, "DATABASE", name)
+    run = overhead.Run("plain", "mysql", "random", workers=2, trials=8)
+    engine = sqlalchemy.create_engine(admin, isolation_level="AUTOCOMMIT")
+    try:
+        figures = overhead.timed_run(run, str(tmp_path), "mysql")  # raises unless 6 measured
+        assert 0 < figures["ms_per_trial"] < 1000
+        with engine.connect() as connection:
+            fractions = connection.exec_driver_sql(
+                f"SELECT MAX(MICROSECOND(datetime_start)), MAX(MICROSECOND(datetime_complete)) "
+                f"FROM {name}.trials"
+            ).one()
+        assert all(fractions), fractions
+    finally:
+        with engine.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        engine.dispose()

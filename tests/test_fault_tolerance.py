@@ -28,7 +28,7 @@ name = "{{name}}"
 objective = "digits-mlp"
 
 [budget]
-n_trials = 3
+n_trials = {{n_trials}}
 
 [sampler]
 name = "random"
@@ -58,7 +58,7 @@ log = true
 
 def _long_study(tmp_path: Path, url: str, name: str) -> str:
     path = tmp_path / "long.toml"
-    path.write_text(LONG_STUDY.format(name=name, artifacts=tmp_path / "artifacts"))
+    path.write_text(LONG_STUDY.format(name=name, artifacts=tmp_path / "artifacts", n_trials=3))
     create_study(load_spec_file(str(path)), url)
     return name
 
@@ -84,10 +84,12 @@ def _wait_for_running(
     raise AssertionError(f"no trial of {pids} reached epoch {epochs} in {timeout}s")
 
 
-def _assert_resumed(url: str, name: str, victim: FrozenTrial, at_least: int) -> None:
+def _assert_resumed(
+    url: str, name: str, victim: FrozenTrial, at_least: int, n_trials: int = 3
+) -> None:
     trials = {t.number: t for t in _trials(url, name)}
-    state = budget_state(trials.values(), 3)
-    assert state.used == 3 and state.running == 0 and state.waiting == 0, state
+    state = budget_state(trials.values(), n_trials)
+    assert state.used == n_trials and state.running == 0 and state.waiting == 0, state
     assert trials[victim.number].state == TrialState.FAIL
     assert "error" not in trials[victim.number].user_attrs  # not the objective's fault: not counted
     retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == victim.number]

@@ -8,6 +8,7 @@ failing trials in bulk.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from collections.abc import Sequence
@@ -44,7 +45,9 @@ def _check_gpus(assignments: Sequence[WorkerDevices]) -> None:
             raise HpsearchError(f"GPU {gpu} computed 2*4 ones as {value}; the device is faulty.")
 
 
-def _check_data(spec: StudySpec) -> None:
+def _check_data(spec: StudySpec, *, load_all: bool = False) -> None:
+    """Every dataset the study may use is there (downloaded when it may be). ``load_all``: load
+    the digits set too (a worker warming up caches it; the parent only checks it ships)."""
     builtin = BUILTIN_OBJECTIVES.get(spec.objective)
     if builtin is None:
         return
@@ -55,9 +58,18 @@ def _check_data(spec: StudySpec) -> None:
         choices = spec.space["dataset"].get("choices", [dataset])
     else:
         choices = [dataset]
-    from hpsearch.objectives.datasets import load_dataset
-
     for name in choices:
+        if name == "digits" and not load_all:
+            # Ships inside scikit-learn: installed is present (loading it imports scikit-learn,
+            # seconds of the command's start; the workers load it anyway).
+            if importlib.util.find_spec("sklearn") is None:
+                raise ObjectiveError(
+                    "the digits dataset ships with scikit-learn, which is not installed; "
+                    "install it (pip install scikit-learn) or choose another dataset."
+                )
+            continue
+        from hpsearch.objectives.datasets import load_dataset  # torch: only for image sets
+
         load_dataset(
             str(name),
             str(options["data_dir"]),
@@ -149,7 +161,10 @@ def _refusal(spec: StudySpec, err: ObjectiveError) -> HpsearchError:
 def check_node(spec: StudySpec, assignments: Sequence[WorkerDevices]) -> None:
     """Raise a one-line HpsearchError/ObjectiveError if this node cannot run the study's trials."""
     try:
-        load_objective(spec.objective)
+        if spec.objective not in BUILTIN_OBJECTIVES:
+            # A user's file must load here. A built-in is ours: importing it would import torch
+            # into a process that never trains (seconds, and its teardown at exit).
+            load_objective(spec.objective)
         _check_folders(spec)
         _check_data(spec)
     except ObjectiveError as err:
@@ -169,7 +184,7 @@ def warm_up(spec: StudySpec) -> None:
     if spec.objective not in BUILTIN_OBJECTIVES:
         return
     try:
-        _check_data(spec)
+        _check_data(spec, load_all=True)
     except ObjectiveError as err:
         raise _refusal(spec, err) from None
     import torch
