@@ -1,10 +1,10 @@
 """The benchmark suite: one command, a markdown table and a JSON of figures.
 
-    .venv/bin/python -m bench            # the full suite (about 14 minutes on 2 cores)
+    .venv/bin/python -m bench            # the full suite (about 45 minutes on 2 cores)
     .venv/bin/python -m bench --quick    # every section at toy sizes (under 3 minutes; CI runs it)
 
 Writes ``bench/results/latest.json`` and ``latest.md`` (``quick.*`` with --quick) and, for a full
-run, replaces the block between the markers in README.md with the new tables. Every figure is a
+run, replaces the block between the markers in docs/benchmarks.md with the new tables. Every figure is a
 ratio or a per-unit cost measured side by side in the same run (methods interleaved, medians of
 repetitions); absolute times depend on the machine and are there for scale only.
 """
@@ -27,9 +27,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+BENCHMARKS_PAGE = ROOT / "docs" / "benchmarks.md"  # holds the block a full run rewrites
 GPU_RESULTS = ROOT / "bench" / "results" / "gpu-h200.json"
 GPU_E2E = ROOT / "bench" / "results" / "gpu-h200-e2e.json"
-SECTIONS = ("overhead", "throughput", "engine", "search", "scaling", "cli", "startup")
+SECTIONS = (
+    "overhead",
+    "throughput",
+    "engine",
+    "search",
+    "curves",
+    "scaling",
+    "cli",
+    "startup",
+)
 # Targets from the benchmark issue.
 OVERHEAD_TARGET = 0.05
 SEARCH_TARGET = 0.25
@@ -62,6 +72,7 @@ def machine() -> str:
 def run_sections(sections: list[str], *, quick: bool) -> dict[str, Any]:
     from bench import (
         cli_latency,
+        curves_efficiency,
         engine_overhead,
         overhead,
         scaling,
@@ -77,6 +88,7 @@ def run_sections(sections: list[str], *, quick: bool) -> dict[str, Any]:
         ),
         "engine": lambda: engine_overhead.measure(quick=quick),
         "search": lambda: search_efficiency.measure(quick=quick),
+        "curves": lambda: curves_efficiency.measure(quick=quick),
         "scaling": lambda: scaling.measure(quick=quick),
         "cli": lambda: cli_latency.measure(quick=quick),
         "startup": lambda: startup.measure(quick=quick),
@@ -291,6 +303,35 @@ def search_md(f: dict[str, Any]) -> list[str]:
     return rows
 
 
+def curves_md(f: dict[str, Any]) -> list[str]:
+    rows = [
+        f"**Search efficiency on the learning-curve simulator** "
+        f"(`hpsearch.objectives.curves:learning_curve`, `studies/curves.toml`: "
+        f"{f['epochs_per_trial']} epochs per trial, {f['n_trials']} trials per run through "
+        f"`hpsearch run` on SQLite, {f['seeds']} seeds): epochs spent until a reported "
+        f"validation loss first reached {f['target_val_loss']}; a run that never did counts "
+        "every epoch it spent (>= where that censors the median). With several workers, the "
+        "epochs all of them had run by then (each trial's epochs spread evenly over its "
+        "duration). Medians with 95% order-statistic intervals; the ratio to the default with "
+        "a 95% bootstrap interval.",
+        "",
+        "| workers | method | median epochs to target (95%) | reached | vs default (95%) | "
+        "median epochs spent |",
+        "|---|---|---|---|---|---|",
+    ]
+    for part in f["tables"]:
+        for r in part["table"]:
+            low, high = r["median_epochs_95"]
+            ratio_low, ratio_high = r["vs_default_95"]
+            bound = ">= " if r["median_is_lower_bound"] else ""
+            rows.append(
+                f"| {part['workers']} | {r['method']} | {bound}{r['median_epochs_to_target']:g} "
+                f"({low:g}-{high:g}) | {r['reached']} | {r['vs_default']:.2f}x "
+                f"({ratio_low:.2f}-{ratio_high:.2f}) | {r['median_epochs_spent']:g} |"
+            )
+    return rows
+
+
 def scaling_md(f: dict[str, Any]) -> list[str]:
     s, c = f["median_seconds"], f["command_seconds"]
     return [
@@ -420,7 +461,7 @@ def scaling_model_md(figures: dict[str, Any]) -> list[str]:
         "connections run out: each worker holds up to 2 (pool 1 + overflow 1) and PostgreSQL "
         "allows 100 by default, so past about 45 workers (or any `max_connections` you set) "
         "put `hpsearch proxy` in front: its workers share the proxy's few connections "
-        "(README, Deploy). Coordination per trial stays roughly flat as the study grows (table "
+        "(Deploy: the gRPC proxy). Coordination per trial stays roughly flat as the study grows (table "
         "above), so the model does not depend on the study's size.",
     ]
 
@@ -438,6 +479,7 @@ def markdown(figures: dict[str, Any], *, quick: bool, command: str) -> str:
         "throughput": throughput_md,
         "engine": engine_md,
         "search": search_md,
+        "curves": curves_md,
         "scaling": scaling_md,
         "cli": cli_md,
         "startup": startup_md,
@@ -449,12 +491,12 @@ def markdown(figures: dict[str, Any], *, quick: bool, command: str) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, table: str) -> None:
-    text = readme.read_text()
+def update_docs(page: Path, table: str) -> None:
+    text = page.read_text()
     if BEGIN not in text or END not in text:
-        raise SystemExit(f"{readme}: no {BEGIN} ... {END} block to replace; add one first.")
+        raise SystemExit(f"{page}: no {BEGIN} ... {END} block to replace; add one first.")
     block = f"{BEGIN}\n{table.rstrip()}\n{END}"
-    readme.write_text(
+    page.write_text(
         re.sub(f"{re.escape(BEGIN)}.*?{re.escape(END)}", lambda _: block, text, flags=re.S)
     )
 
@@ -469,7 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output-dir", default=str(ROOT / "bench" / "results"))
     parser.add_argument(
-        "--no-readme", action="store_true", help="do not update README.md (a full run does)"
+        "--no-docs",
+        action="store_true",
+        help="do not update docs/benchmarks.md (a full run does)",
     )
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -497,8 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     stem = "quick" if args.quick else "latest"
     (output / f"{stem}.json").write_text(json.dumps(figures, indent=2) + "\n")
     (output / f"{stem}.md").write_text(table)
-    if not args.quick and not args.no_readme and sections == list(SECTIONS):
-        update_readme(ROOT / "README.md", table)
+    if not args.quick and not args.no_docs and sections == list(SECTIONS):
+        update_docs(BENCHMARKS_PAGE, table)
     print(table)
     print(
         f"wrote {output / (stem + '.json')} and {output / (stem + '.md')} in "

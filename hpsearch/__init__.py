@@ -13,32 +13,60 @@ Your own model trains through the engine (imported on first use, with torch)::
         return hpsearch.fit(trial, params, model=build, train=train_set, val=val_set,
                             loss=torch.nn.functional.mse_loss)
 
+An objective that declares ``@hpsearch.uses_engine(options=["width"])`` has its study file's
+engine options checked at ``create``, as a built-in's are.
+
 Subpackages (the repository's top-level folders): ``hpsearch.search`` (the study file, the
 worker runtime, results, the CLI), ``hpsearch.objectives`` (how one trial trains) and
-``hpsearch.storage`` (where study state lives). Importing ``hpsearch`` does not import torch.
+``hpsearch.storage`` (where study state lives). Importing ``hpsearch`` imports neither torch,
+Optuna nor SQLAlchemy: each name loads what it needs when first used.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from hpsearch.errors import HpsearchError, ObjectiveError, SpecError, StorageError
-from hpsearch.search._api import WorkersFailed, create, export, load, run, status, studies, worker
 
 if TYPE_CHECKING:
+    from hpsearch.objectives._options import uses_engine
     from hpsearch.objectives.trainer import Fitted, Metric, accuracy, fit
+    from hpsearch.search._api import (
+        WorkersFailed,
+        create,
+        export,
+        load,
+        run,
+        status,
+        studies,
+        worker,
+    )
 
-# The training engine needs torch: imported when first named, so that `import hpsearch` (and
-# every command that does not train) stays light.
-_ENGINE = ("Fitted", "Metric", "accuracy", "fit")
+# The package's face is lazy: each name is imported when first named. `import hpsearch` stays
+# light, and importing a subpackage (`hpsearch.objectives.context`, the engine in a worker) never
+# loads what another needs: the API needs Optuna's storage and SQLAlchemy, the engine torch.
+_LAZY = {
+    **dict.fromkeys(("Fitted", "Metric", "accuracy", "fit"), "hpsearch.objectives.trainer"),
+    "uses_engine": "hpsearch.objectives._options",
+    **dict.fromkeys(
+        ("WorkersFailed", "create", "export", "load", "run", "status", "studies", "worker"),
+        "hpsearch.search._api",
+    ),
+}
+_SUBPACKAGES = ("objectives", "search", "storage")
 
 
 def __getattr__(name: str) -> Any:
-    if name in _ENGINE:
-        from hpsearch.objectives import trainer
-
-        return getattr(trainer, name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"hpsearch.{name}")
     raise AttributeError(f"module 'hpsearch' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 __all__ = [
@@ -57,5 +85,6 @@ __all__ = [
     "run",
     "status",
     "studies",
+    "uses_engine",
     "worker",
 ]

@@ -14,6 +14,9 @@ REQUEUED = "hpsearch:requeued:"  # + a dead worker's trial number: its retry is 
 # Trial system attributes: the budget queue (search/runtime/_budget.py).
 SLOT = "hpsearch:slot"  # the budget slot a trial fills; a retry inherits it
 REFILL = "hpsearch:refill"  # the next batch of slots this trial's claimer enqueues
+# [trial number, evaluations it reported]: the epochs it trained (search/runtime/_compute.py). A
+# retry copies its parent's attributes: the number tells the retry's own count from the copy.
+EPOCHS = "hpsearch:epochs"
 HEARTBEAT = "hpsearch:heartbeat"  # never stored: the proxy turns its write into a heartbeat
 # Set by Optuna's RetryHeartbeatStaleTrialCallback on the retry of a dead worker's trial (the
 # failed trial's number); retries are claimed before fresh slots.
@@ -25,7 +28,19 @@ ERROR = "error"  # the objective raised: one line; such a trial used its slot
 TRACEBACK = "traceback"  # the end of the objective's traceback
 CHECKPOINT = "checkpoint"  # the trial's checkpoint file
 BATCH = "batch"  # the batch plan: micro-batch x accumulation x world size
+SEED = "seed"  # the seed the training engine trained with
 COMPRESSION = "compression"  # the compression steps applied after training
 NONFINITE_LOSS = "nonfinite_loss"  # why a trial was pruned for a NaN/inf loss
 OOM_FALLBACKS = "oom_fallbacks"  # micro-batch halvings after running out of memory
+BUDGET_STOP = "budget_stop"  # the compute budget ("epochs", "device_hours") that stopped it
 RESUMED_FROM_EPOCH = "resumed_from_epoch"  # the epoch a retried trial resumed from
+
+# The scheduler (search/runtime/_scheduler.py). A paused trial is PRUNED at its rung, with
+# system attribute PAUSED = [its own number, the rung] (a retry's copy names another number);
+# its promotion is a WAITING continuation with PROMOTED_FROM, its slot and params.
+PAUSED = "hpsearch:paused"
+PROMOTED_FROM = "hpsearch:promoted_from"  # the paused trial a continuation resumes
+PROMOTED_RUNG = "hpsearch:rung"  # the rung a continuation resumes from
+PROMOTED = "hpsearch:promoted:"  # study system attribute + "SLOT:RUNG": enqueued once
+PAUSED_AT_RUNG = "paused_at_rung"  # user attribute: what status and the dashboard show
+RESUMED_AT_RUNG = "resumed_at_rung"  # user attribute of a continuation

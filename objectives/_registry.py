@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import numbers
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +26,13 @@ from hpsearch.objectives._choices import (
     SCHEDULES,
     STRATEGIES,
 )
-from hpsearch.objectives._options import TRAINING
+from hpsearch.objectives._options import (
+    TRAINING,
+    EngineUse,
+    engine_use,
+    misnamed,
+    running_use,
+)
 
 # One value per direction, or a mapping read by the study's metric names (extra entries are kept
 # for constraints).
@@ -256,7 +264,8 @@ _LIMITS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "plateau_patience": (">= 0", lambda v: v >= 0),
     "plateau_factor": ("in (0, 1)", lambda v: 0 < v < 1),
     "val_fraction": ("in (0, 1)", lambda v: 0 < v < 1),
-    "seed": (">= 0", lambda v: v >= 0),
+    # torch seeds a generator with 64 bits.
+    "seed": (f"in [0, {2**64 - 1}]", lambda v: 0 <= v < 2**64),
     "checkpoint_every": (">= 0 (0: per epoch only)", lambda v: v >= 0),
     "loader_workers": (">= 0", lambda v: v >= 0),
     "prune_amount": ("in [0, 1)", lambda v: 0 <= v < 1),
@@ -269,13 +278,21 @@ _LIMITS: dict[str, tuple[str, Callable[[float], bool]]] = {
 }
 
 
+# What `device` may name: torch.device accepts these (and a trial's rank picks its own GPU).
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
+_DEVICES_ALLOWED = "auto, cpu, cuda, cuda:N or mps"
+# Rows in each built-in dataset's official train split, of which val_fraction validates.
+DATASET_ROWS = {"digits": 1797, "mnist": 60000, "fashion-mnist": 60000, "cifar10": 50000}
+
+
 def _check_value(key: str, value: Any, default: Any, where: str) -> None:
     """A value of the default's type (an int where a float is expected is fine) and range."""
     kind = type(default)
     if kind is bool:
         ok = isinstance(value, bool)
     elif kind in (int, float):
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        # numbers.Real: a numpy scalar handed to fit is a number too.
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
         ok = ok and (kind is float or float(value).is_integer())
     else:
         ok = isinstance(value, kind)
@@ -286,28 +303,124 @@ def _check_value(key: str, value: Any, default: Any, where: str) -> None:
     limit = _LIMITS.get(key)
     if limit is not None and not limit[1](value):
         raise ObjectiveError(f"{where}: {key} = {value!r} is out of range; it must be {limit[0]}.")
+    if key == "device" and not _DEVICE.match(value):
+        raise ObjectiveError(
+            f"{where}: device = {value!r} is not a device the engine trains on; use "
+            f"{_DEVICES_ALLOWED}.{did_you_mean(value, ['auto', 'cpu', 'cuda', 'mps'])}"
+        )
+
+
+def _reads(ref: str) -> tuple[Mapping[str, Any], EngineUse | None] | None:
+    """The options an objective reads with their defaults, and its declared use of the engine;
+    None for a user objective that does not declare it (it reads what it likes)."""
+    builtin = BUILTIN_OBJECTIVES.get(ref)
+    if builtin is not None:
+        return builtin.options, None
+    use = engine_use(load_objective(ref))
+    return (TRAINING, use) if use is not None else None
 
 
 def check_options(ref: str, options: Mapping[str, Any], *, where: str) -> None:
-    """For a built-in, refuse options it does not read, values of the wrong type or outside
-    their range, and values outside a closed set. A list is each value a search may take."""
-    builtin = BUILTIN_OBJECTIVES.get(ref)
-    if builtin is None:
-        return  # a user objective reads what it likes
+    """Refuse options the objective does not read, values of the wrong type or outside their
+    range, and values outside a closed set. A list is each value a search may take.
+
+    A built-in reads a closed set; a user objective declared with ``@hpsearch.uses_engine``
+    reads the engine's options and any name not close to one (or only the declared ones); an
+    undeclared user objective reads what it likes.
+    """
+    read = _reads(ref)
+    if read is None:
+        return
+    known, use = read
+    builtin = ref in BUILTIN_OBJECTIVES
     for key, value in options.items():
-        if key not in builtin.options:
+        if builtin and key not in known:
             raise ObjectiveError(
                 f"{where}: objective {ref!r} has no option {key!r}."
-                f"{did_you_mean(key, list(builtin.options))} "
-                f"Allowed: {', '.join(sorted(builtin.options))}."
+                f"{did_you_mean(key, list(known))} "
+                f"Allowed: {', '.join(sorted(known))}."
             )
-        allowed = builtin.choices.get(key)
-        values = value if isinstance(value, list | tuple) else [value]
-        for item in values:
-            if allowed is not None and item not in allowed:
-                raise ObjectiveError(
-                    f"{where}: {key} = {item!r} is not one of {', '.join(allowed)}."
-                    f"{did_you_mean(str(item), allowed)}"
-                )
-            if allowed is None:
-                _check_value(key, item, builtin.options[key], where)
+        problem = None if builtin else misnamed(key, use)
+        if problem is not None:
+            raise ObjectiveError(f"{where}: objective {ref!r}: {problem}")
+        if key in known:  # else the objective's own option: its values are its business
+            _check_values(key, value, known[key], where)
+
+
+def _check_values(key: str, value: Any, default: Any, where: str) -> None:
+    """One option's value, or each of a list's (the values a search may take)."""
+    allowed = _CHOICES.get(key)
+    for item in value if isinstance(value, list | tuple) else [value]:
+        if allowed is not None and item not in allowed:
+            raise ObjectiveError(
+                f"{where}: {key} = {item!r} is not one of {', '.join(allowed)}."
+                f"{did_you_mean(str(item), allowed)}"
+            )
+        if allowed is None:
+            _check_value(key, item, default, where)
+
+
+def check_engine_params(params: Mapping[str, Any], *, where: str) -> None:
+    """``fit``'s check of a trial's params before it trains: no misspelt engine option (closed
+    by the running objective's ``@hpsearch.uses_engine(options=...)``), no bad engine value."""
+    use = running_use()
+    for key, value in params.items():
+        problem = misnamed(key, use)
+        if problem is not None:
+            raise ObjectiveError(f"{where}: {problem}")
+        if key in TRAINING:
+            _check_values(key, value, TRAINING[key], where)
+
+
+def check_combinations(
+    ref: str, fixed: Mapping[str, Any], searched: Mapping[str, list[Any]], *, where: str
+) -> None:
+    """Refuse option values that each pass alone and cannot work together in any trial.
+
+    ``fixed``: ``[training]``; ``searched``: each searched option's possible values (a range's
+    bounds, or its choices). ``where`` names the study file.
+    """
+    read = _reads(ref)
+    if read is None:
+        return
+    known = read[0]
+
+    def values(key: str) -> tuple[list[Any], str]:
+        if key in searched:
+            return list(searched[key]), f"{where} [space.{key}]"
+        return [fixed.get(key, known.get(key))], f"{where} [training]"
+
+    strategies, _ = values("strategy")
+    l1, l1_where = values("l1")
+    if "fsdp" in strategies and any(isinstance(v, int | float) and v > 0 for v in l1):
+        raise ObjectiveError(
+            f'{l1_where}: l1 = {max(l1)!r} cannot train with strategy = "fsdp": l1 needs whole '
+            'weights and fsdp shards them; use l2, set l1 = 0, or strategy = "ddp".'
+        )
+    if "dataset" in known:
+        _check_batch_fits(values)
+
+
+def _check_batch_fits(values: Callable[[str], tuple[list[Any], str]]) -> None:
+    """A built-in knows its data's size: a batch larger than its training rows trains no step."""
+    datasets, _ = values("dataset")
+    fractions, _ = values("val_fraction")
+    rows = min(
+        (
+            DATASET_ROWS[str(name)] - max(1, round(DATASET_ROWS[str(name)] * float(fraction)))
+            for name in datasets
+            for fraction in fractions
+            if name in DATASET_ROWS and isinstance(fraction, int | float)
+        ),
+        default=None,
+    )
+    if rows is None:
+        return
+    batches, where = values("batch_size")
+    for batch in batches:
+        if isinstance(batch, int | float) and batch > rows:
+            raise ObjectiveError(
+                f"{where}: batch_size = {batch!r} is larger than the {rows} training rows of "
+                f"{', '.join(map(str, datasets))} (val_fraction {max(fractions)}): no step "
+                f"could train; use a batch_size of at most {rows}."
+            )

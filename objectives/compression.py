@@ -40,15 +40,10 @@ from torch.nn.utils import prune
 
 from hpsearch import attrs
 from hpsearch.objectives._choices import QUANTIZE_MODES
+from hpsearch.objectives._placement import autocast
 from hpsearch.objectives.data import TensorDataset
 from hpsearch.objectives.schedules import ScheduleConfig
-from hpsearch.objectives.trainer import (
-    TrainConfig,
-    TrialLike,
-    _autocast,
-    evaluate,
-    train_classifier,
-)
+from hpsearch.objectives.trainer import TrainConfig, TrialLike, evaluate, train_classifier
 
 # Fine-tuning restarts from trained weights: a tenth of the training learning rate, constant,
 # so that the first steps do not undo what training found.
@@ -339,7 +334,7 @@ def latency_ms(
         torch.cuda.synchronize if batch.device.type == "cuda" else (lambda: None)
     )
     times: list[float] = []
-    with _autocast(batch.device, amp):
+    with autocast(batch.device, amp):
         for index in range(warmup + repeats):
             sync()
             start = time.perf_counter()

@@ -22,6 +22,9 @@ class TrialContext:
     directions: tuple[str, ...] = ()  # "minimize" or "maximize", one per metric
     prunes: bool = False  # the study has a pruner: each evaluation must report its metric
     model_path: str | None = None  # `hpsearch train`: save the trained model's weights here
+    # A worker's trial keeps its first report of a step: a resumed run reports its checkpoint's
+    # last evaluation again (a kill may have come between the two) and asks the pruner about it.
+    report_on_resume: bool = False
 
 
 _current = TrialContext()

@@ -4,14 +4,17 @@ With ``strategy = "fsdp"`` a trial's ranks each hold a shard of every parameter,
 and its optimizer state (``torch.distributed.fsdp.fully_shard``, applied per block, then to the
 root), instead of DDP's full copy per rank. Checkpoints are sharded the same way with
 ``torch.distributed.checkpoint``: every rank writes its shard into the trial's checkpoint
-folder, and a group of another size loads it (a resumed trial may land on fewer devices).
+folder, and a group of another size loads it (a resumed trial may land on fewer devices, one
+included: a single process reads and writes the same folders, without a process group).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -91,27 +94,53 @@ def set_gradient_sync(model: nn.Module, sync: bool) -> None:
     model.set_requires_gradient_sync(sync)  # type: ignore[operator]
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+@contextlib.contextmanager
+def _quiet_single_process() -> Iterator[None]:
+    """DCP warns on every save and load without a process group that it assumes one process:
+    that is the intent here (a trial on one device), not news for the worker's log."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", module="torch")
+        yield
+
+
+def _barrier() -> None:
+    if _distributed():
+        dist.barrier()
+
+
 def save(
     path: str, model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any]
 ) -> None:
-    """Every rank writes its shard; the folder at ``path`` is replaced whole, never torn."""
+    """Every rank writes its shard; the folder at ``path`` is replaced whole, never torn.
+
+    ``model`` is sharded (every rank of the group calls this) or whole (one process, no
+    process group needed): a sharded trial retried on one device keeps writing the folder its
+    next retry, on any number of devices, resumes from.
+    """
     from torch.distributed.checkpoint import state_dict_saver
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    rank = dist.get_rank()
+    rank = dist.get_rank() if _distributed() else 0
     partial = f"{path}.partial"
     if rank == 0:
         shutil.rmtree(partial, ignore_errors=True)
         os.makedirs(partial)
-    dist.barrier()
+    _barrier()
     model_state, optimizer_state = get_state_dict(model, optimizer)
-    state_dict_saver.save(
-        {"model": model_state, "optimizer": optimizer_state}, checkpoint_id=partial
-    )
+    with _quiet_single_process():
+        state_dict_saver.save(
+            {"model": model_state, "optimizer": optimizer_state},
+            checkpoint_id=partial,
+            no_dist=not _distributed(),
+        )
     if rank == 0:
         with replacing(os.path.join(partial, META)) as meta_file:
             torch.save(meta, meta_file)
-    dist.barrier()
+    _barrier()
     if rank == 0:
         old = f"{path}.old"
         shutil.rmtree(old, ignore_errors=True)
@@ -121,7 +150,9 @@ def save(
             os.remove(path)  # a single-rank checkpoint of the same slot
         os.replace(partial, path)
         shutil.rmtree(old, ignore_errors=True)
-    dist.barrier()
+    # Every rank returns once the folder is in place: what follows (the epoch's report) may
+    # lead to a decision that resumes from it.
+    _barrier()
 
 
 def load_meta(path: str) -> dict[str, Any] | None:
@@ -134,13 +165,19 @@ def load_meta(path: str) -> dict[str, Any] | None:
 
 
 def load(path: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Load a sharded checkpoint into this group's shards, whatever group size wrote it."""
+    """Load a sharded checkpoint into this group's shards, whatever group size wrote it; or
+    into a whole model (one process, or every rank of a DDP group), which gets every shard."""
     from torch.distributed.checkpoint import state_dict_loader
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     model_state, optimizer_state = get_state_dict(model, optimizer)
     # Loaded in place: DCP fills the tensors of this group's shards, resharding as needed.
-    state_dict_loader.load({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=path)
+    with _quiet_single_process():
+        state_dict_loader.load(
+            {"model": model_state, "optimizer": optimizer_state},
+            checkpoint_id=path,
+            no_dist=not _distributed(),
+        )
     set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
 
 

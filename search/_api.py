@@ -7,23 +7,42 @@ are spawned processes that never re-run the caller's code (``runtime._launch``).
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 import optuna
 
+from hpsearch._optuna_warnings import ignore_our_experimental_warnings
 from hpsearch.attrs import ERROR
 from hpsearch.errors import HpsearchError
-from hpsearch.search._study import create_study, load_study, study_summaries
+from hpsearch.search._study import LoadedStudy, create_study, load_study, study_summaries
 from hpsearch.search.results._export import export_document
 from hpsearch.search.results._status import status_document
 from hpsearch.search.runtime._budget import budget_state
+from hpsearch.search.runtime._compute import budget_reached
+from hpsearch.search.runtime._devices import WorkerDevices
 from hpsearch.search.runtime._launch import NodeGroup, node_group
 from hpsearch.search.spec import StudySpec, load_spec_file
 from hpsearch.storage import redact_url, resolve_storage_url
 
 StudyFile = str | os.PathLike[str]
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _api(function: Callable[P, R]) -> Callable[P, R]:
+    """A public function: Optuna's experimental warnings for our own calls stay quiet (per
+    call: a ``catch_warnings`` of the caller, such as pytest's, may have dropped the filter)."""
+
+    @functools.wraps(function)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        ignore_our_experimental_warnings()
+        return function(*args, **kwargs)
+
+    return call
 
 
 def _spec(study_file: StudyFile | StudySpec) -> StudySpec:
@@ -32,6 +51,7 @@ def _spec(study_file: StudyFile | StudySpec) -> StudySpec:
     )
 
 
+@_api
 def create(study_file: StudyFile | StudySpec, *, storage: str | None = None) -> optuna.Study:
     """Create the study a study file describes (the same file again is a no-op); return it.
 
@@ -43,6 +63,7 @@ def create(study_file: StudyFile | StudySpec, *, storage: str | None = None) -> 
     return load_study(spec.name, url).study
 
 
+@_api
 def load(study: str, *, storage: str | None = None) -> optuna.Study:
     """The Optuna study ``study``, with the sampler and pruner its study file names."""
     return load_study(study, resolve_storage_url(storage)).study
@@ -54,6 +75,7 @@ def budget_used(study: optuna.Study, n_trials: int) -> bool:
     return state.used >= n_trials and state.finished
 
 
+@_api
 def run(
     study_file: StudyFile | StudySpec,
     *,
@@ -75,35 +97,45 @@ def run(
             f"Study {spec.name!r} has [resources] nodes_per_trial = "
             f"{spec.resources.nodes_per_trial}: its trials span machines, which `run` (one "
             "machine) cannot start; create it with `hpsearch create`, then start `hpsearch "
-            "worker --node-rank R --rendezvous HOST:PORT` on each node (README: Trials across nodes)."
+            "worker --node-rank R --rendezvous HOST:PORT` on each node (docs/deploy.md: Trials across nodes)."
         )
     url = resolve_storage_url(storage)
-    result = create_study(spec, url)
-    if progress:
-        verb = "created" if result.created else "resuming"
-        print(f"{verb} study {spec.name!r} in {redact_url(url)}", file=sys.stderr)
-    loaded = load_study(spec.name, url)
-    if budget_used(loaded.study, spec.n_trials):
-        if progress:
-            print(
-                f"the budget of {spec.n_trials} trial(s) is used: no worker started",
-                file=sys.stderr,
-            )
-        return loaded.study
-    _run_workers(
+    from hpsearch.search.runtime._node import NodeWorkers
+
+    # The workers start first: a spawned worker's imports (torch's seconds among them) overlap
+    # the study's creation and the node's checks; they touch the database only once let in.
+    assignments = _assignments(spec, workers, gpus, devices_per_trial, spec.resources.workers)
+    with NodeWorkers(
         spec.name,
         url,
+        assignments=assignments,
         spec=spec,
-        workers=workers,
-        default_workers=spec.resources.workers,
-        gpus=gpus,
-        devices_per_trial=devices_per_trial,
-        timeout=timeout,
-        progress=progress,
-    )
+        timeout=timeout if timeout is not None else spec.timeout,
+        show_progress=progress,
+    ) as node:
+        result = create_study(spec, url)
+        if progress:
+            verb = "created" if result.created else "resuming"
+            print(f"{verb} study {spec.name!r} in {redact_url(url)}", file=sys.stderr)
+        # The study is loaded once, on the database create_study opened.
+        loaded = load_study(spec.name, url, storage=result.storage)
+        if budget_used(loaded.study, spec.n_trials):
+            if progress:
+                print(
+                    f"the budget of {spec.n_trials} trial(s) is used: no worker started",
+                    file=sys.stderr,
+                )
+            return loaded.study
+        unit = budget_reached(loaded.study.get_trials(deepcopy=False), spec)
+        if unit is not None:
+            if progress:
+                print(f"the study's {unit} budget is spent: no worker started", file=sys.stderr)
+            return loaded.study
+        _finish(loaded, node.run(loaded))
     return loaded.study
 
 
+@_api
 def worker(
     study: str,
     *,
@@ -131,35 +163,33 @@ def worker(
         rendezvous=rendezvous,
         workers=workers,
     )
-    _run_workers(
+    from hpsearch.search.runtime._node import NodeWorkers
+
+    assignments = _assignments(loaded.spec, workers, gpus, devices_per_trial, 1, group=group)
+    with NodeWorkers(
         study,
         url,
+        assignments=assignments,
         spec=loaded.spec,
-        workers=workers,
-        default_workers=1,
-        gpus=gpus,
-        devices_per_trial=devices_per_trial,
-        timeout=timeout,
-        progress=progress,
+        timeout=timeout if timeout is not None else loaded.spec.timeout,
+        show_progress=progress,
         group=group,
-    )
+    ) as node:
+        _finish(loaded, node.run(loaded))
     return loaded.study
 
 
-def _run_workers(
-    study: str,
-    url: str,
-    *,
+def _assignments(
     spec: StudySpec,
     workers: int | None,
-    default_workers: int,
     gpus: str | None,
     devices_per_trial: int | None,
-    timeout: float | None,
-    progress: bool,
+    default_workers: int,
+    *,
     group: NodeGroup | None = None,
-) -> None:
-    from hpsearch.search.runtime._node import node_assignments, run_node
+) -> list[WorkerDevices]:
+    """This node's workers and their devices, from the options and the study's resources."""
+    from hpsearch.search.runtime._node import node_assignments
 
     assignments = node_assignments(
         gpus=gpus,
@@ -184,23 +214,20 @@ def _run_workers(
             spec_ranks=spec.resources.devices_per_trial,
             default_workers=1,
         )
-    code = run_node(
-        study,
-        url,
-        assignments=assignments,
-        timeout=timeout if timeout is not None else spec.timeout,
-        show_progress=progress,
-        group=group,
-    )
+    return assignments
+
+
+def _finish(loaded: LoadedStudy, code: int) -> None:
+    """After the workers ended: their failure, or a study whose every trial failed, is an error."""
     if code != 0:
         raise WorkersFailed(code)
-    _check_some_trial_completed(study, url)
+    _check_some_trial_completed(loaded)
 
 
-def _check_some_trial_completed(study: str, url: str) -> None:
+def _check_some_trial_completed(loaded: LoadedStudy) -> None:
     """A study whose every finished trial failed did not search anything: say so, in one line,
     with the error, rather than a summary that advises running more workers."""
-    loaded = load_study(study, url)
+    study = loaded.spec.name
     trials = loaded.study.get_trials(deepcopy=False)
     state = budget_state(trials, loaded.spec.n_trials)
     if state.complete or state.pruned or not state.failed:
@@ -224,12 +251,14 @@ class WorkersFailed(HpsearchError):
         self.code = code
 
 
+@_api
 def status(study: str, *, storage: str | None = None) -> dict[str, Any]:
     """The status document (the schema of ``hpsearch status --json``)."""
     loaded = load_study(study, resolve_storage_url(storage))
     return status_document(loaded.study, loaded.spec)
 
 
+@_api
 def export(study: str, *, storage: str | None = None, top: int | None = None) -> dict[str, Any]:
     """The export document: the best configuration (or the Pareto front), as ``hpsearch export``
     writes it; ``top`` also lists the K best trials."""
@@ -237,6 +266,7 @@ def export(study: str, *, storage: str | None = None, top: int | None = None) ->
     return export_document(loaded.study, loaded.spec, top=top)
 
 
+@_api
 def studies(*, storage: str | None = None) -> list[dict[str, Any]]:
     """One row per study in the storage: name, objective, budget, trials by state, best value."""
     return study_summaries(resolve_storage_url(storage))

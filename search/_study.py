@@ -16,7 +16,12 @@ from hpsearch.search.runtime._budget import enqueue_first_batch
 from hpsearch.search.spec._constraints import is_feasible
 from hpsearch.search.spec._note import save_spec_note
 from hpsearch.search.spec._samplers import build_pruner, build_sampler
-from hpsearch.search.spec._study_file import StudySpec, spec_differences
+from hpsearch.search.spec._study_file import (
+    NODE_RESOURCES,
+    StudySpec,
+    spec_differences,
+    study_resource_differences,
+)
 from hpsearch.storage import (
     MissingSchemaError,
     StorageSettings,
@@ -49,6 +54,8 @@ def settings_from(spec: StudySpec) -> StorageSettings:
 class CreateResult:
     spec: StudySpec
     created: bool  # False: the same spec was already there (a no-op)
+    # The open database: `run` loads the study on it rather than opening the database again.
+    storage: optuna.storages.RDBStorage
 
 
 def create_study(spec: StudySpec, url: str) -> CreateResult:
@@ -73,7 +80,16 @@ def create_study(spec: StudySpec, url: str) -> CreateResult:
                     f"({'; '.join(diffs[:5])}); rename the study in the file, or delete the old one "
                     f"with `optuna delete-study --study-name {spec.name} --storage URL`."
                 ) from None
-            return CreateResult(existing, created=False)
+            changed = study_resource_differences(existing, spec)
+            if changed:
+                raise HpsearchError(
+                    f"Study {spec.name!r} already exists in {redact_url(url)} with [resources] "
+                    f"{'; '.join(changed)}: these settings are the study's, read by every "
+                    f"worker on every node, and stay as stored (only {' and '.join(NODE_RESOURCES)} "
+                    "are this machine's); put the stored values back in the study file, or give "
+                    "the study a new [study].name."
+                ) from None
+            return CreateResult(existing, created=False, storage=storage)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -86,7 +102,7 @@ def create_study(spec: StudySpec, url: str) -> CreateResult:
             # Leave no half-made study behind.
             optuna.delete_study(study_name=spec.name, storage=storage)
             raise
-    return CreateResult(spec, created=True)
+    return CreateResult(spec, created=True, storage=storage)
 
 
 def _stored_spec(storage: optuna.storages.BaseStorage, name: str, url: str) -> StudySpec:
@@ -110,14 +126,19 @@ class LoadedStudy:
     storage: WorkerStorage  # the database, or an `hpsearch proxy` (grpc://HOST:PORT) before it
 
 
-def load_study(name: str, url: str) -> LoadedStudy:
+def load_study(
+    name: str, url: str, *, storage: WorkerStorage | None = None, schema_checked: bool = False
+) -> LoadedStudy:
     """Load an existing hpsearch study with the sampler and pruner its spec names.
 
     A worker reseeds the sampler for each trial from the study's seed and the trial's slot
     (runtime/_budget.py ``slot_seed``), so the seed here matters only outside workers.
+    ``storage``: the database of ``url`` already open (``create_study``'s); by default it is
+    opened here (``schema_checked``: as ``open_storage``).
     """
     try:
-        storage = open_worker_storage(url)
+        if storage is None:
+            storage = open_worker_storage(url, schema_checked=schema_checked)
     except MissingSchemaError:
         raise HpsearchError(
             f"Study {name!r} not found in {redact_url(url)} (the storage holds no studies); "

@@ -14,6 +14,7 @@ from hpsearch.storage._artifacts import (
     open_object_store,
     parse_object_url,
 )
+from hpsearch.storage._hot_path import HotPath, hot_path_of
 from hpsearch.storage._proxy import (
     ProxyStorage,
     WorkerStorage,
@@ -26,6 +27,7 @@ from hpsearch.storage._rdb import (
     StorageSettings,
     create_schema,
     describe_driver_error,
+    import_storage_modules,
     open_storage,
     translate_errors,
 )
@@ -40,6 +42,7 @@ from hpsearch.storage._url import (
 __all__ = [
     "DEFAULT_STORAGE_URL",
     "ENV_VAR",
+    "HotPath",
     "MissingSchemaError",
     "ObjectLocation",
     "ObjectStore",
@@ -52,6 +55,8 @@ __all__ = [
     "close_storage",
     "create_schema",
     "describe_driver_error",
+    "hot_path_of",
+    "import_storage_modules",
     "is_object_store_url",
     "is_proxy_url",
     "open_object_store",

@@ -13,15 +13,20 @@ use S3 do not load it (it is the optional extra ``hpsearch[s3]``).
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
 import re
-from collections.abc import Iterator
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import urlsplit
 
 from hpsearch.errors import StorageError
-from hpsearch.files import replacing
 from hpsearch.storage._url import redact_text
 
 SCHEME = "s3://"
@@ -33,6 +38,9 @@ _SECRET_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _FORM = "s3://BUCKET or s3://BUCKET/PREFIX"
 _NOT_FOUND = ("404", "NoSuchKey", "NotFound")
+# A folder (a sharded checkpoint) is stored as a manifest object naming one version's files.
+_FOLDER_FORMAT = "hpsearch-folder/1"
+_MANIFEST_START = b'{"format": "hpsearch-folder/'
 
 
 def is_object_store_url(location: str) -> bool:
@@ -198,23 +206,76 @@ class ObjectStore:
         return True
 
     def download(self, key: str, local_path: str) -> bool:
-        """Fetch the object into ``local_path`` (replaced whole); False if there is no object."""
-        from botocore.exceptions import ClientError
+        """Fetch the object into ``local_path`` (replaced whole); False if there is no object.
 
+        An object that is a folder's manifest (see ``upload_folder``) becomes that folder, with
+        the files of the one version it names.
+        """
         if not self.exists(key):
             return False
-        os.makedirs(os.path.dirname(os.path.abspath(local_path)), exist_ok=True)
+        parent = os.path.dirname(os.path.abspath(local_path))
+        os.makedirs(parent, exist_ok=True)
+        # Two tries more: a manifest read just before two new versions replaced it names files
+        # that are gone; reading it again finds the newest.
+        for _ in range(3):
+            with tempfile.TemporaryDirectory(dir=parent, prefix=".download-") as scratch:
+                fetched = os.path.join(scratch, "object")
+                if not self._get(key, fetched):
+                    return False  # deleted between the look-up and the download
+                manifest = _manifest(fetched)
+                if manifest is None:
+                    _replace_whole(fetched, local_path)
+                    return True
+                folder = os.path.join(scratch, "folder")
+                if self._get_folder(key, manifest, folder):
+                    _replace_whole(folder, local_path)
+                    return True
+        raise StorageError(
+            f"S3 folder {self.location.url(key)} kept changing while it was downloaded; "
+            "try again once its writer has stopped."
+        )
+
+    def _get(self, key: str, local_path: str) -> bool:
+        from botocore.exceptions import ClientError
+
         with self._translate("download", key):
             try:
-                with replacing(local_path) as partial:
-                    self._client.download_file(
-                        self.location.bucket, self.location.key(key), partial
-                    )
+                self._client.download_file(self.location.bucket, self.location.key(key), local_path)
             except ClientError as err:
-                if _not_found(err):  # deleted between the look-up and the download
+                if _not_found(err):
                     return False
                 raise
         return True
+
+    def _get_folder(self, key: str, manifest: dict[str, Any], folder: str) -> bool:
+        """The files of the manifest's version into ``folder``; False if one is gone."""
+        versions = _versions_folder(key)
+        for name in manifest["files"]:
+            local = os.path.join(folder, *name.split("/"))
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            if not self._get(f"{versions}/{manifest['version']}/{name}", local):
+                return False
+        return True
+
+    def upload_folder(self, files: Mapping[str, IO[bytes]], key: str) -> None:
+        """Store a folder (its files by '/'-separated relative path, open) as the object ``key``.
+
+        Readers see one version whole, never a mix of two: the files go under a new version
+        (``KEY.versions/VERSION/``), then the small manifest at ``key`` flips to it in one PUT.
+        Versions but this one and the one before it are deleted: a reader that read the
+        previous manifest still finds its files.
+        """
+        version = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"  # sorts by time of writing
+        versions = _versions_folder(key)
+        for name, handle in sorted(files.items()):
+            self.upload_fileobj(handle, f"{versions}/{version}/{name}")
+        manifest = {"format": _FOLDER_FORMAT, "version": version, "files": sorted(files)}
+        self.upload_fileobj(io.BytesIO(json.dumps(manifest).encode()), key)
+        stored = self.keys(versions)
+        named = sorted({_version_of(k, versions) for k in stored} - {version})
+        doomed = set(named[:-1])  # all but the newest other version
+        if doomed:
+            self.delete([k for k in stored if _version_of(k, versions) in doomed])
 
     def upload(self, local_path: str, key: str) -> None:
         """Store the file as the object ``key`` (objects appear whole: never half of one).
@@ -267,6 +328,46 @@ class ObjectStore:
 
         inner = optuna.artifacts.Boto3ArtifactStore(self.location.bucket, client=self._client)
         return PrefixedArtifactStore(inner, self.location.child(prefix).prefix, self)
+
+
+def _versions_folder(key: str) -> str:
+    """Where the versions of the folder stored as ``key`` live (beside it, not under it)."""
+    return f"{key}.versions"
+
+
+def _version_of(key: str, versions: str) -> str:
+    return key[len(versions) + 1 :].split("/")[0]
+
+
+def _manifest(path: str) -> dict[str, Any] | None:
+    """The folder manifest in the file at ``path``, or None if it holds anything else."""
+    with open(path, "rb") as handle:
+        head = handle.read(len(_MANIFEST_START))
+        if head != _MANIFEST_START:
+            return None
+        handle.seek(0)
+        try:
+            manifest: dict[str, Any] = json.loads(handle.read())
+        except ValueError:
+            return None
+    return manifest if manifest.get("format") == _FOLDER_FORMAT else None
+
+
+def _replace_whole(source: str, target: str) -> None:
+    """Put ``source`` (a file or a folder) at ``target``, whatever is there now.
+
+    A folder cannot be replaced in one step: the old one is moved aside, then removed.
+    """
+    if os.path.isdir(target):
+        aside = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(target)), prefix=".old-")
+        os.replace(target, os.path.join(aside, "old"))
+        os.replace(source, target)
+        shutil.rmtree(aside, ignore_errors=True)
+    elif os.path.isdir(source) and os.path.exists(target):
+        os.remove(target)
+        os.replace(source, target)
+    else:
+        os.replace(source, target)
 
 
 def _not_found(err: Any) -> bool:

@@ -5,19 +5,20 @@ Every check reads; none writes (a missing SQLite file is not created, the schema
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy
-import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
 from hpsearch.errors import StorageError
 from hpsearch.storage._optuna_internals import alembic_folder
-from hpsearch.storage._rdb import describe_driver_error, open_storage, translate_errors
+from hpsearch.storage._rdb import open_storage, translate_errors
 from hpsearch.storage._url import dialect_of, is_proxy_url, proxy_address, redact_url
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
@@ -30,7 +31,7 @@ CONNECTIONS_PER_NODE = 1
 SQLITE_MAX_WORKERS = 4
 # Past this many workers `db check` recommends `hpsearch proxy`: 9 direct workers hold 2 x 9 + 1 = 19
 # connections, more than the proxy's ceiling (16 serving threads + 2 overflow), and at 4 workers
-# the proxy cost no throughput (bench/proxy_vs_direct.py: 1.36x direct; README, "Deploy").
+# the proxy cost no throughput (bench/proxy_vs_direct.py: 1.36x direct; docs/deploy.md).
 PROXY_THRESHOLD = 8
 # Filesystems on which SQLite's POSIX locks are unreliable (SQLite FAQ, "Can multiple
 # applications access the same database file at once?").
@@ -121,14 +122,11 @@ def _sqlite_checks(url: str, workers: int, mounts: str | None) -> list[Check]:
     checks.append(
         Check("server", OK, f"SQLite {sqlite3.sqlite_version} (file {os.path.abspath(database)})")
     )
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     try:
-        with engine.connect() as connection:
+        with _connection(url) as connection:
             checks.append(_schema_check(connection, url))
-    except sqlalchemy.exc.SQLAlchemyError as err:
-        checks.append(Check("schema", FAIL, describe_driver_error(url, err)))
-    finally:
-        engine.dispose()
+    except StorageError as err:
+        checks.append(Check("schema", FAIL, str(err)))
     point, fstype = mount_of(database, _read_mounts() if mounts is None else mounts)
     if fstype in NETWORK_FILESYSTEMS or fstype.startswith("nfs"):
         checks.append(
@@ -271,23 +269,36 @@ def _proxy_check(workers: int) -> Check:
     )
 
 
+@contextlib.contextmanager
+def _connection(url: str, **engine_kwargs: Any) -> Iterator[sqlalchemy.Connection]:
+    """One connection, no pool; an unknown dialect, a missing driver, a refused option or a
+    failed query is a StorageError (storage/_rdb.py's translate_errors, the URL redacted)."""
+    engine: sqlalchemy.Engine | None = None
+    try:
+        with translate_errors(url, connecting=True):
+            engine = sqlalchemy.create_engine(
+                url, poolclass=sqlalchemy.pool.NullPool, **engine_kwargs
+            )
+            connection = engine.connect()
+        with translate_errors(url), connection:
+            yield connection
+    finally:
+        if engine is not None:
+            engine.dispose()
+
+
 def _server_checks(url: str, workers: int, nodes: int) -> list[Check]:
     dialect = dialect_of(url)
-    engine = sqlalchemy.create_engine(
-        url, poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": 10}
-    )
     try:
-        with engine.connect() as connection:
+        with _connection(url, connect_args={"connect_timeout": 10}) as connection:
             checks = [
                 Check("server", OK, f"{_server_version(connection, dialect)} at {redact_url(url)}")
             ]
             checks.append(_schema_check(connection, url))
             limit, reserved, in_use = _connection_limits(connection, dialect)
             checks.append(_connections_check(limit, reserved, in_use, workers=workers, nodes=nodes))
-    except sqlalchemy.exc.SQLAlchemyError as err:
-        return [Check("server", FAIL, describe_driver_error(url, err))]
-    finally:
-        engine.dispose()
+    except StorageError as err:
+        return [Check("server", FAIL, str(err))]
     checks.append(_proxy_check(workers))
     return checks
 
@@ -346,10 +357,11 @@ def upgrade_schema(url: str) -> tuple[str, str]:
             "exist; nothing to upgrade: check --storage, or create a study there first with "
             "`hpsearch create STUDY.toml`."
         )
-    with translate_errors(url):
+    with translate_errors(url, connecting=True):
         storage = optuna.storages.RDBStorage(
             url, skip_compatibility_check=True, skip_table_creation=True
         )
+    with translate_errors(url):
         try:
             before = storage.get_current_version()
             if before != storage.get_head_version():

@@ -15,8 +15,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import optuna
 import sqlalchemy
@@ -29,6 +29,38 @@ from hpsearch.storage._optuna_internals import rdb_models
 # An execution option: a transaction that only reads (on SQLite it begins DEFERRED, not
 # IMMEDIATE; storage/_rdb.py).
 READ_ONLY = "hpsearch_read_only"
+
+
+@runtime_checkable
+class HotPath(Protocol):
+    """A storage with the worker's fast path: the calls below in one transaction each.
+    ``ResilientRDBStorage`` implements it; the worker runtime falls back to Optuna's own calls
+    on any other storage (an ``hpsearch proxy``, a journal)."""
+
+    def claim_trial(
+        self, trial_id: int, user_attrs: Callable[[Mapping[str, Any]], Mapping[str, Any]]
+    ) -> FrozenTrial | None:
+        """Claim a WAITING trial (RUNNING, its user attributes, its first heartbeat); None if
+        another worker was first."""
+        ...
+
+    def waiting_trial_ids(self, study_id: int, limit: int) -> list[int]:
+        """The study's WAITING trial ids in claim order, at most ``limit``."""
+        ...
+
+    def enqueue_once(self, study_id: int, key: str, trials: Sequence[FrozenTrial]) -> bool:
+        """Add ``trials`` and set the study system attribute ``key`` together, unless ``key``
+        is set already; whether they were added."""
+        ...
+
+    def finish_with_user_attrs(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
+        """Write ``attrs`` on the trial in the transaction that finishes it."""
+        ...
+
+
+def hot_path_of(storage: object) -> HotPath | None:
+    """``storage`` when it has the fast path, else None."""
+    return storage if isinstance(storage, HotPath) else None
 
 
 @functools.cache
@@ -363,14 +395,16 @@ def add_waiting_trials(
             connection.execute(t[kind].insert(), batch)
 
 
-def waiting_trial_ids(connection: Connection, study_id: int, first: str, limit: int) -> list[int]:
-    """The ids of the study's WAITING trials: those with system attribute ``first`` first, then
-    by id."""
+def waiting_trial_ids(
+    connection: Connection, study_id: int, first: Sequence[str], limit: int
+) -> list[int]:
+    """The ids of the study's WAITING trials: those with one of the system attributes ``first``
+    first, then by id."""
     t = _tables()
     trials, system = t["trials"], t["system"]
     marked = (
         sqlalchemy.select(system.c.trial_id)
-        .where(system.c.trial_id == trials.c.trial_id, system.c.key == first)
+        .where(system.c.trial_id == trials.c.trial_id, system.c.key.in_(first))
         .exists()
     )
     return list(

@@ -61,7 +61,7 @@ class ProxyStorage(GrpcStorageProxy):
         except ConnectionError:
             self.close()
             raise StorageError(
-                f"Cannot reach the hpsearch proxy at {url} within "
+                f"Cannot reach the hpsearch proxy at {redact_url(url)} within "
                 f"{self._settings.connect_timeout}s; check that `hpsearch proxy --storage DB_URL "
                 f"--host HOST --port {port}` runs there and that the port is open."
             ) from None
@@ -105,7 +105,7 @@ def open_proxy_backend(
     engine_kwargs = _engine_kwargs(url, settings)
     if dialect_of(url) != "sqlite":
         engine_kwargs.update(pool_size=threads, max_overflow=2)
-    with translate_errors(url), warnings.catch_warnings():
+    with translate_errors(url, connecting=True), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         backend = _HeartbeatRelayStorage(
             url,
@@ -144,11 +144,14 @@ def start_proxy_server(
 WorkerStorage: TypeAlias = optuna.storages.RDBStorage | ProxyStorage
 
 
-def open_worker_storage(url: str, *, settings: StorageSettings | None = None) -> WorkerStorage:
-    """``grpc://HOST:PORT`` reaches an ``hpsearch proxy``; any other URL the database directly."""
+def open_worker_storage(
+    url: str, *, settings: StorageSettings | None = None, schema_checked: bool = False
+) -> WorkerStorage:
+    """``grpc://HOST:PORT`` reaches an ``hpsearch proxy``; any other URL the database directly
+    (``schema_checked``: as ``open_storage``)."""
     if is_proxy_url(url):
         return ProxyStorage(url, settings=settings)
-    return open_storage(url, settings=settings)
+    return open_storage(url, settings=settings, schema_checked=schema_checked)
 
 
 def apply_worker_settings(storage: WorkerStorage, settings: StorageSettings) -> None:

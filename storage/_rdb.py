@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import warnings
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import sqlalchemy
 import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
-from hpsearch.errors import MissingSchemaError, StorageError
+from hpsearch.errors import HpsearchError, MissingSchemaError, StorageError
 from hpsearch.storage._hot_path import READ_ONLY
 from hpsearch.storage._resilient import ResilientRDBStorage
 from hpsearch.storage._url import ENV_VAR, dialect_of, is_proxy_url, redact_text, redact_url
@@ -108,11 +109,14 @@ def open_storage(
     *,
     settings: StorageSettings | None = None,
     create_tables: bool = False,
+    schema_checked: bool = False,
 ) -> optuna.storages.RDBStorage:
     """An RDBStorage with heartbeats and stale-trial retry.
 
     Only ``hpsearch create`` passes ``create_tables=True``: many workers creating the schema at
-    once race each other, so workers only load.
+    once race each other, so workers only load. ``schema_checked``: the process that started
+    this one has just checked the schema's version; Optuna's check (a third of a second of
+    reading Alembic's scripts) is skipped.
     """
     if is_proxy_url(url):
         raise StorageError(
@@ -125,7 +129,7 @@ def open_storage(
     if sqlite:
         # Only creating the schema may create the file; every other caller reads a study.
         _check_sqlite_path(url, must_exist=not create_tables)
-    with translate_errors(url), warnings.catch_warnings():
+    with translate_errors(url, connecting=True), warnings.catch_warnings():
         # Heartbeats are marked experimental in Optuna; hpsearch relies on them deliberately.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = ResilientRDBStorage(
@@ -135,6 +139,7 @@ def open_storage(
             grace_period=settings.grace_period,
             heartbeat_stale_trial_callback=retry_callback(settings),
             skip_table_creation=not create_tables,
+            skip_compatibility_check=schema_checked,
         )
     storage.outage_timeout = settings.outage_timeout
     if sqlite:
@@ -163,6 +168,23 @@ def _serialize_sqlite_transactions(engine: sqlalchemy.engine.Engine) -> None:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     engine.dispose()  # connections opened before the listeners existed are dropped
+
+
+def import_storage_modules(url: str) -> None:
+    """Import what opening the storage of ``url`` imports on first use: Optuna's table models,
+    Alembic's migration modules (Optuna checks the schema's version with them) and the
+    dialect's driver.
+
+    A worker that waits for its parent's go (``search.runtime._launch.Gate``) does it
+    meanwhile. What fails here (a driver not installed, a malformed URL) fails again, and is
+    reported in one line, where the storage is opened.
+    """
+    if is_proxy_url(url):
+        return
+    with contextlib.suppress(Exception):
+        for module in ("optuna.storages._rdb.models", "alembic.migration", "alembic.script"):
+            importlib.import_module(module)
+        make_url(url).get_dialect().import_dbapi()
 
 
 def create_schema(
@@ -236,7 +258,27 @@ def describe_driver_error(url: str, err: BaseException) -> str:
         )
     if isinstance(err, sqlalchemy.exc.ArgumentError):
         return f"Malformed storage URL {where} ({first_line}); expected one of: {SUPPORTED}."
+    if isinstance(err, _DRIVER_OPTION_ERRORS):
+        return (
+            f"The database driver refused the options of storage URL {where} "
+            f"({type(err).__name__}: {first_line}); check the value of each query parameter "
+            f"({', '.join(_query_keys(url)) or 'none given'}): a misspelt name or value, a "
+            "file that is not there."
+        )
     return f"Storage error at {where}: {type(err).__name__}: {first_line}"
+
+
+# What a driver's connect raises, instead of a DBAPI error, for a query parameter it cannot use:
+# pymysql ``charset=nope`` (AttributeError), ``ssl_ca=/missing`` (FileNotFoundError),
+# ``read_timeout=abc`` (ValueError); sqlite3 ``timeout=abc`` (TypeError).
+_DRIVER_OPTION_ERRORS = (TypeError, ValueError, AttributeError, LookupError, OSError)
+
+
+def _query_keys(url: str) -> list[str]:
+    try:
+        return sorted(make_url(url).query)
+    except (sqlalchemy.exc.ArgumentError, ValueError, TypeError):
+        return []
 
 
 def _root_cause(err: BaseException) -> BaseException:
@@ -250,11 +292,16 @@ def _root_cause(err: BaseException) -> BaseException:
 
 
 @contextlib.contextmanager
-def translate_errors(url: str) -> Iterator[None]:
-    """Turn SQLAlchemy, driver and Optuna storage errors into one StorageError (URL redacted)."""
+def translate_errors(url: str, *, connecting: bool = False) -> Iterator[None]:
+    """Turn SQLAlchemy, driver and Optuna storage errors into one StorageError (URL redacted).
+
+    ``connecting``: the block creates an engine and opens its first connection, where a driver
+    refuses a malformed query parameter with a plain Python error (TypeError, ValueError, ...);
+    elsewhere such an error is a bug and keeps its traceback.
+    """
     try:
         yield
-    except StorageError:
+    except HpsearchError:
         raise
     except (
         sqlalchemy.exc.SQLAlchemyError,
@@ -266,3 +313,7 @@ def translate_errors(url: str) -> Iterator[None]:
         if _is_missing_schema(cause):
             raise MissingSchemaError(message) from None
         raise StorageError(message) from None
+    except _DRIVER_OPTION_ERRORS as err:
+        if not connecting:
+            raise
+        raise StorageError(describe_driver_error(url, err)) from None

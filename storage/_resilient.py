@@ -24,7 +24,7 @@ import sqlalchemy.exc
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.attrs import REQUEUED, RETRY_OF
+from hpsearch.attrs import PROMOTED_FROM, REQUEUED, RETRY_OF
 from hpsearch.errors import StorageError
 from hpsearch.storage import _hot_path as hot_path
 from hpsearch.storage._hot_path import READ_ONLY
@@ -100,7 +100,7 @@ def is_connection_error(err: BaseException) -> bool:
     return False
 
 
-class ResilientRDBStorage(optuna.storages.RDBStorage):
+class ResilientRDBStorage(optuna.storages.RDBStorage, hot_path.HotPath):
     outage_timeout: float = 300.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -317,14 +317,15 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
 
     def waiting_trial_ids(self, study_id: int, limit: int) -> list[int]:
         """The ids of the study's WAITING trials in the order workers claim them: retries of
-        trials whose worker died first (their checkpoints wait), then the oldest slots.
+        trials whose worker died and promoted configurations first (their checkpoints wait), then
+        the oldest slots.
 
         One indexed query for ids alone. Going through Optuna's trial reads instead would build
         every unfinished trial (params, attributes, reports) on each claim.
         """
         return self._read(
             "waiting_trial_ids",
-            lambda c: hot_path.waiting_trial_ids(c, study_id, RETRY_OF, limit),
+            lambda c: hot_path.waiting_trial_ids(c, study_id, (RETRY_OF, PROMOTED_FROM), limit),
         )
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:

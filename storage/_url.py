@@ -29,7 +29,7 @@ def resolve_storage_url(cli_value: str | None) -> str:
 _SECRET_KEY = re.compile(r"pass|pwd|secret|token|key|credential", re.IGNORECASE)
 # KEY=VALUE with a secret-looking KEY, anywhere in a string (a query string, a DSN, a message).
 _SECRET_PAIR = re.compile(
-    r"(?P<key>[\w.-]*(?:pass|pwd|secret|token|key|credential)[\w.-]*)(?P<eq>\s*=\s*)"
+    r"(?P<key>[\w.-]*(?:pass|pwd|secret|token|key|credential)[\w.-]*)(?P<eq>\s*(?:=|%3D)\s*)"
     r"(?P<value>[^&;\s'\"#]*)",
     re.IGNORECASE,
 )
@@ -79,8 +79,10 @@ def redact_url(url: str) -> str:
         # An unescaped '@' in the password: SQLAlchemy took part of it for the host.
         return _redact_unparsed(url)
     shown = parsed.set(query={}).render_as_string(hide_password=True)
+    # A value may nest its own secret: libpq's ``options=-c password=...``.
     pairs = [
-        f"{quote_plus(key)}={REDACTED if _is_secret_key(key) else quote_plus(value)}"
+        f"{quote_plus(key)}="
+        f"{REDACTED if _is_secret_key(key) else quote_plus(_redact_pairs(value), safe='*')}"
         for key in sorted(parsed.query)
         for value in _query_values(parsed.query[key])
     ]
@@ -99,8 +101,10 @@ def url_secrets(url: str) -> set[str]:
         if parsed.password is not None:
             found.add(str(parsed.password))
         for key, value in parsed.query.items():
+            values = _query_values(value)
             if _is_secret_key(key):
-                found.update(_query_values(value))
+                found.update(values)
+            found.update(m["value"] for v in values for m in _SECRET_PAIR.finditer(v))
     rest = url.partition("//")[2] or url
     if (parsed is None or "@" in (parsed.host or "")) and "@" in rest:
         # Not parsed, or an unescaped '@' in the password: its text form is user:PASSWORD@

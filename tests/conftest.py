@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import textwrap
 import time
+import tomllib
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -21,6 +21,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy
+
+from ._support import free_port as free_port
+from ._support import study_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DB = f"hpsearch_test_{os.getpid()}"
@@ -110,7 +113,8 @@ FLAKY = textwrap.dedent(
 
 @pytest.fixture
 def write_study(tmp_path: Path, study_name: str) -> Iterator[object]:
-    """Write a study file (and the example objectives beside it); return its path."""
+    """Write a study file (and the example objectives beside it); return its path. ``pruner``
+    is the [pruner] table's body; ``extra_space`` and ``body`` are TOML appended after it."""
     (tmp_path / "quadratic.py").write_text(QUADRATIC)
     (tmp_path / "flaky.py").write_text(FLAKY)
 
@@ -124,36 +128,16 @@ def write_study(tmp_path: Path, study_name: str) -> Iterator[object]:
         extra_space: str = "",
         pruner: str = 'name = "none"',
     ) -> Path:
-        text = (
-            textwrap.dedent(
-                f"""
-            [study]
-            name = "{name or study_name}"
-            objective = "{objective}"
-            direction = "minimize"
-            metric = "loss"
-
-            [budget]
-            n_trials = {n_trials}
-
-            [sampler]
-            name = "tpe"
-            seed = 3
-
-            [pruner]
-            {pruner}
-
-            [space.x]
-            type = "float"
-            low = -10.0
-            high = 10.0
-            """
-            )
-            + textwrap.dedent(extra_space)
-            + textwrap.dedent(body)
+        text = study_toml(
+            name=name or study_name,
+            objective=objective,
+            n_trials=n_trials,
+            metric="loss",
+            sampler={"name": "tpe", "seed": 3},
+            pruner=tomllib.loads(textwrap.dedent(pruner)),
         )
         path = tmp_path / filename
-        path.write_text(text)
+        path.write_text(text + textwrap.dedent(extra_space) + textwrap.dedent(body))
         return path
 
     yield write
@@ -163,12 +147,6 @@ def hpsearch_command() -> list[str]:
     """The installed ``hpsearch`` entry point, run as a user would."""
     script = Path(sys.executable).parent / "hpsearch"
     return [str(script)] if script.exists() else [sys.executable, "-m", "hpsearch"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get_json(url: str, timeout: float = 60.0) -> Any:

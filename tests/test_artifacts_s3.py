@@ -30,47 +30,36 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.attrs import CHECKPOINT, SLOT, UID
 from hpsearch.errors import HpsearchError, StorageError
 from hpsearch.search import create_study, load_spec_file
-from hpsearch.search.runtime._checkpoints import _publish
+from hpsearch.search.runtime._checkpoints import CheckpointSync, _publish, _remove_all
 from hpsearch.search.runtime._preflight import check_node
 from hpsearch.storage import open_object_store
 
+from ._support import study_toml
 from .conftest import free_port, get_json, hpsearch_command
-from .test_fault_tolerance import LONG_STUDY, _assert_resumed, _children, _wait_for_running
+from .test_fault_tolerance import (
+    _assert_resumed,
+    _children,
+    _wait_for_running,
+    long_study_toml,
+)
+from .test_fsdp import REGRESSION
 
 # Recognisable, so that a test can tell they never reach any output.
 ACCESS_KEY = "AKIAHPSEARCHTESTKEY1"
 SECRET_KEY = "hpsearch-test-secret-c4f3b4b3"
-STUDY = """
-[study]
-name = "{name}"
-objective = "digits-mlp"
 
-[budget]
-n_trials = 3
 
-[sampler]
-name = "random"
-seed = 1
-
-[pruner]
-name = "none"
-
-[resources]
-heartbeat_interval = 1
-grace_period = 3
-artifacts = "{artifacts}"
-
-[training]
-epochs = 3
-width = 32
-device = "cpu"
-
-[space.lr]
-type = "float"
-low = 0.0001
-high = 0.1
-log = true
-"""
+def _study_toml(name: str, artifacts: str) -> str:
+    return study_toml(
+        name=name,
+        objective="digits-mlp",
+        n_trials=3,
+        direction=None,
+        sampler={"name": "random", "seed": 1},
+        resources={"heartbeat_interval": 1, "grace_period": 3, "artifacts": artifacts},
+        training={"epochs": 3, "width": 32, "device": "cpu"},
+        space={"lr": {"type": "float", "low": 0.0001, "high": 0.1, "log": True}},
+    )
 
 
 def _environment(endpoint: str) -> dict[str, str]:
@@ -204,7 +193,7 @@ def finished(
     node = tmp_path_factory.mktemp("node")
     name = f"s3-{uuid.uuid4().hex[:8]}"
     study_file = node / "study.toml"
-    study_file.write_text(STUDY.format(name=name, artifacts=f"s3://{bucket}/run"))
+    study_file.write_text(_study_toml(name, f"s3://{bucket}/run"))
     url = f"sqlite:///{node / 'hpsearch.db'}"
     result = subprocess.run(
         [*hpsearch_command(), "run", str(study_file), "--storage", url, "--workers", "2"],
@@ -218,6 +207,7 @@ def finished(
     return url, name, bucket, node
 
 
+@pytest.mark.slow
 def test_a_study_runs_to_its_budget_with_the_best_checkpoint_in_the_bucket(
     finished: tuple[str, str, str, Path], s3_endpoint: str
 ) -> None:
@@ -243,6 +233,7 @@ def test_a_study_runs_to_its_budget_with_the_best_checkpoint_in_the_bucket(
     assert sorted(stored) == sorted(f"run/store/{m.artifact_id}" for m in metas)
 
 
+@pytest.mark.slow
 def test_the_export_names_the_checkpoint_object(
     finished: tuple[str, str, str, Path], s3_endpoint: str
 ) -> None:
@@ -264,6 +255,7 @@ def test_the_export_names_the_checkpoint_object(
 # --- (3) the dashboard serves the bucket's artifacts -------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_dashboard_serves_a_checkpoint_from_the_bucket_as_a_download(
     finished: tuple[str, str, str, Path], s3_endpoint: str
 ) -> None:
@@ -330,6 +322,7 @@ def test_a_published_checkpoint_in_a_folder_store_is_a_download_too(
 # --- (2) a trial killed on one node resumes on another from the bucket -------------------------
 
 
+@pytest.mark.slow
 def test_a_trial_killed_on_one_node_resumes_on_another_from_the_bucket(
     postgres_url: str, s3_endpoint: str, bucket: str, tmp_path: Path, study_name: str
 ) -> None:
@@ -339,7 +332,7 @@ def test_a_trial_killed_on_one_node_resumes_on_another_from_the_bucket(
     study_file = tmp_path / "long.toml"
     # One trial: the one killed and resumed is all the test needs.
     study_file.write_text(
-        LONG_STUDY.format(name=study_name, artifacts=f"s3://{bucket}/run", n_trials=1)
+        long_study_toml(name=study_name, artifacts=f"s3://{bucket}/run", n_trials=1)
     )
     create_study(load_spec_file(str(study_file)), postgres_url)
     env = _environment(s3_endpoint)
@@ -444,6 +437,7 @@ def _assert_one_line_without_secrets(result: subprocess.CompletedProcess[str]) -
         assert secret not in result.stderr + result.stdout
 
 
+@pytest.mark.slow
 def test_an_unreachable_endpoint_is_one_line_and_exit_2_without_credentials(
     s3_endpoint: str, write_study: Any, tmp_path: Path
 ) -> None:
@@ -475,6 +469,7 @@ def test_an_unreachable_endpoint_is_one_line_and_exit_2_without_credentials(
     assert f"http://127.0.0.1:{closed}" in dashboard.stderr
 
 
+@pytest.mark.slow
 def test_a_missing_bucket_is_one_line_without_credentials(
     s3_endpoint: str, bucket: str, write_study: Any, tmp_path: Path
 ) -> None:
@@ -520,8 +515,180 @@ def test_a_node_that_cannot_write_its_checkpoint_cache_is_refused(
     (node / "hpsearch-artifacts-cache").write_text("a file in the way")
     monkeypatch.chdir(node)
     path = tmp_path / "study.toml"
-    path.write_text(STUDY.format(name="cache", artifacts=f"S3://{bucket}/run/"))
+    path.write_text(_study_toml("cache", f"S3://{bucket}/run/"))
     spec = load_spec_file(str(path))
     assert spec.resources.artifacts == f"s3://{bucket}/run"  # normalised as stored
     with pytest.raises(HpsearchError, match=r"checkpoint cache folder .*a file is in the way"):
         check_node(spec, [])
+
+
+# --- (5) sharded checkpoints: folders in the bucket, replaced whole ------------------------------
+
+
+def _shards(folder: Path, files: dict[str, bytes]) -> Path:
+    """A sharded checkpoint folder as torch.distributed.checkpoint leaves it."""
+    folder.mkdir(parents=True)
+    for name, body in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(body)
+    return folder
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_a_sharded_checkpoint_folder_goes_to_the_bucket_whole_and_comes_back_whole(
+    s3_env: dict[str, str], bucket: str, tmp_path: Path
+) -> None:
+    store = open_object_store(f"s3://{bucket}/run")
+    key = "s-uid/slot-000000/checkpoint.pt"
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'folders.db'}")
+    trial = study.ask()
+    first = {"__0_0.distcp": b"rank 0 of v1", "__1_0.distcp": b"rank 1 of v1", "meta.pt": b"v1"}
+    node_a = _shards(tmp_path / "a" / "slot-000000" / "checkpoint.pt", first)
+    with CheckpointSync(store, key, str(node_a)) as sync:
+        sync.finish(trial)  # what a trial does before it is told
+    # The trial names the object, not the node's folder, and the node's copy went.
+    assert study.trials[0].user_attrs[CHECKPOINT] == f"s3://{bucket}/run/{key}"
+    assert not node_a.exists()
+
+    # A retry on another node gets the folder, every shard of it.
+    node_b = tmp_path / "b" / "slot-000000" / "checkpoint.pt"
+    CheckpointSync(store, key, str(node_b)).fetch()
+    assert _contents(node_b) == first
+
+    # A new version with other files replaces the old one whole, in the bucket and on the node.
+    second = {"__0_0.distcp": b"rank 0 of v2", "nested/extra": b"x", "meta.pt": b"v2"}
+    node_a = _shards(tmp_path / "a2" / "checkpoint.pt", second)
+    with CheckpointSync(store, key, str(node_a)) as sync:
+        sync.finish(trial)
+    CheckpointSync(store, key, str(node_b)).fetch()
+    assert _contents(node_b) == second  # no shard of v1 left behind
+
+    # The previous version stays for a reader that read its manifest; older ones go.
+    third = {"__0_0.distcp": b"rank 0 of v3", "meta.pt": b"v3"}
+    with CheckpointSync(store, key, str(_shards(tmp_path / "a3" / "checkpoint.pt", third))) as s:
+        s.finish(trial)
+    prefix = f"run/{key}.versions/"
+    by_version: dict[str, set[str]] = {}
+    for stored in _keys(s3_env["AWS_ENDPOINT_URL"], bucket, prefix):
+        version, name = stored[len(prefix) :].split("/", 1)
+        by_version.setdefault(version, set()).add(name)
+    assert [by_version[v] for v in sorted(by_version)] == [set(second), set(third)]
+    CheckpointSync(store, key, str(node_b)).fetch()
+    assert _contents(node_b) == third
+
+    # Removing the trial's checkpoint (keep_checkpoints) removes every version with it.
+    _remove_all([study.trials[0]])
+    assert _keys(s3_env["AWS_ENDPOINT_URL"], bucket, "run/s-uid/") == []
+
+
+FSDP_STUDY = """
+[study]
+name = "{name}"
+objective = "{objective}"
+metric = "mse"
+direction = "minimize"
+
+[budget]
+n_trials = 1
+
+[sampler]
+name = "random"
+seed = 3
+
+[pruner]
+name = "none"
+
+[resources]
+devices_per_trial = 2
+heartbeat_interval = 1
+grace_period = 3
+artifacts = "{artifacts}"
+
+[training]
+epochs = 8
+strategy = "fsdp"
+batch_size = 100
+width = 32
+depth = 2
+
+[space.lr]
+type = "float"
+low = 1e-3
+high = 1e-2
+log = true
+"""
+
+
+@pytest.mark.slow
+def test_a_sharded_trial_killed_on_one_node_resumes_on_another_from_the_bucket(
+    s3_endpoint: str, bucket: str, tmp_path: Path, study_name: str
+) -> None:
+    node_a, node_b = tmp_path / "node-a", tmp_path / "node-b"
+    node_a.mkdir()
+    node_b.mkdir()
+    study_file = tmp_path / "fsdp.toml"
+    study_file.write_text(
+        FSDP_STUDY.format(
+            name=study_name, objective=f"{REGRESSION}:objective", artifacts=f"s3://{bucket}/run"
+        )
+    )
+    url = f"sqlite:///{tmp_path / 'fsdp.db'}"  # one file both "nodes" reach
+    create_study(load_spec_file(str(study_file)), url)
+    env = {**_environment(s3_endpoint), "OMP_NUM_THREADS": "1"}
+    command = [*hpsearch_command(), "worker", "--study", study_name, "--storage", url]
+    first = subprocess.Popen(
+        command,
+        cwd=node_a,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: kill -9 takes the node down whole
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert first.poll() is None, "the first node's worker ended early"
+            assert time.monotonic() < deadline, "no sharded checkpoint reached the bucket"
+            running = [
+                t
+                for t in optuna.load_study(study_name=study_name, storage=url).get_trials()
+                if t.state == TrialState.RUNNING and len(t.intermediate_values) >= 2
+            ]
+            study = optuna.load_study(study_name=study_name, storage=url)
+            if running and _object_key(study, running[0], "run") in _keys(
+                s3_endpoint, bucket, "run/"
+            ):
+                break  # the heartbeat uploaded the folder while the trial runs
+            time.sleep(0.2)
+        victim = running[0]
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    second = subprocess.run(
+        command, cwd=node_b, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    study = optuna.load_study(study_name=study_name, storage=url)
+    (retry,) = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert retry.number != victim.number and retry.params == victim.params
+    # Node B never saw node A's folder: the retry resumed from the bucket's shards.
+    assert retry.user_attrs["resumed_from_epoch"] >= 1
+    key = _object_key(study, retry, "run")
+    assert retry.user_attrs[CHECKPOINT] == f"s3://{bucket}/{key}"
+    assert not list((node_b / "hpsearch-artifacts-cache").rglob("meta.pt"))  # the node's copy went
+    exported = subprocess.run(
+        [*hpsearch_command(), "export", "--study", study_name, "--storage", url, "--top", "1"],
+        cwd=node_b,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert f"checkpoint: s3://{bucket}/{key}" in exported.stdout
+    assert "hpsearch-artifacts-cache" not in exported.stdout

@@ -15,6 +15,7 @@ import pytest
 from .conftest import ROOT
 
 
+@pytest.mark.slow
 def test_gpu_bench_runs_every_path_on_the_cpu(tmp_path: Path) -> None:
     output = tmp_path / "gpu.json"
     result = subprocess.run(
@@ -43,6 +44,7 @@ def test_gpu_bench_runs_every_path_on_the_cpu(tmp_path: Path) -> None:
     assert {"amp_off_compile_False", "amp_bf16_compile_False"} <= set(figures["cifar10_vgg"])
 
 
+@pytest.mark.slow
 def test_gpu_bench_refuses_without_a_gpu_in_one_line(tmp_path: Path) -> None:
     import torch
 
@@ -85,15 +87,16 @@ def test_random_search_estimate_pools_its_iid_trials() -> None:
     assert random_median_epochs([[(6, 0.99)]], 0.95, 6) == 6
 
 
-def test_suite_replaces_only_the_marked_readme_block(tmp_path: Path) -> None:
-    from bench.suite import BEGIN, END, update_readme
+def test_suite_replaces_only_the_marked_docs_block(tmp_path: Path) -> None:
+    from bench.suite import BEGIN, END, update_docs
 
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# title\n\nbefore\n{BEGIN}\nold table\n{END}\nafter\n")
-    update_readme(readme, "| new | table |\n")
-    assert readme.read_text() == f"# title\n\nbefore\n{BEGIN}\n| new | table |\n{END}\nafter\n"
+    page = tmp_path / "benchmarks.md"
+    page.write_text(f"# title\n\nbefore\n{BEGIN}\nold table\n{END}\nafter\n")
+    update_docs(page, "| new | table |\n")
+    assert page.read_text() == f"# title\n\nbefore\n{BEGIN}\n| new | table |\n{END}\nafter\n"
 
 
+@pytest.mark.slow
 def test_overhead_run_continues_a_prefilled_study_to_its_exact_budget(tmp_path: Path) -> None:
     """The growth benchmark's bulk-filled study is one the workers carry on as their own."""
     import optuna
@@ -307,6 +310,7 @@ def test_mysql_database_is_recreated_though_a_session_holds_it(mysql_url: str) -
         admin_engine.dispose()
 
 
+@pytest.mark.slow
 def test_plain_workers_wait_at_the_barrier_and_mysql_times_are_microseconds(
     tmp_path: Path, mysql_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,6 +20,9 @@ from hpsearch.search import create_study, load_spec_file, start_workers
 
 from .conftest import free_port, get_json, hpsearch_command
 
+# The browser drives a dashboard over a study run by real workers.
+pytestmark = pytest.mark.slow
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",

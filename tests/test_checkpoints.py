@@ -7,45 +7,31 @@ from pathlib import Path
 
 import optuna
 import optuna.artifacts
+import pytest
 from optuna.trial import TrialState
 
 from hpsearch.search import create_study, load_spec_file, start_workers
 
-STUDY = """
-[study]
-name = "ckpt"
-objective = "digits-mlp"
+from ._support import study_toml
 
-[budget]
-n_trials = 4
+# Real workers train the digits MLP to a study's budget.
+pytestmark = pytest.mark.slow
 
-[sampler]
-name = "random"
-seed = 1
-
-[pruner]
-name = "none"
-
-[resources]
-artifacts = "{artifacts}"
-
-[training]
-epochs = 2
-width = 32
-device = "cpu"
-
-[space.lr]
-type = "float"
-low = 0.0001
-high = 0.1
-log = true
-"""
+STUDY = {
+    "name": "ckpt",
+    "objective": "digits-mlp",
+    "n_trials": 4,
+    "direction": None,
+    "sampler": {"name": "random", "seed": 1},
+    "training": {"epochs": 2, "width": 32, "device": "cpu"},
+    "space": {"lr": {"type": "float", "low": 0.0001, "high": 0.1, "log": True}},
+}
 
 
 def test_only_the_best_checkpoint_is_kept_and_published(tmp_path: Path) -> None:
     artifacts = tmp_path / "art"
     path = tmp_path / "ckpt.toml"
-    path.write_text(STUDY.format(artifacts=artifacts))
+    path.write_text(study_toml(**STUDY, resources={"artifacts": str(artifacts)}))
     url = f"sqlite:///{tmp_path / 'c.db'}"
     create_study(load_spec_file(str(path)), url)
     for process in start_workers("ckpt", url, workers=1, timeout=None, log_trials=False):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hpsearch.search.cli import build_parser
+from tests._support import write_study_file
 from tests.conftest import hpsearch_command
 
 HEAVY = ("torch", "sklearn", "plotly", "grpc")
@@ -53,29 +54,15 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str,
 
     folder = tmp_path_factory.mktemp("cli")
     (folder / "quad.py").write_text("def fn(trial, params):\n    return params['x'] ** 2\n")
-    study_file = folder / "study.toml"
-    study_file.write_text(
-        textwrap.dedent(
-            """
-            [study]
-            name = "answers"
-            objective = "quad.py:fn"
-            direction = "minimize"
-            metric = "loss"
-
-            [budget]
-            n_trials = 3
-
-            [sampler]
-            name = "random"
-            seed = 1
-
-            [space.x]
-            type = "float"
-            low = -3.0
-            high = 3.0
-            """
-        )
+    study_file = write_study_file(
+        folder / "study.toml",
+        name="answers",
+        objective="quad.py:fn",
+        n_trials=3,
+        metric="loss",
+        sampler={"name": "random", "seed": 1},
+        pruner=None,
+        space={"x": {"type": "float", "low": -3.0, "high": 3.0}},
     )
     url = f"sqlite:///{folder / 'cli.db'}"
     hpsearch.run(study_file, storage=url, workers=1, progress=False)

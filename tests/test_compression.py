@@ -26,20 +26,7 @@ from hpsearch.objectives.data import load_digits
 from hpsearch.objectives.models import MLP, VGG
 from hpsearch.objectives.trainer import TrainConfig, evaluate, train_classifier
 
-
-class RecordingTrial:
-    def __init__(self) -> None:
-        self.reports: list[tuple[int, float]] = []
-        self.user_attrs: dict[str, Any] = {}
-
-    def report(self, value: float, step: int) -> None:
-        self.reports.append((step, value))
-
-    def should_prune(self) -> bool:
-        return False
-
-    def set_user_attr(self, key: str, value: Any) -> None:
-        self.user_attrs[key] = value
+from ._support import RecordingTrial
 
 
 @pytest.fixture(scope="module")

@@ -110,6 +110,7 @@ def _dominates(a: list[float], b: list[float], signs: list[int]) -> bool:
     return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
 
 
+@pytest.mark.slow
 def test_multi_objective_study_exports_a_non_dominated_front(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -138,6 +139,7 @@ def test_multi_objective_study_exports_a_non_dominated_front(
     assert sorted(b["trial"] for b in status["best"]) == sorted(m["trial"] for m in front)
 
 
+@pytest.mark.slow
 def test_constraint_marks_infeasible_trials_and_the_best_is_feasible(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -186,6 +188,7 @@ def test_constraint_marks_infeasible_trials_and_the_best_is_feasible(
     assert row["best_value"] == best.value
 
 
+@pytest.mark.slow
 def test_constraints_nobody_meets_leave_export_with_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -201,6 +204,7 @@ def test_constraints_nobody_meets_leave_export_with_a_clear_error(
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_user_objective_returning_a_mapping_feeds_metrics_and_constraints(
     tmp_path: Path,
 ) -> None:
@@ -238,6 +242,7 @@ def test_user_objective_returning_a_mapping_feeds_metrics_and_constraints(
         assert abs(study.best_trial.params["x"]) <= 0.5
 
 
+@pytest.mark.slow
 def test_a_mapping_without_the_metric_fails_the_trial_clearly(tmp_path: Path) -> None:
     (tmp_path / "wrong.py").write_text("def wrong(trial, params):\n    return {'other': 1.0}\n")
     text = """
@@ -275,7 +280,7 @@ def test_a_mapping_without_the_metric_fails_the_trial_clearly(tmp_path: Path) ->
         ),
         (
             ("[training]", "[constraints]\nsize_bytes = { most = 2 }\n[training]"),
-            "[constraints.size_bytes]: unknown bound 'most'; allowed: max, min.",
+            "[constraints.size_bytes]: unknown bound 'most'. Allowed: max, min.",
         ),
         (
             ("[training]", '[constraints]\nsize_bytes = { max = "1MB" }\n[training]'),

@@ -28,6 +28,7 @@ def pg_study(postgres_url: str, write_study: Any) -> str:
     return spec.name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["hpsearch dashboard", "optuna-dashboard"])
 def test_dashboard_api_lists_the_study(
     launcher: str, pg_study: str, postgres_url: str, tmp_path: Path
@@ -63,6 +64,7 @@ def test_dashboard_api_lists_the_study(
         server.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_dashboard_serves_the_artifact_store(
     pg_study: str, postgres_url: str, tmp_path: Path
 ) -> None:

@@ -5,37 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from hpsearch.search import create_study, load_spec_file, start_workers
 
-STUDY = """
-[study]
-name = "ddp"
-objective = "digits-mlp"
+from ._support import study_toml
 
-[budget]
-n_trials = 3
+# A real worker runs torch.distributed trials.
+pytestmark = pytest.mark.slow
 
-[sampler]
-name = "grid"
-
-[pruner]
-name = "none"
-
-[resources]
-devices_per_trial = 2
-
-[training]
-epochs = 2
-device = "cpu"
-width = 32
-lr = 0.01
-
-[space.batch_size]
-type = "categorical"
-choices = [33, 64, 128]   # 33 cannot be split over 2 ranks: that trial fails, the next go on
-"""
+STUDY = study_toml(
+    name="ddp",
+    objective="digits-mlp",
+    n_trials=3,
+    direction=None,
+    sampler={"name": "grid"},
+    resources={"devices_per_trial": 2},
+    training={"epochs": 2, "device": "cpu", "width": 32, "lr": 0.01},
+    # 33 cannot be split over 2 ranks: that trial fails, the next go on
+    space={"batch_size": {"type": "categorical", "choices": [33, 64, 128]}},
+)
 
 
 def test_worker_runs_ddp_trials_and_survives_a_failed_one(tmp_path: Path) -> None:

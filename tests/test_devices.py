@@ -47,6 +47,7 @@ def test_bad_gpu_lists_are_clear() -> None:
     assert parse_gpus("all") is None and parse_gpus("none") == []
 
 
+@pytest.mark.slow
 def test_two_worker_commands_show_their_assignment(tmp_path: Path, write_study: Any) -> None:
     """As on two nodes with four GPUs each: each command prints the assignment it would make."""
     path = write_study()

@@ -8,9 +8,13 @@ import subprocess
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 
 from .conftest import ROOT, hpsearch_command
+
+# The README's command, run to the end.
+pytestmark = pytest.mark.slow
 
 
 def test_readme_run_on_the_embedded_default(tmp_path: Path) -> None:

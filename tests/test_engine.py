@@ -37,9 +37,9 @@ from hpsearch.objectives.distributed import DistributedTrial
 from hpsearch.search import budget_state, create_study, load_spec_file
 from hpsearch.search.runtime._launch import available_cores
 
+from ._support import RecordingTrial, write_study_file
 from .conftest import ROOT, hpsearch_command
 from .test_fault_tolerance import _trials
-from .test_objectives import RecordingTrial
 from .test_trainer import assert_same_weights, weights
 
 EXAMPLE = ROOT / "examples" / "regression" / "regression.py"
@@ -321,7 +321,7 @@ def test_a_crash_while_evaluating_after_a_step_checkpoint_resumes(tmp_path: Path
             pytest.fail(
                 "a retry resuming from a checkpoint written at the end of an epoch's last step "
                 f"(epoch 1, step 8 of 8) fails instead of evaluating that epoch: {err} "
-                "(objectives/trainer.py _Loop._train_epoch: first == steps_per_epoch leaves "
+                "(objectives/_loop.py Loop._train_epoch: first == steps_per_epoch leaves "
                 "step = first - 1 < first)"
             )
     assert trial.user_attrs[RESUMED_FROM_EPOCH] == 1
@@ -414,42 +414,21 @@ def test_a_pruned_study_on_a_metric_fit_never_evaluates_is_refused() -> None:
 # --- real workers on the example study ------------------------------------------------------
 
 EPOCHS = 8
-STUDY = f"""
-[study]
-name = "{{name}}"
-objective = "{{objective}}"
-metric = "mse"
-direction = "minimize"
-
-[budget]
-n_trials = 1
-
-[sampler]
-name = "random"
-seed = 0
-
-[pruner]
-name = "none"
-
-[resources]
-heartbeat_interval = 1
-grace_period = 3
-artifacts = "{{artifacts}}"
-
-[training]
-epochs = {EPOCHS}
-batch_size = 128
-micro_batch = 64
-width = 32
-depth = 2
-optimizer = "adam"
-l2 = 0.0001
-device = "cpu"
-
-[space.lr]
-type = "categorical"
-choices = [0.003]
-"""
+STUDY = {
+    "n_trials": 1,
+    "metric": "mse",
+    "training": {
+        "epochs": EPOCHS,
+        "batch_size": 128,
+        "micro_batch": 64,
+        "width": 32,
+        "depth": 2,
+        "optimizer": "adam",
+        "l2": 0.0001,
+        "device": "cpu",
+    },
+    "space": {"lr": {"type": "categorical", "choices": [0.003]}},
+}
 
 
 def write_study(folder: Path, name: str, objective: str | None = None) -> Path:
@@ -459,9 +438,9 @@ def write_study(folder: Path, name: str, objective: str | None = None) -> Path:
     if objective is None:
         (folder / "pausing.py").write_text(PAUSING_OBJECTIVE)
         objective = f"{folder / 'pausing.py'}:objective"
+    resources = {"heartbeat_interval": 1, "grace_period": 3, "artifacts": str(folder / "artifacts")}
     path = folder / f"{name}.toml"
-    path.write_text(STUDY.format(name=name, objective=objective, artifacts=folder / "artifacts"))
-    return path
+    return write_study_file(path, name=name, objective=objective, resources=resources, **STUDY)
 
 
 def worker(name: str, url: str, cwd: Path) -> subprocess.Popen[str]:

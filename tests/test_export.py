@@ -53,6 +53,7 @@ def _export(
     return tomllib.loads(text)
 
 
+@pytest.mark.slow
 def test_export_all_formats_match_optuna_best_trial(
     finished_study: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -84,6 +85,7 @@ def test_export_all_formats_match_optuna_best_trial(
     assert best["params"] == pytest.approx(document["params"])
 
 
+@pytest.mark.slow
 def test_export_to_stdout_defaults_to_yaml(
     finished_study: tuple[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -93,6 +95,7 @@ def test_export_to_stdout_defaults_to_yaml(
     assert document["study"] == name
 
 
+@pytest.mark.slow
 def test_export_never_writes_the_password(
     tmp_path: Path, postgres_url: str, write_study: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -125,6 +128,7 @@ def test_export_without_result_is_an_error(
     assert not output.exists()
 
 
+@pytest.mark.slow
 def test_multi_objective_export_is_the_pareto_front(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -150,6 +154,7 @@ def test_multi_objective_export_is_the_pareto_front(
     assert sorted(p["trial"] for p in front) == sorted(t.number for t in study.best_trials)
 
 
+@pytest.mark.slow
 def test_export_bundle_records_how_to_reproduce(
     finished_study: tuple[str, str],
     tmp_path: Path,
@@ -190,6 +195,7 @@ def test_export_bundle_records_how_to_reproduce(
     assert _export(name, url, "json", tmp_path, capsys)["revision"] == head
 
 
+@pytest.mark.slow
 def test_export_top_k_lists_the_best_in_order(
     finished_study: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -206,6 +212,7 @@ def test_export_top_k_lists_the_best_in_order(
     assert document["top"][0]["params"] == document["params"]
 
 
+@pytest.mark.slow
 def test_export_csv_has_every_trial(
     finished_study: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -229,6 +236,7 @@ def test_export_csv_has_every_trial(
     assert code == 2 and "--top 2 with --format csv" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_export_top_k_needs_one_direction(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -249,6 +257,7 @@ def test_export_top_k_needs_one_direction(
     assert err.count("\n") == 1 and "2 objectives" in err and "Pareto front" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["/proc/x.yaml", "/proc/self"])
 def test_export_to_a_place_that_cannot_be_written_is_one_line(
     target: str, write_study: Any, tmp_path: Path

@@ -26,6 +26,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from hpsearch.objectives.context import TrialContext, trial_context
+from tests._support import RecordingTrial, study_toml
 from tests.conftest import free_port, hpsearch_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,26 +34,6 @@ REGRESSION = ROOT / "examples" / "regression" / "regression.py"
 CHARLM = ROOT / "examples" / "charlm" / "charlm.py"
 METRIC = {REGRESSION: "mse", CHARLM: "perplexity"}
 TOLERANCE = 1e-5
-
-
-class Recorder:
-    """The trial a rank sees; ``stop_after`` epochs, it stops the run as a preemption would."""
-
-    def __init__(self, stop_after: int | None = None) -> None:
-        self.reports: list[float] = []
-        self.attrs: dict[str, Any] = {}
-        self.stop_after = stop_after
-
-    def report(self, value: float, step: int) -> None:
-        self.reports.append(value)
-
-    def should_prune(self) -> bool:
-        if self.stop_after is not None and len(self.reports) == self.stop_after:
-            raise KeyboardInterrupt("stopped after the checkpoint")
-        return False
-
-    def set_user_attr(self, key: str, value: Any) -> None:
-        self.attrs[key] = value
 
 
 # A small character transformer (the LM example without dropout, whose random masks differ
@@ -103,7 +84,7 @@ def _rank(rank: int, world: int, port: int, jobs: dict[str, dict[str, Any]], out
     results: dict[str, Any] = {}
     for name, job in jobs.items():
         params = dict(job["params"])
-        trial = Recorder(job["stop_after"])
+        trial = RecordingTrial(stop_after=job["stop_after"])
         example = Path(job["example"])
         context = TrialContext(
             checkpoint=params.pop("checkpoint", None),
@@ -113,9 +94,9 @@ def _rank(rank: int, world: int, port: int, jobs: dict[str, dict[str, Any]], out
         try:
             with trial_context(context):  # as a worker runs the example's objective
                 runpy.run_path(str(example))["objective"](trial, params)
-            results[name] = {"reports": trial.reports, "attrs": trial.attrs}
+            results[name] = {"reports": trial.values, "attrs": trial.user_attrs}
         except KeyboardInterrupt:  # stopped after a checkpoint, as a preempted node
-            results[name] = {"reports": trial.reports, "attrs": trial.attrs}
+            results[name] = {"reports": trial.values, "attrs": trial.user_attrs}
         except ValueError as err:  # refused before any collective, on every rank alike
             results[name] = {"error": str(err)}
         dist.barrier()
@@ -206,46 +187,18 @@ def test_l1_with_sharded_weights_is_refused_in_one_line(trained: dict[str, Any])
     assert "l1 needs whole weights and strategy fsdp" in trained["mlp-fsdp-2-l1"]["error"]
 
 
-FSDP_STUDY = """
-[study]
-name = "{name}"
-objective = "{objective}"
-metric = "mse"
-direction = "minimize"
-
-[budget]
-n_trials = 1
-
-[sampler]
-name = "random"
-seed = 3
-
-[pruner]
-name = "none"
-
-[resources]
-devices_per_trial = 2
-
-[training]
-epochs = 2
-strategy = "fsdp"
-micro_batch = 16
-depth = 2
-
-[space.lr]
-type = "float"
-low = 1e-3
-high = 1e-2
-log = true
-
-[space.width]
-type = "categorical"
-choices = [32, 48]
-
-[space.batch_size]
-type = "categorical"
-choices = [100, 200]
-"""
+FSDP_STUDY = {
+    "n_trials": 1,
+    "metric": "mse",
+    "sampler": {"name": "random", "seed": 3},
+    "resources": {"devices_per_trial": 2},
+    "training": {"epochs": 2, "strategy": "fsdp", "micro_batch": 16, "depth": 2},
+    "space": {
+        "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+        "width": {"type": "categorical", "choices": [32, 48]},
+        "batch_size": {"type": "categorical", "choices": [100, 200]},
+    },
+}
 
 
 @pytest.mark.slow
@@ -253,7 +206,7 @@ def test_a_study_runs_sharded_trials_and_retrains_from_the_export(
     tmp_path: Path, study_name: str
 ) -> None:
     study = tmp_path / "fsdp.toml"
-    study.write_text(FSDP_STUDY.format(name=study_name, objective=f"{REGRESSION}:objective"))
+    study.write_text(study_toml(name=study_name, objective=f"{REGRESSION}:objective", **FSDP_STUDY))
     url = f"sqlite:///{tmp_path / 'fsdp.db'}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 

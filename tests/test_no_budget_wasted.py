@@ -9,6 +9,7 @@ import subprocess
 import textwrap
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,38 +21,15 @@ from hpsearch.attrs import RETRY_OF, SLOT
 from hpsearch.search import create_study, load_spec_file, load_study, start_workers
 from hpsearch.search.runtime._budget import claim_slot, enqueue_batch
 
+from ._support import write_study_file
 from .conftest import hpsearch_command
 from .test_fault_tolerance import _children
 from .test_workers import assert_exact_budget
 
-STUDY = """
-[study]
-name = "{name}"
-objective = "{objective}"
-direction = "minimize"
-
-[budget]
-n_trials = {n_trials}
-
-[sampler]
-name = "{sampler}"
-seed = 7
-
-[resources]
-heartbeat_interval = 1
-grace_period = {grace}
-{resources}
-
-[space.x]
-type = "float"
-low = -10.0
-high = 10.0
-
-[space.k]
-type = "int"
-low = 0
-high = 1000
-"""
+SPACE = {
+    "x": {"type": "float", "low": -10.0, "high": 10.0},
+    "k": {"type": "int", "low": 0, "high": 1000},
+}
 
 
 def _study(
@@ -62,23 +40,21 @@ def _study(
     code: str = "def fn(trial, params):\n    return params['x'] ** 2\n",
     n_trials: int = 8,
     sampler: str = "random",
-    resources: str = "",
+    resources: Mapping[str, Any] | None = None,
     grace: int = 2,
 ) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / objective.split(":")[0]).write_text(textwrap.dedent(code))
-    path = folder / f"{name}.toml"
-    path.write_text(
-        STUDY.format(
-            name=name,
-            objective=objective,
-            n_trials=n_trials,
-            sampler=sampler,
-            resources=resources,
-            grace=grace,
-        )
+    return write_study_file(
+        folder / f"{name}.toml",
+        name=name,
+        objective=objective,
+        n_trials=n_trials,
+        sampler={"name": sampler, "seed": 7},
+        pruner=None,
+        resources={"heartbeat_interval": 1, "grace_period": grace, **(resources or {})},
+        space=SPACE,
     )
-    return path
 
 
 def _params_by_slot(url: str, name: str) -> dict[int, dict[str, Any]]:
@@ -175,7 +151,7 @@ def test_a_worker_stops_after_failures_with_the_same_error(tmp_path: Path) -> No
         return params["learning_rate"]  # a typo: the space names x and k
     """
     path = _study(
-        tmp_path, "typo", code=code, n_trials=40, resources="max_consecutive_failures = 3"
+        tmp_path, "typo", code=code, n_trials=40, resources={"max_consecutive_failures": 3}
     )
     url = f"sqlite:///{tmp_path / 'typo.db'}"
     result = _run(["run", str(path), "--storage", url, "--workers", "1"], tmp_path)
@@ -221,9 +197,12 @@ def test_create_refuses_builtin_options_out_of_range(tmp_path: Path) -> None:
     assert "[space.lr]: lr = 0.0 is out of range; it must be > 0." in result.stderr
 
 
+@pytest.mark.slow
 def test_an_objective_returning_text_is_named_as_such(tmp_path: Path) -> None:
     code = 'def fn(trial, params):\n    return "0.5"\n'
-    path = _study(tmp_path, "text", code=code, n_trials=2, resources="max_consecutive_failures = 2")
+    path = _study(
+        tmp_path, "text", code=code, n_trials=2, resources={"max_consecutive_failures": 2}
+    )
     url = f"sqlite:///{tmp_path / 'text.db'}"
     result = _run(["run", str(path), "--storage", url, "--workers", "1"], tmp_path)
     assert result.returncode == 2
@@ -409,6 +388,7 @@ def test_a_batch_and_a_retry_are_enqueued_once_however_often_asked(
     assert retry.state == TrialState.WAITING and retry.system_attrs[SLOT] == dead.system_attrs[SLOT]
 
 
+@pytest.mark.slow
 def test_a_batch_whose_duty_was_lost_is_enqueued_by_a_worker(
     storage_url: str, tmp_path: Path, study_name: str
 ) -> None:

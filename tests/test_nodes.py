@@ -14,9 +14,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpsearch.attrs import RESUMED_FROM_EPOCH, SLOT
+from hpsearch.attrs import CHECKPOINT, RESUMED_FROM_EPOCH, SLOT
+from hpsearch.objectives import sharding
 from hpsearch.search.runtime._budget import budget_state
 
+from ._support import node_worker_args
 from .conftest import free_port, hpsearch_command
 from .test_fault_tolerance import _children
 
@@ -65,23 +67,18 @@ choices = [32, 64]
 
 def _node(study: str, url: str, rank: int, rendezvous: str, cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [
-            *hpsearch_command(),
-            "worker",
-            "--study",
-            study,
-            "--storage",
-            url,
-            "--node-rank",
-            str(rank),
-            "--rendezvous",
-            rendezvous,
-        ],
+        [*hpsearch_command(), *node_worker_args(study, url, rank, rendezvous)],
         stderr=subprocess.PIPE,
         text=True,
         cwd=cwd,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
+
+
+def _checkpointed_epochs(path: str | None) -> int:
+    """The epochs a trial's sharded checkpoint holds (0: none, or not complete yet)."""
+    meta = sharding.load_meta(path) if path else None
+    return 0 if meta is None else int(meta["epoch"])
 
 
 @pytest.mark.slow
@@ -102,14 +99,18 @@ def test_a_two_node_group_survives_losing_its_follower_and_ends_the_study_exactl
     leader = _node(study_name, url, 0, rendezvous, tmp_path)
     follower = _node(study_name, url, 1, rendezvous, tmp_path)
     try:
-        # Mid-trial: a trial has reported two epochs of six (so a checkpoint is there).
+        # Mid-trial: a trial has reported two epochs of six, and the sharded checkpoint it
+        # resumes from holds them (the engine writes it before the report: this waits on the
+        # state asserted below, not on that order).
         deadline = time.monotonic() + 300
         while True:
             assert time.monotonic() < deadline, "no trial got two epochs in"
             running = [
                 t
                 for t in optuna.load_study(study_name=study_name, storage=url).get_trials()
-                if t.state == TrialState.RUNNING and len(t.intermediate_values) >= 2
+                if t.state == TrialState.RUNNING
+                and len(t.intermediate_values) >= 2
+                and _checkpointed_epochs(t.user_attrs.get(CHECKPOINT)) >= 2
             ]
             if running:
                 break

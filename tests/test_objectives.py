@@ -19,24 +19,7 @@ from hpsearch.objectives.data import load_digits
 from hpsearch.objectives.models import MLP
 from hpsearch.objectives.trainer import TrainConfig, l1_penalty
 
-
-class RecordingTrial:
-    """Stands in for the Optuna trial's report/should_prune side only (no storage needed)."""
-
-    def __init__(self, prune_at: int | None = None) -> None:
-        self.reports: list[tuple[int, float]] = []
-        self.user_attrs: dict[str, Any] = {}
-        self.prune_at = prune_at
-        self.number = 0
-
-    def report(self, value: float, step: int) -> None:
-        self.reports.append((step, value))
-
-    def should_prune(self) -> bool:
-        return self.prune_at is not None and len(self.reports) > self.prune_at
-
-    def set_user_attr(self, key: str, value: Any) -> None:
-        self.user_attrs[key] = value
+from ._support import RecordingTrial
 
 
 def test_digits_is_offline_and_split_once() -> None:

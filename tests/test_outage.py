@@ -6,10 +6,7 @@ the test, so that other tests using the same server are not disturbed."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -20,87 +17,17 @@ from optuna.trial import TrialState
 
 from hpsearch.attrs import SLOT
 
-from .conftest import free_port, hpsearch_command
+from ._support import Relay, study_toml
+from .conftest import hpsearch_command
 
-STUDY = """
-[study]
-name = "{name}"
-objective = "slow.py:slow"
-direction = "minimize"
-
-[budget]
-n_trials = 30
-
-[sampler]
-name = "random"
-seed = 0
-
-[resources]
-heartbeat_interval = 1
-grace_period = 3
-db_timeout = 3
-
-[space.x]
-type = "float"
-low = -1.0
-high = 1.0
-"""
+STUDY = {
+    "objective": "slow.py:slow",
+    "n_trials": 30,
+    "pruner": None,
+    "resources": {"heartbeat_interval": 1, "grace_period": 3, "db_timeout": 3},
+    "space": {"x": {"type": "float", "low": -1.0, "high": 1.0}},
+}
 SLOW = "import time\n\ndef slow(trial, params):\n    time.sleep(0.3)\n    return params['x'] ** 2\n"
-
-
-class Relay:
-    """127.0.0.1:port -> the database server. ``cut()`` closes every connection and refuses new
-    ones (a server that went away); ``restore()`` listens again on the same port."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = free_port()
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._server: socket.socket | None = None
-        self.restore()
-
-    def restore(self) -> None:
-        server = socket.socket()
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(("127.0.0.1", self.port))
-        server.listen(64)
-        self._server = server
-        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
-
-    def _accept(self, server: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = server.accept()
-                upstream = socket.create_connection(self.target, timeout=10)
-            except OSError:
-                return  # cut
-            upstream.settimeout(None)
-            with self._lock:
-                self._sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        for end in (source, sink):
-            with contextlib.suppress(OSError):
-                end.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        assert self._server is not None
-        with contextlib.suppress(OSError):
-            self._server.shutdown(socket.SHUT_RDWR)  # wakes the accept() of its thread
-        self._server.close()
-        with self._lock:
-            sockets, self._sockets = self._sockets, []
-        for end in sockets:
-            with contextlib.suppress(OSError):
-                end.shutdown(socket.SHUT_RDWR)
-            end.close()
 
 
 def _worker(study: str, url: str, cwd: Path) -> subprocess.Popen[str]:
@@ -120,7 +47,7 @@ def test_an_outage_longer_than_db_timeout(
 ) -> None:
     (tmp_path / "slow.py").write_text(SLOW)
     path = tmp_path / "study.toml"
-    path.write_text(STUDY.format(name=study_name))
+    path.write_text(study_toml(name=study_name, **STUDY))
     real = sqlalchemy.make_url(postgres_url)
     relay = Relay((real.host or "127.0.0.1", real.port or 5432))
     url = real.set(port=relay.port).render_as_string(hide_password=False)

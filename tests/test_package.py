@@ -17,6 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from tests._support import write_study_file
 from tests.conftest import ROOT
 
 N_TRIALS = 4
@@ -94,34 +95,17 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _study_file(folder: Path, objective: str) -> Path:
-    path = folder / "study.toml"
-    path.write_text(
-        textwrap.dedent(
-            f"""
-            [study]
-            name = "collision"
-            objective = "{objective}"
-            direction = "minimize"
-            metric = "loss"
-
-            [budget]
-            n_trials = {N_TRIALS}
-
-            [sampler]
-            name = "random"
-            seed = 1
-
-            [resources]
-            workers = 2
-
-            [space.x]
-            type = "float"
-            low = -3.0
-            high = 3.0
-            """
-        )
+    return write_study_file(
+        folder / "study.toml",
+        name="collision",
+        objective=objective,
+        n_trials=N_TRIALS,
+        metric="loss",
+        sampler={"name": "random", "seed": 1},
+        pruner=None,
+        resources={"workers": 2},
+        space={"x": {"type": "float", "low": -3.0, "high": 3.0}},
     )
-    return path
 
 
 def _user_files(folder: Path, case: str) -> tuple[str, dict[str, str]]:
@@ -184,6 +168,7 @@ def test_user_modules_named_like_ours_run_to_the_end(
     assert all(t.value is not None and t.value >= 10.0 for t in trials)
 
 
+@pytest.mark.slow
 def test_the_distribution_has_one_top_level_name(built_wheel: Path, wheel_bin: Path) -> None:
     with zipfile.ZipFile(built_wheel) as wheel:
         names = wheel.namelist()

@@ -24,6 +24,9 @@ from hpsearch.storage import ProxyStorage
 from .conftest import free_port, hpsearch_command
 from .test_workers import assert_exact_budget
 
+# Every test starts the proxy server; most run workers through it.
+pytestmark = pytest.mark.slow
+
 
 def _create(path: Path, url: str) -> str:
     result = subprocess.run(

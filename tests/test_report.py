@@ -85,6 +85,7 @@ def _report(url: str, study: str, tmp_path: Path, capsys: pytest.CaptureFixture[
     return _parse(output)
 
 
+@pytest.mark.slow
 def test_report_has_every_plot_and_works_offline(
     tmp_path: Path, write_study: Any, study_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -106,6 +107,7 @@ def test_report_has_every_plot_and_works_offline(
     _assert_offline(page)
 
 
+@pytest.mark.slow
 def test_report_of_two_objectives_has_the_pareto_front(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -131,6 +133,7 @@ def test_report_of_two_objectives_has_the_pareto_front(
     _assert_offline(page)
 
 
+@pytest.mark.slow
 def test_report_says_why_a_plot_is_missing(
     tmp_path: Path, write_study: Any, study_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -14,46 +14,23 @@ import torch
 
 from hpsearch.search.cli import main
 
+from ._support import study_toml
 from .conftest import hpsearch_command
 
-DIGITS_STUDY = """
-[study]
-name = "digits-retrain"
-objective = "digits-mlp"
-
-[budget]
-n_trials = 3
-
-[sampler]
-name = "random"
-seed = 7
-
-[pruner]
-name = "none"
-
-[resources]
-workers = 1
-
-[training]
-epochs = 3
-device = "cpu"
-seed = 11
-
-[space.lr]
-type = "float"
-low = 1e-3
-high = 5e-2
-log = true
-
-[space.width]
-type = "int"
-low = 16
-high = 64
-
-[space.optimizer]
-type = "categorical"
-choices = ["adam", "sgd"]
-"""
+DIGITS_STUDY = study_toml(
+    name="digits-retrain",
+    objective="digits-mlp",
+    n_trials=3,
+    direction=None,
+    sampler={"name": "random", "seed": 7},
+    resources={"workers": 1},
+    training={"epochs": 3, "device": "cpu", "seed": 11},
+    space={
+        "lr": {"type": "float", "low": 1e-3, "high": 5e-2, "log": True},
+        "width": {"type": "int", "low": 16, "high": 64},
+        "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+    },
+)
 
 
 def _train(config: Path, output: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -108,6 +85,7 @@ def test_retraining_an_export_reproduces_the_trial_metric(
     assert evaluate(model, data.x_val, data.y_val) == best.value
 
 
+@pytest.mark.slow
 def test_retraining_a_user_objective_without_the_engine_reports_only_the_metric(
     tmp_path: Path, write_study: Any, study_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -161,6 +139,7 @@ def test_a_bad_export_file_is_one_line_and_exit_2(
     assert not (tmp_path / "model").exists()
 
 
+@pytest.mark.slow
 def test_retraining_a_compressed_export_saves_the_compressed_model(tmp_path: Path) -> None:
     """The export's compression recipe is reproduced: pruned and int8 layers, saved as measured."""
     export = tmp_path / "compressed.json"

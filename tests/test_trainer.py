@@ -20,7 +20,7 @@ from hpsearch.objectives.models import MLP
 from hpsearch.objectives.schedules import ScheduleConfig, make_schedule
 from hpsearch.objectives.trainer import TrainConfig, train_classifier
 
-from .test_objectives import RecordingTrial
+from ._support import RecordingTrial
 
 
 def small_digits(n_train: int) -> TensorDataset:
@@ -249,6 +249,7 @@ def _spawn_ddp(tmp_path: Path, prune_at: int | None) -> None:
         pass
 
 
+@pytest.mark.slow
 def test_ddp_two_ranks_match_a_single_process(tmp_path: Path) -> None:
     _spawn_ddp(tmp_path, prune_at=None)
     single_model = fresh_model()
@@ -263,6 +264,7 @@ def test_ddp_two_ranks_match_a_single_process(tmp_path: Path) -> None:
     assert rank0["metric"] == pytest.approx(single.metric)
 
 
+@pytest.mark.slow
 def test_pruned_ddp_trial_ends_on_every_rank(tmp_path: Path) -> None:
     _spawn_ddp(tmp_path, prune_at=0)  # rank 0's pruner says stop after the first epoch
     assert (tmp_path / "pruned-0").exists() and (tmp_path / "pruned-1").exists()

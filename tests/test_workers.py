@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from hpsearch.attrs import SLOT
@@ -15,6 +16,9 @@ from hpsearch.search import budget_state, create_study, load_spec_file, load_stu
 from hpsearch.search.runtime._budget import BATCH
 
 from .conftest import hpsearch_command
+
+# Every test runs real worker processes to a study's budget.
+pytestmark = pytest.mark.slow
 
 
 def _finished(url: str, name: str) -> list[optuna.trial.FrozenTrial]:

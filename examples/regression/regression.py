@@ -49,6 +49,9 @@ def build(params: Mapping[str, Any]) -> nn.Module:
     return nn.Sequential(*layers, nn.Linear(features, 1))
 
 
+# Declares that the objective trains through the engine and reads two options of its own:
+# `hpsearch create` then refuses any other name (a misspelt `epoch` or `batchsize`) in one line.
+@hpsearch.uses_engine(options=["width", "depth"])
 def objective(trial: Any, params: dict[str, Any]) -> dict[str, float]:
     return hpsearch.fit(
         trial,

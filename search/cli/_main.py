@@ -18,7 +18,14 @@ import optuna
 from hpsearch.errors import HpsearchError
 from hpsearch.search import _api
 from hpsearch.search._study import create_study, load_study, study_summaries
-from hpsearch.search.cli._argtypes import non_negative_int, positive_float, positive_int
+from hpsearch.search.cli._argtypes import (
+    host,
+    non_negative_int,
+    port,
+    positive_float,
+    positive_int,
+    resource_count,
+)
 from hpsearch.search.cli._deploy import add_deploy_commands
 from hpsearch.search.results._export import (
     EXPORT_FORMATS,
@@ -217,7 +224,14 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         + (f" with artifacts in {args.artifacts}" if args.artifacts else ""),
         file=sys.stderr,
     )
-    run_server(storage, host=args.host, port=args.port, artifact_store=artifact_store)
+    try:
+        run_server(storage, host=args.host, port=args.port, artifact_store=artifact_store)
+    except OSError as err:  # binding: the port is taken, or the address is not this machine's
+        raise HpsearchError(
+            f"Cannot serve the dashboard on {args.host}:{args.port} "
+            f"({err.strerror or err}); pick another --port, or an address of this machine "
+            "for --host."
+        ) from None
     return 0
 
 
@@ -278,60 +292,101 @@ def build_parser() -> argparse.ArgumentParser:
     def add_device_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
             "--gpus",
+            metavar="IDS",
             help="GPU ids for this node's workers, e.g. 0,1,2,3; 'all' (default: every visible "
             "GPU) or 'none' (CPU workers)",
         )
         sub.add_argument(
             "--gpus-per-trial",
+            dest="devices_per_trial",
+            type=resource_count("devices_per_trial"),
+            metavar="N",
+            help="devices (DDP ranks) per trial; one worker process per group "
+            "(default [resources].devices_per_trial; also --devices-per-trial N)",
+        )
+        # The older name still works; the help lists the option once.
+        sub.add_argument(
             "--devices-per-trial",
             dest="devices_per_trial",
-            type=positive_int,
-            help="devices (DDP ranks) per trial; one worker process per group "
-            "(default [resources].devices_per_trial)",
+            type=resource_count("devices_per_trial"),
+            help=argparse.SUPPRESS,
         )
 
-    def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text, parents=[verbosity])
-        sub.add_argument("--storage", help=storage_help)
+    def add(name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=f"example: {example}",
+            parents=[verbosity],
+        )
+        sub.add_argument("--storage", metavar="URL", help=storage_help)
         return sub
 
-    run = add("run", "create or resume a study and run local workers until its budget is used")
-    run.add_argument("study_file", help="study file (TOML)")
-    run.add_argument(
-        "--workers", type=positive_int, help="worker processes (default [resources].workers)"
+    run = add(
+        "run",
+        "create or resume a study and run local workers until its budget is used",
+        "hpsearch run study.toml --workers 4 --storage sqlite:///hpsearch.db",
     )
-    run.add_argument("--timeout", type=positive_float, help="seconds after which no trial starts")
+    run.add_argument("study_file", metavar="STUDY.toml", help="study file (TOML)")
+    run.add_argument(
+        "--workers",
+        type=resource_count("workers"),
+        metavar="N",
+        help="worker processes (default [resources].workers)",
+    )
+    run.add_argument(
+        "--timeout",
+        type=positive_float,
+        metavar="SECONDS",
+        help="seconds after which no trial starts",
+    )
     add_device_options(run)
     run.set_defaults(handler=cmd_run)
 
-    create = add("create", "create a study from a study file (the same file again is a no-op)")
-    create.add_argument("study_file", help="study file (TOML)")
+    create = add(
+        "create",
+        "create a study from a study file (the same file again is a no-op)",
+        "hpsearch create study.toml --storage postgresql+psycopg://USER:PW@HOST/DB",
+    )
+    create.add_argument("study_file", metavar="STUDY.toml", help="study file (TOML)")
     create.set_defaults(handler=cmd_create)
 
-    worker = add("worker", "run worker processes on this node for an existing study")
-    worker.add_argument("--study", required=True, help="study name")
+    worker = add(
+        "worker",
+        "run worker processes on this node for an existing study",
+        "hpsearch worker --study NAME --gpus 0,1 --storage postgresql+psycopg://USER:PW@HOST/DB",
+    )
+    worker.add_argument("--study", required=True, metavar="NAME", help="study name")
     worker.add_argument(
         "--workers",
-        type=positive_int,
+        type=resource_count("workers"),
+        metavar="N",
         help="worker processes (default: one per GPU group, else 1)",
     )
     worker.add_argument(
-        "--timeout", type=positive_float, help="seconds after which no trial starts"
+        "--timeout",
+        type=positive_float,
+        metavar="SECONDS",
+        help="seconds after which no trial starts",
     )
     add_device_options(worker)
     worker.add_argument(
         "--nodes-per-trial",
-        type=positive_int,
+        type=resource_count("nodes_per_trial"),
+        metavar="N",
         help="nodes whose workers form each trial's group (default [resources].nodes_per_trial)",
     )
     worker.add_argument(
         "--node-rank",
         type=non_negative_int,
+        metavar="RANK",
         help="this node's place in the trial group, 0..nodes-1; node 0 claims the trials "
         "(default $HPSEARCH_NODE_RANK)",
     )
     worker.add_argument(
         "--rendezvous",
+        metavar="HOST:PORT",
         help="HOST:PORT where the group's ranks meet: node 0's address and a free port, the "
         "same on every node (default $HPSEARCH_RENDEZVOUS, else $MASTER_ADDR:$MASTER_PORT)",
     )
@@ -340,43 +395,79 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(handler=cmd_worker)
 
-    reap = add("reap", "fail the study's stale RUNNING trials (dead workers) and re-queue them")
-    reap.add_argument("--study", required=True, help="study name")
+    reap = add(
+        "reap",
+        "fail the study's stale RUNNING trials (dead workers) and re-queue them",
+        "hpsearch reap --study NAME",
+    )
+    reap.add_argument("--study", required=True, metavar="NAME", help="study name")
     reap.set_defaults(handler=cmd_reap)
 
-    status = add("status", "show a study's progress, best result and running trials")
-    status.add_argument("--study", required=True, help="study name")
+    status = add(
+        "status",
+        "show a study's progress, best result and running trials",
+        "hpsearch status --study NAME --watch",
+    )
+    status.add_argument("--study", required=True, metavar="NAME", help="study name")
     status.add_argument(
-        "--json", action="store_true", help="print the status as JSON (schema in README)"
+        "--json", action="store_true", help="print the status as JSON (schema in docs/status.md)"
     )
     status.add_argument("--watch", action="store_true", help="refresh until interrupted")
     status.add_argument(
-        "--interval", type=positive_float, default=5.0, help="seconds between refreshes"
+        "--interval",
+        type=positive_float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds between refreshes (default 5)",
     )
     status.set_defaults(handler=cmd_status)
 
-    export = add("export", "write the best configuration (or the Pareto front)")
-    export.add_argument("--study", required=True, help="study name")
+    export = add(
+        "export",
+        "write the best configuration (or the Pareto front)",
+        "hpsearch export --study NAME --output best.yaml",
+    )
+    export.add_argument("--study", required=True, metavar="NAME", help="study name")
     export.add_argument(
         "--format",
         choices=EXPORT_FORMATS,
         help="default: from --output's extension, else yaml; csv: every trial, one row each",
     )
-    export.add_argument("--output", "-o", help="file to write (default: standard output)")
+    export.add_argument(
+        "--output", "-o", metavar="FILE", help="file to write (default: standard output)"
+    )
     export.add_argument(
         "--top", type=positive_int, metavar="K", help="also list the K best trials (as `top`)"
     )
     export.set_defaults(handler=cmd_export)
 
-    studies = add("studies", "list the studies in a storage")
+    studies = add(
+        "studies",
+        "list the studies in a storage",
+        "hpsearch studies --storage sqlite:///hpsearch.db",
+    )
     studies.add_argument("--json", action="store_true", help="print the list as JSON")
     studies.set_defaults(handler=cmd_studies)
 
-    dashboard = add("dashboard", "serve optuna-dashboard on the storage")
-    dashboard.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default localhost only)"
+    dashboard = add(
+        "dashboard",
+        "serve optuna-dashboard on the storage",
+        "hpsearch dashboard --port 8080 --artifacts artifacts",
     )
-    dashboard.add_argument("--port", type=positive_int, default=8080)
+    dashboard.add_argument(
+        "--host",
+        type=host,
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0: every interface)",
+    )
+    dashboard.add_argument(
+        "--port",
+        type=port,
+        default=8080,
+        metavar="NUMBER",
+        help="TCP port to serve on, 1-65535 (default 8080)",
+    )
     dashboard.add_argument(
         "--artifacts",
         metavar="DIR|S3URL",
@@ -385,9 +476,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dashboard.set_defaults(handler=cmd_dashboard)
 
-    report = add("report", "write one self-contained HTML report of a study (works offline)")
-    report.add_argument("--study", required=True, help="study name")
-    report.add_argument("--output", "-o", default="report.html", help="default report.html")
+    report = add(
+        "report",
+        "write one self-contained HTML report of a study (works offline)",
+        "hpsearch report --study NAME --output report.html",
+    )
+    report.add_argument("--study", required=True, metavar="NAME", help="study name")
+    report.add_argument(
+        "--output",
+        "-o",
+        default="report.html",
+        metavar="FILE",
+        help="the HTML file to write (default report.html)",
+    )
     report.set_defaults(handler=cmd_report)
 
     train = commands.add_parser(
@@ -396,12 +497,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="retrain an exported configuration and save the model",
         description="retrain an exported configuration (hpsearch export), save the model "
         "(built-in objectives) and report the metric",
+        epilog="example: hpsearch train best.yaml --output model",
     )
-    train.add_argument("config", help="file written by `hpsearch export` (yaml, json or toml)")
+    train.add_argument(
+        "config", metavar="EXPORT", help="file written by `hpsearch export` (yaml, json or toml)"
+    )
     train.add_argument(
         "--output",
         "-o",
         default="model",
+        metavar="DIR",
         help="folder for model.pt and config.json (default model)",
     )
     train.set_defaults(handler=cmd_train)

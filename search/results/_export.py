@@ -27,7 +27,8 @@ from hpsearch.attrs import CHECKPOINT
 from hpsearch.errors import HpsearchError
 from hpsearch.files import replacing
 from hpsearch.objectives import BUILTIN_OBJECTIVES
-from hpsearch.search.runtime._budget import worker_of
+from hpsearch.search.runtime._budget import budget_state, worker_of
+from hpsearch.search.runtime._compute import compute_document
 from hpsearch.search.spec._constraints import is_feasible
 from hpsearch.search.spec._study_file import StudySpec
 
@@ -83,9 +84,9 @@ def export_document(
         "params": params,
         "training": spec.training,
         "direction": spec.directions[0] if single else spec.directions,
-        "seed": training_seed(spec, params),
+        "seed": training_seed(spec, params, best.user_attrs.get(attrs.SEED)),
         "batch": best.user_attrs.get(attrs.BATCH),
-        "checkpoint": best.user_attrs.get(CHECKPOINT),
+        "checkpoint": existing_checkpoint(best),
         "versions": package_versions(),
         "revision": git_revision(),
         "retrain": retrain_command(output),
@@ -97,6 +98,16 @@ def export_document(
         document["compression"] = best.user_attrs.get(attrs.COMPRESSION)
     if spec.constraints:
         document["constraints"] = spec.constraints
+    compute = compute_document(study.get_trials(deepcopy=False), spec)
+    if compute:
+        # A study with a compute budget: what it spent, in each of its units.
+        used = budget_state(study.get_trials(deepcopy=False), spec.n_trials).used
+        document["budget"] = {
+            "n_trials": spec.n_trials,
+            "used": used,
+            "remaining": max(0, spec.n_trials - used),
+            **compute,
+        }
     if not single:
         document["pareto_front"] = [
             {
@@ -133,8 +144,11 @@ def _bounds_text(spec: StudySpec) -> str:
     )
 
 
-def training_seed(spec: StudySpec, params: dict[str, Any]) -> int | None:
-    """The seed the objective trained with: searched, fixed, or the built-in's default."""
+def training_seed(spec: StudySpec, params: dict[str, Any], recorded: Any = None) -> int | None:
+    """The seed the objective trained with: the one the engine recorded on the trial (a user
+    objective's through `fit`), searched, fixed, or the built-in's default."""
+    if isinstance(recorded, int) and not isinstance(recorded, bool):
+        return recorded
     options = {**spec.training, **params}
     if "seed" in options:
         return int(options["seed"])
@@ -195,8 +209,21 @@ def _trial_entry(trial: FrozenTrial) -> dict[str, Any]:
         "value": trial.values[0],
         "params": dict(trial.params),
         "batch": trial.user_attrs.get(attrs.BATCH),
-        "checkpoint": trial.user_attrs.get(CHECKPOINT),
+        "checkpoint": existing_checkpoint(trial),
     }
+
+
+def existing_checkpoint(trial: FrozenTrial) -> str | None:
+    """The trial's checkpoint (file, sharded folder or object), or None once it is gone:
+    ``keep_checkpoints`` deletes those of trials that are not (or no longer) the best, and
+    Optuna cannot take the name back from a finished trial."""
+    # Imported here: the checkpoints module ranks trials with best_trials from this one.
+    from hpsearch.search.runtime._checkpoints import checkpoint_exists
+
+    location = trial.user_attrs.get(CHECKPOINT)
+    if not isinstance(location, str) or not location:
+        return None
+    return location if checkpoint_exists(location) else None
 
 
 def trials_csv(study: optuna.Study, spec: StudySpec) -> str:

@@ -9,11 +9,17 @@ import optuna
 
 from hpsearch.search.results._export import best_trials
 from hpsearch.search.runtime._budget import budget_state
+from hpsearch.search.runtime._compute import compute_document
 from hpsearch.search.spec._study_file import StudySpec
 
 
 def progress_line(study: optuna.Study, spec: StudySpec, started: float) -> str:
-    state = budget_state(study.get_trials(deepcopy=False), spec.n_trials)
+    trials = study.get_trials(deepcopy=False)
+    state = budget_state(trials, spec.n_trials)
+    compute = "".join(
+        f", {b['spent']:.4g}/{b['limit']:g} {unit.replace('_', '-')}"
+        for unit, b in compute_document(trials, spec).items()
+    )
     best = best_trials(study)
     if not best:
         best_text = "no result yet"
@@ -23,8 +29,11 @@ def progress_line(study: optuna.Study, spec: StudySpec, started: float) -> str:
         best_text = f"{len(best)} on the Pareto front"
     elapsed = int(time.monotonic() - started)
     return (
-        f"[{spec.name}] {state.used}/{spec.n_trials} trials "
-        f"({state.pruned} pruned, {state.failed} failed), {state.running} running, "
+        f"[{spec.name}] {state.used}/{spec.n_trials} trials{compute} "
+        f"({state.pruned} pruned, {state.failed} failed"
+        # Only under a [scheduler]: the line stays as it was for every other study.
+        + (f", {state.paused} paused" if state.paused else "")
+        + f"), {state.running} running, "
         f"{best_text}, {elapsed // 60:02d}:{elapsed % 60:02d}"
     )
 

@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.search.results._export import write_atomically
-from hpsearch.search.results._status import status_document
+from hpsearch.search.results._status import compute_lines, status_document
 from hpsearch.search.runtime._budget import worker_of
 from hpsearch.search.spec._study_file import StudySpec
 
@@ -213,7 +213,8 @@ def _summary(study: optuna.Study, spec: StudySpec) -> str:
     goals = ", ".join(f"{d} {m}" for d, m in zip(spec.directions, spec.metrics, strict=True))
     items = [
         f"Objective <code>{html.escape(spec.objective)}</code>: {html.escape(goals)}",
-        f"Budget: {budget['used']} of {budget['n_trials']} trials used",
+        f"Budget: {budget['used']} of {budget['n_trials']} trials used"
+        + "".join(f"; {html.escape(line)}" for line in compute_lines(budget)),
         "States: " + html.escape(", ".join(f"{v} {k}" for k, v in states.items())),
     ]
     for best in doc["best"][:10]:

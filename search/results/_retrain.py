@@ -163,7 +163,13 @@ def _one_line_failures(path: str) -> Iterator[None]:
 
 def train_from_export(path: str, output: str, *, stream: TextIO = sys.stderr) -> TrainOutcome:
     """Retrain what ``path`` describes; save a built-in's model under ``output``."""
-    from hpsearch.objectives import BUILTIN_OBJECTIVES, load_objective, resolve_objective
+    from hpsearch.objectives import (
+        BUILTIN_OBJECTIVES,
+        check_combinations,
+        check_options,
+        load_objective,
+        resolve_objective,
+    )
     from hpsearch.search.runtime._worker import _as_values
 
     document = read_export(path)
@@ -171,6 +177,10 @@ def train_from_export(path: str, output: str, *, stream: TextIO = sys.stderr) ->
     objective = resolve_objective(
         document["objective"], base_dir=os.path.dirname(os.path.abspath(path))
     )
+    # Refused before anything is created or trained, as `create` refuses them.
+    for key in ("training", "params"):
+        check_options(objective, document[key], where=f"{path} {key}")
+    check_combinations(objective, {**document["training"], **document["params"]}, {}, where=path)
     metrics = _metrics(document)
     params = {**document["training"], **document["params"]}
     builtin = BUILTIN_OBJECTIVES.get(objective)
@@ -195,6 +205,9 @@ def train_from_export(path: str, output: str, *, stream: TextIO = sys.stderr) ->
             "the batch is the same, the floating-point sums may differ slightly",
             file=stream,
         )
+    # Everything is checked before anything is written: a refused run leaves no --output.
+    _check_device(path, options.get("device"))
+    _check_output(output)
     model_path = os.path.join(output, "model.pt")
     context = TrialContext(
         metrics=tuple(metrics),
@@ -213,10 +226,10 @@ def train_from_export(path: str, output: str, *, stream: TextIO = sys.stderr) ->
         from hpsearch.objectives.builtin import train_builtin
         from hpsearch.objectives.compression import serialize
 
-        _make_folder(output)
         with _one_line_failures(path), trial_context(context):
             measurements, model = train_builtin(trial, params, objective=objective)
             values = _as_values(measurements, metrics)
+        _make_folder(output)  # only now: the engine refuses a bad option when training starts
         # The bytes `size_bytes` measured: sparse weights stay compact, int8 layers stay packed
         # (`objectives.compression.load_serialized` reads them back into the compressed model).
         with replacing(model_path) as partial, open(partial, "wb") as handle:
@@ -239,6 +252,41 @@ def train_from_export(path: str, output: str, *, stream: TextIO = sys.stderr) ->
         os.path.join(output, "config.json"), json.dumps(config, indent=2, default=str) + "\n"
     )
     return TrainOutcome(metrics, values, _exported_values(document), trial.number, model_path)
+
+
+def _check_device(path: str, device: Any) -> None:
+    """A CUDA ``device`` names one this machine has (torch would fail deep inside). The name
+    itself was checked with the other engine options (``check_options``)."""
+    if not isinstance(device, str) or not device.startswith("cuda"):
+        return
+    import torch
+
+    index = torch.device(device).index
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0 or (index is not None and index >= count):
+        seen = f"cuda:0 to cuda:{count - 1}" if count else "no GPU"
+        raise HpsearchError(
+            f"Exported file {path!r}: device {device!r} is not on this machine (it sees "
+            f"{seen}); set `device` under training in the file to auto, cpu or one it sees."
+        )
+
+
+def _check_output(output: str) -> None:
+    """--output can be created here (it is made only once training has succeeded)."""
+    existing = os.path.abspath(output)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if existing == os.path.abspath(output) and not os.path.isdir(existing):
+        why = "a file is in the way"
+    elif not os.path.isdir(existing):
+        why = f"{existing!r} is a file"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        why = f"{existing!r} is not writable"
+    else:
+        return
+    raise HpsearchError(
+        f"Cannot use --output {output!r}: {why}; name a folder that can be created."
+    )
 
 
 def _make_folder(output: str) -> None:

@@ -10,6 +10,8 @@ from optuna.trial import TrialState
 
 from hpsearch.search.results._export import best_trials
 from hpsearch.search.runtime._budget import budget_state, worker_of
+from hpsearch.search.runtime._compute import compute_document
+from hpsearch.search.runtime._scheduler import paused_trials
 from hpsearch.search.spec._study_file import StudySpec
 
 STATUS_SCHEMA_VERSION = 1
@@ -28,7 +30,10 @@ def status_document(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
         hours = (last - first).total_seconds() / 3600
         per_hour = round(len(finished) / hours, 2) if hours > 0 else None
     remaining = max(0, spec.n_trials - state.used)
-    eta = None if per_hour in (None, 0) or remaining == 0 else round(remaining / per_hour * 3600, 1)
+    compute = compute_document(trials, spec)
+    # A spent compute budget ends the study whatever trials are left: no time is left either.
+    over = remaining == 0 or any(b["remaining"] <= 0 for b in compute.values())
+    eta = None if per_hour in (None, 0) or over else round(remaining / per_hour * 3600, 1)
     best = [
         {"trial": t.number, "values": list(t.values), "params": dict(t.params)}
         for t in best_trials(study)
@@ -52,7 +57,13 @@ def status_document(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
         "objective": spec.objective,
         "directions": spec.directions,
         "metrics": spec.metrics,
-        "budget": {"n_trials": spec.n_trials, "used": state.used, "remaining": remaining},
+        # Beside the trials, each compute budget the study has: {limit, spent, remaining}.
+        "budget": {
+            "n_trials": spec.n_trials,
+            "used": state.used,
+            "remaining": remaining,
+            **compute,
+        },
         "states": {
             "complete": state.complete,
             "pruned": state.pruned,
@@ -60,11 +71,23 @@ def status_document(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
             "running": state.running,
             "waiting": state.waiting,
             "retried": state.lost,
+            "paused": state.paused,
         },
         "best": best,
         "trials_per_hour": per_hour,
         "eta_seconds": eta,
         "running": running,
+        # Configurations the scheduler paused at a rung (their trial is PRUNED there, never
+        # failed), not promoted yet: a promotion resumes them from their checkpoint.
+        "paused": [
+            {
+                "trial": t.number,
+                "rung": rung,
+                "epoch": (t.last_step or 0) + 1,
+                "value": None if t.last_step is None else t.intermediate_values[t.last_step],
+            }
+            for t, rung in paused_trials(trials)
+        ],
     }
 
 
@@ -74,6 +97,7 @@ def format_status(doc: dict[str, Any]) -> str:
         f"study      {doc['study']}  (objective {doc['objective']}, "
         f"{' / '.join(f'{d} {m}' for d, m in zip(doc['directions'], doc['metrics'], strict=True))})",
         f"budget     {budget['used']}/{budget['n_trials']} trials used, {budget['remaining']} remaining",
+        *(f"           {line}" for line in compute_lines(budget)),
         "states     " + ", ".join(f"{v} {k}" for k, v in states.items()),
     ]
     if doc["trials_per_hour"] is not None:
@@ -94,4 +118,29 @@ def format_status(doc: dict[str, Any]) -> str:
             + (f", {run['devices']}" if run["devices"] else "")
             + f"), epoch {run['epoch']}, {run['seconds']}s"
         )
+    paused = doc.get("paused", [])
+    for entry in paused[:5]:
+        lines.append(
+            f"paused     trial {entry['trial']} at rung {entry['rung']} (epoch {entry['epoch']}"
+            + (f", {entry['value']:.6g}" if entry["value"] is not None else "")
+            + ")"
+        )
+    if len(paused) > 5:
+        lines.append(f"paused     ... and {len(paused) - 5} more")
     return "\n".join(lines)
+
+
+COMPUTE_UNITS = {"epochs": ("epochs", "{:g}"), "device_hours": ("device-hours", "{:.4g}")}
+
+
+def compute_lines(budget: dict[str, Any]) -> list[str]:
+    """One line per compute budget of a status document's budget: spent of limit, remaining."""
+    lines = []
+    for key, (unit, fmt) in COMPUTE_UNITS.items():
+        if key in budget:
+            b = budget[key]
+            lines.append(
+                f"{fmt.format(b['spent'])}/{fmt.format(b['limit'])} {unit} spent, "
+                f"{fmt.format(b['remaining'])} remaining"
+            )
+    return lines

@@ -21,7 +21,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.attrs import ENQUEUED, ERROR, REFILL, RETRY_OF, SLOT, WORKER
+from hpsearch.attrs import ENQUEUED, ERROR, PROMOTED_FROM, REFILL, RETRY_OF, SLOT, WORKER
+from hpsearch.search.runtime._scheduler import paused_rung, paused_trials
+from hpsearch.storage import hot_path_of
 from hpsearch.storage._optuna_internals import (
     add_claimed_trial_to_cache,
     storage_of,
@@ -60,10 +62,10 @@ def enqueue_batch(study: optuna.Study, storage: object, start: int, n_trials: in
     storages add the batch's missing slots one by one. Returns whether anything was added.
     """
     slots = range(start, min(start + BATCH, n_trials))
-    enqueue_once = getattr(storage, "enqueue_once", None)
-    if enqueue_once is not None:
+    fast = hot_path_of(storage)
+    if fast is not None:
         trials = [_slot_trial(slot, n_trials) for slot in slots]
-        return bool(enqueue_once(study_id_of(study), f"{ENQUEUED}{start}", trials))
+        return fast.enqueue_once(study_id_of(study), f"{ENQUEUED}{start}", trials)
     # A previous holder of this duty may have died half-way through the batch.
     existing = {t.system_attrs.get(SLOT) for t in study.get_trials(deepcopy=False)}
     missing = [slot for slot in slots if slot not in existing]
@@ -90,7 +92,7 @@ def repair_queue(study: optuna.Study, storage: object, state: BudgetState) -> bo
 
     Returns whether slots were added (the caller claims again).
     """
-    if state.enqueued >= state.n_trials or not hasattr(storage, "enqueue_once"):
+    if state.enqueued >= state.n_trials or hot_path_of(storage) is None:
         return False
     added = False
     for start in range(0, state.n_trials, BATCH):
@@ -117,18 +119,18 @@ def claim_slot(
     unfinished trial and four writes: most of a trial's coordination cost otherwise.
     """
     attrs = attrs or (lambda _: {})
-    claim_trial = getattr(storage, "claim_trial", None)
-    waiting_ids = getattr(storage, "waiting_trial_ids", None)
-    if claim_trial is not None and waiting_ids is not None:
-        for trial_id in waiting_ids(study_id_of(study), CLAIM_CANDIDATES):
-            claimed: FrozenTrial | None = claim_trial(trial_id, attrs)
+    fast = hot_path_of(storage)
+    if fast is not None:
+        for trial_id in fast.waiting_trial_ids(study_id_of(study), CLAIM_CANDIDATES):
+            claimed = fast.claim_trial(trial_id, attrs)
             if claimed is not None:
                 _add_to_cache(study, claimed)
                 return claimed
         return None
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    # Retries of trials whose worker died go first: their checkpoints are waiting.
-    waiting.sort(key=lambda t: (RETRY_OF not in t.system_attrs, t.number))
+    # Retries of trials whose worker died and promoted configurations go first: their
+    # checkpoints are waiting.
+    waiting.sort(key=lambda t: (not {RETRY_OF, PROMOTED_FROM} & t.system_attrs.keys(), t.number))
     for trial in waiting:
         if _claim(study, trial_id_of(trial)):
             for key, value in attrs(trial.system_attrs).items():
@@ -166,10 +168,11 @@ class BudgetState:
     lost: int  # failed without an error: a dead worker's trial, re-queued as a retry
     enqueued: int  # slots put in the queue so far
     slots: frozenset[int] = field(default=frozenset(), repr=False)  # which ones
+    paused: int = 0  # configurations paused at a rung by the scheduler, not promoted (yet)
 
     @property
     def used(self) -> int:
-        return self.complete + self.pruned + self.failed
+        return self.complete + self.pruned + self.failed + self.paused
 
     @property
     def finished(self) -> bool:
@@ -181,12 +184,20 @@ class BudgetState:
 
 
 def budget_state(trials: Iterable[FrozenTrial], n_trials: int) -> BudgetState:
-    counts = dict.fromkeys(("complete", "pruned", "failed", "running", "waiting", "lost"), 0)
+    trials = list(trials)
+    counts = dict.fromkeys(
+        ("complete", "pruned", "failed", "running", "waiting", "lost", "paused"), 0
+    )
     slots: set[int] = set()
+    # A promoted configuration's slot is counted by its continuation, never twice.
+    paused = {t.number for t, _ in paused_trials(trials)}
     for trial in trials:
         slot = trial.system_attrs.get(SLOT)
         if slot is not None:
             slots.add(int(slot))
+        if paused_rung(trial) is not None:
+            counts["paused"] += trial.number in paused
+            continue
         if trial.state == TrialState.COMPLETE:
             counts["complete"] += 1
         elif trial.state == TrialState.PRUNED:

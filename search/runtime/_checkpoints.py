@@ -16,12 +16,13 @@ import logging
 import os
 import posixpath
 import shutil
+import stat
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -33,6 +34,7 @@ from hpsearch.search.spec._study_file import StudySpec
 from hpsearch.storage import (
     ObjectStore,
     StorageError,
+    hot_path_of,
     is_object_store_url,
     open_object_store,
     parse_object_url,
@@ -143,16 +145,17 @@ class CheckpointSync:
             self._thread = None
 
     def _push(self) -> bool:
-        """Upload the local file if the store lacks this version; whether the store holds it."""
+        """Upload the local checkpoint if the store lacks this version; whether the store
+        holds it. A sharded checkpoint (a folder) goes up whole: every shard, then the switch."""
         assert self._store is not None
         with self._lock:
             try:
-                with open(self.local, "rb") as handle:
-                    # Read from the one handle: a writer replacing the file meanwhile cannot mix
-                    # two versions into one object, and the version recorded is the one uploaded.
-                    version = _version(os.fstat(handle.fileno()))
+                with _opened(self.local) as (version, opened):
                     if version != self._stored:
-                        self._store.upload_fileobj(handle, self.key)
+                        if isinstance(opened, dict):
+                            self._store.upload_folder(opened, self.key)
+                        else:
+                            self._store.upload_fileobj(opened, self.key)
                         self._stored = version
             except FileNotFoundError:
                 return self._stored is not None
@@ -192,9 +195,9 @@ class CheckpointSync:
         if path is None:
             path = trial.user_attrs.get(ATTR)
         if isinstance(path, str) and not is_object_store_url(path) and not os.path.exists(path):
-            finish_with = getattr(storage, "finish_with_user_attrs", None)
-            if finish_with is not None:
-                finish_with(trial_id_of(trial), {ATTR: None})
+            fast = hot_path_of(storage)
+            if fast is not None:
+                fast.finish_with_user_attrs(trial_id_of(trial), {ATTR: None})
                 return
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 trial.set_user_attr(ATTR, None)
@@ -214,6 +217,43 @@ def _version(stat: os.stat_result) -> tuple[int, int, int]:
     return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
+@contextlib.contextmanager
+def _opened(
+    path: str,
+) -> Iterator[tuple[tuple[int, int, int], BinaryIO | dict[str, BinaryIO]]]:
+    """The checkpoint at ``path`` opened for reading, with its version: a file's handle, or a
+    folder's files by relative path.
+
+    Everything is opened before anything is read: a writer that replaces the checkpoint
+    meanwhile (``os.replace`` of a file, or of a whole folder of shards) cannot mix two
+    versions into one upload, and the version recorded is the one uploaded. A folder being
+    removed while it is opened raises FileNotFoundError: the next heartbeat tries again.
+    """
+    with contextlib.ExitStack() as stack:
+        fd = os.open(path, os.O_RDONLY)
+        version = _version(os.fstat(fd))
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            yield version, stack.enter_context(os.fdopen(fd, "rb"))
+            return
+        stack.callback(os.close, fd)
+        files: dict[str, BinaryIO] = {}
+        _open_folder(stack, fd, "", files)
+        yield version, files
+
+
+def _open_folder(
+    stack: contextlib.ExitStack, folder: int, prefix: str, files: dict[str, BinaryIO]
+) -> None:
+    """Open every file under the folder ``folder`` (a descriptor), by relative path."""
+    for name in sorted(os.listdir(folder)):
+        fd = os.open(name, os.O_RDONLY, dir_fd=folder)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            stack.callback(os.close, fd)
+            _open_folder(stack, fd, f"{prefix}{name}/", files)
+        else:
+            files[f"{prefix}{name}"] = stack.enter_context(os.fdopen(fd, "rb"))
+
+
 def checkpoint_sync(spec: StudySpec, slot: Any, study_uid: str) -> CheckpointSync:
     """The sync of a claimed trial's checkpoint (a no-op unless artifacts is an s3:// URL)."""
     artifacts = spec.resources.artifacts
@@ -226,7 +266,8 @@ def checkpoint_sync(spec: StudySpec, slot: Any, study_uid: str) -> CheckpointSyn
     )
 
 
-def _exists(location: str) -> bool:
+def checkpoint_exists(location: str) -> bool:
+    """Whether the checkpoint file, sharded folder or object at ``location`` is there."""
     if is_object_store_url(location):
         store, key = _object(location)
         return store.exists(key)
@@ -251,9 +292,15 @@ def _remove_all(trials: Iterable[FrozenTrial]) -> None:
             shutil.rmtree(os.path.dirname(path), ignore_errors=True)
     for (bucket, folder), doomed in slots.items():
         store = _object_store(f"s3://{bucket}")
-        keys = [k for k in store.keys(folder) if posixpath.dirname(k) in doomed]
+        # A folder's versions lie deeper than its manifest: every key under a doomed slot goes.
+        keys = [k for k in store.keys(folder) if _slot_of(k, folder) in doomed]
         if keys:
             store.delete(keys)
+
+
+def _slot_of(key: str, folder: str) -> str:
+    """The slot folder (``FOLDER/slot-N``) of a key under a study's folder."""
+    return posixpath.join(folder, key[len(folder) + 1 :].split("/")[0])
 
 
 def tidy(study: optuna.Study, finished: FrozenTrial, keep: str) -> None:
@@ -274,7 +321,7 @@ def _tidy(study: optuna.Study, finished: FrozenTrial, keep: str) -> None:
     checkpoint: its retry resumes from it.
     """
     location = str(finished.user_attrs.get(ATTR) or "")
-    if keep == "all" or not location or not _exists(location):
+    if keep == "all" or not location or not checkpoint_exists(location):
         return  # nothing to keep or remove (objectives that write no checkpoint end here)
     if finished.state == TrialState.FAIL and ERROR not in finished.user_attrs:
         return
@@ -337,9 +384,11 @@ def _publish(study: optuna.Study, best: FrozenTrial) -> None:
         mimetype = CHECKPOINT_MIMETYPE
         if is_object_store_url(path):
             store, key = _object(path)
-            if not store.download(key, named):
+            local = os.path.join(folder, "checkpoint")
+            if not store.download(key, local):
                 return
-        elif path and os.path.isdir(path):  # a sharded checkpoint: one archive of its shards
+            path = local
+        if path and os.path.isdir(path):  # a sharded checkpoint: one archive of its shards
             named = shutil.make_archive(os.path.splitext(named)[0], "zip", path)
             mimetype = "application/zip"
         elif path and os.path.exists(path):

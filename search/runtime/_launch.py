@@ -1,4 +1,4 @@
-"""Starting worker processes: spawned children that run ``_worker.worker_main``.
+"""Starting worker processes: spawned children that run ``_startup.worker_main``.
 
 Torch-free: the parent that starts workers (``hpsearch run``, ``hpsearch.run``) does not pay
 for the training stack, and a spawned child imports it only when it starts working.
@@ -9,30 +9,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import multiprocessing
+import multiprocessing.connection
 import os
 import sys
 import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from hpsearch.errors import HpsearchError
 from hpsearch.search.runtime._devices import WorkerDevices, assign_devices
-
-
-@dataclass(frozen=True)
-class WorkerArgs:
-    study: str
-    url: str
-    index: int  # 0..workers-1 on this node
-    threads: int  # torch CPU threads for this process
-    timeout: float | None  # seconds, from when the worker is ready, after which no trial starts
-    parent: int  # the pid of the process that started the worker: the worker dies with it
-    log_trials: bool  # one line per finished trial (off when a live display runs)
-    devices_per_trial: int = 1  # > 1: each trial runs as a DDP group of this many ranks
-    devices: str = "cpu"  # recorded on each trial: the CUDA_VISIBLE_DEVICES of this worker
-    nodes_per_trial: int = 1  # > 1: the workers of this many nodes form each trial's group
-    node_rank: int = 0  # this node's place in the group: node 0 claims the trials
-    rendezvous: str | None = None  # HOST:PORT of node 0's store (nodes_per_trial > 1)
+from hpsearch.search.runtime._startup import worker_main
+from hpsearch.search.runtime._worker_args import WorkerArgs, parse_rendezvous
 
 
 @dataclass(frozen=True)
@@ -42,16 +30,6 @@ class NodeGroup:
     nodes: int
     node_rank: int
     rendezvous: str  # HOST:PORT of node 0's store
-
-
-def parse_rendezvous(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise HpsearchError(
-            f"--rendezvous {text!r} is not HOST:PORT; give node 0's address and a free port, "
-            "e.g. --rendezvous node0.cluster:29400 (the same on every node of the group)."
-        )
-    return host, int(port)
 
 
 NODE_RANK_VAR = "HPSEARCH_NODE_RANK"
@@ -92,11 +70,30 @@ def node_group(
     return NodeGroup(nodes, node_rank, rendezvous)
 
 
-def _worker_entry(args: WorkerArgs) -> None:
-    """What a spawned worker runs: the worker loop, imported in the child only."""
-    from hpsearch.search.runtime._worker import worker_main
+class Gate:
+    """Holds spawned workers before they touch the database: a fresh interpreter's imports
+    (seconds with torch) overlap the parent's creating and checking of the study. ``open``
+    lets them claim trials; ``close`` without it (the parent refused, or has no work) ends them
+    before they did anything."""
 
-    worker_main(args)
+    def __init__(self) -> None:
+        self._senders: list[multiprocessing.connection.Connection] = []
+
+    def receiver(self) -> multiprocessing.connection.Connection:
+        receiver, sender = multiprocessing.get_context("spawn").Pipe(duplex=False)
+        self._senders.append(sender)
+        return receiver
+
+    def open(self) -> None:
+        for sender in self._senders:
+            sender.send(True)
+        self.close()
+
+    def close(self) -> None:
+        """A worker still waiting reads the end of its pipe as "no work": it exits 0."""
+        for sender in self._senders:
+            sender.close()
+        self._senders.clear()
 
 
 @contextlib.contextmanager
@@ -130,11 +127,15 @@ def start_workers(
     devices_per_trial: int = 1,
     assignments: Sequence[WorkerDevices] | None = None,
     group: NodeGroup | None = None,
+    gate: Gate | None = None,
+    preload: dict[str, Any] | None = None,
 ) -> list[multiprocessing.process.BaseProcess]:
     """Spawn (never fork: CUDA and gRPC do not survive a fork) one process per worker.
 
     ``assignments`` (from hpsearch.search.runtime._devices) gives each worker its GPUs; without it, ``workers``
-    CPU workers with ``devices_per_trial`` ranks per trial share the cores.
+    CPU workers with ``devices_per_trial`` ranks per trial share the cores. With a ``gate``,
+    the workers wait for it to open before they load the study; meanwhile they import what
+    opening the storage needs and warm up the study file ``preload``'s built-in objective.
     """
     if assignments is None:
         assignments = assign_devices(
@@ -157,6 +158,7 @@ def start_workers(
             log_trials=log_trials,
             devices_per_trial=devices.ranks,
             devices=_visible(devices) or "cpu",
+            preload=preload,
         )
         if group is not None:
             args = dataclasses.replace(
@@ -165,12 +167,17 @@ def start_workers(
                 node_rank=group.node_rank,
                 rendezvous=group.rendezvous,
             )
+        receiver = None if gate is None else gate.receiver()
         process = context.Process(
-            target=_worker_entry, args=(args,), name=f"hpsearch-worker-{devices.index}"
+            target=worker_main,
+            args=(args,) if receiver is None else (args, receiver),
+            name=f"hpsearch-worker-{devices.index}",
         )
         # A spawned child reads CUDA_VISIBLE_DEVICES from the environment it starts with.
         with _environment("CUDA_VISIBLE_DEVICES", _visible(devices)), _caller_not_rerun():
             process.start()
+        if receiver is not None:
+            receiver.close()  # the child has its own copy
         processes.append(process)
     return processes
 

@@ -8,6 +8,7 @@ failing trials in bulk.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import tempfile
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 
 from hpsearch.errors import HpsearchError, StorageError
 from hpsearch.objectives import BUILTIN_OBJECTIVES, ObjectiveError, load_objective
+from hpsearch.objectives._options import TRAINING, engine_use
 from hpsearch.search.runtime._checkpoints import CACHE_FOLDER
 from hpsearch.search.runtime._devices import WorkerDevices
 from hpsearch.search.spec._study_file import StudySpec
@@ -43,6 +45,30 @@ def _check_gpus(assignments: Sequence[WorkerDevices]) -> None:
             raise HpsearchError(f"GPU {gpu} does not work: {str(err).splitlines()[0]}") from None
         if value != 8.0:
             raise HpsearchError(f"GPU {gpu} computed 2*4 ones as {value}; the device is faulty.")
+
+
+def _check_device_option(spec: StudySpec, assignments: Sequence[WorkerDevices]) -> None:
+    """``device = "cuda"`` (fixed or a choice) needs a GPU in each worker: a CPU worker would
+    fail every trial the moment it moves the model."""
+    if spec.objective in BUILTIN_OBJECTIVES:
+        default = BUILTIN_OBJECTIVES[spec.objective].options["device"]
+    elif engine_use(load_objective(spec.objective)) is not None:
+        default = TRAINING["device"]
+    else:
+        return  # a user objective that does not declare the engine reads what it likes
+    entry = spec.space.get("device")
+    if entry is not None:
+        devices, where = entry.get("choices", []), "[space.device]"
+    else:
+        devices, where = [spec.training.get("device", default)], "[training] device"
+    cuda = [d for d in devices if isinstance(d, str) and d.startswith("cuda")]
+    cpu_workers = [a.index for a in assignments if not a.gpus]
+    if cuda and cpu_workers:
+        raise HpsearchError(
+            f"This node cannot run study {spec.name!r}: {where} names {cuda[0]!r} and worker "
+            f"{cpu_workers[0]} gets no GPU here (none is visible, or --gpus none); start workers on a "
+            'node with GPUs, or set device = "auto" (a GPU where there is one) or "cpu".'
+        )
 
 
 def _check_data(spec: StudySpec, *, load_all: bool = False) -> None:
@@ -159,17 +185,40 @@ def _refusal(spec: StudySpec, err: ObjectiveError) -> HpsearchError:
 
 
 def check_node(spec: StudySpec, assignments: Sequence[WorkerDevices]) -> None:
-    """Raise a one-line HpsearchError/ObjectiveError if this node cannot run the study's trials."""
+    """Raise a one-line HpsearchError/ObjectiveError if this node cannot run the study's trials.
+
+    The devices first: the folder checks create the folders they probe, and a node refused for
+    its --gpus must leave nothing behind."""
+    _check_gpus(assignments)
     try:
         if spec.objective not in BUILTIN_OBJECTIVES:
             # A user's file must load here. A built-in is ours: importing it would import torch
             # into a process that never trains (seconds, and its teardown at exit).
             load_objective(spec.objective)
+        _check_device_option(spec, assignments)
         _check_folders(spec)
         _check_data(spec)
     except ObjectiveError as err:
         raise _refusal(spec, err) from None
-    _check_gpus(assignments)
+
+
+def warm_up_early(spec: StudySpec) -> None:
+    """``warm_up`` in a worker the parent has not let in yet (``_launch.Gate``): the study
+    file's built-in objective imported and, when nothing is downloaded (the parent's check may
+    be downloading the same files), its data loaded. What fails here fails again, in one line,
+    in ``warm_up`` or where the objective is loaded."""
+    builtin = BUILTIN_OBJECTIVES.get(spec.objective)
+    if builtin is None:  # a user's code never runs before the parent has checked the study
+        return
+    options = {**builtin.options, **spec.training}
+    datasets = spec.space["dataset"].get("choices", []) if "dataset" in spec.space else []
+    downloads = options["download"] and not {str(d) for d in datasets or [options["dataset"]]} <= {
+        "digits"
+    }
+    with contextlib.suppress(HpsearchError, ObjectiveError):
+        load_objective(spec.objective)
+        if not downloads:
+            warm_up(spec)
 
 
 def warm_up(spec: StudySpec) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
+from collections.abc import Callable
 
 import optuna
 
@@ -67,8 +68,17 @@ class StaleTrialReaper:
             storage.engine.dispose()
 
 
-def serve_proxy(url: str, *, host: str, port: int, threads: int, stop: threading.Event) -> None:
-    """Serve until ``stop`` is set; reap stale trials between waits.
+def serve_proxy(
+    url: str,
+    *,
+    host: str,
+    port: int,
+    threads: int,
+    stop: threading.Event,
+    on_serving: Callable[[], None] | None = None,
+) -> None:
+    """Serve until ``stop`` is set; reap stale trials between waits. ``on_serving`` runs once
+    the database has answered and the server listens.
 
     A stop signal only sets ``stop`` (search/_deploy_cli.py). Raising out of whatever the
     process was doing at that moment, a reaper's database call say, could leave a lock held
@@ -76,6 +86,8 @@ def serve_proxy(url: str, *, host: str, port: int, threads: int, stop: threading
     """
     server = start_proxy_server(url, host=host, port=port, threads=threads)
     reaper = StaleTrialReaper(url)
+    if on_serving is not None:
+        on_serving()
     try:
         while not stop.is_set():
             try:

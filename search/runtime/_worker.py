@@ -1,4 +1,4 @@
-"""Worker processes: claim a slot, run the objective inside a heartbeat, tell the result.
+"""The worker loop: claim a slot, run the objective inside a heartbeat, tell the result.
 
 The database is the only coordinator. The loop knows nothing about the backend, and its
 ``try/finally`` never leaves a trial RUNNING: a trial ends COMPLETE, PRUNED or FAIL, and an
@@ -10,16 +10,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
+import re
 import socket
-import sys
-import threading
 import time
 import traceback
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -27,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.attrs import CHECKPOINT, ERROR, SLOT, TRACEBACK, WORKER
 from hpsearch.errors import GroupLost, HpsearchError
-from hpsearch.objectives import Objective, ObjectiveError, interrupt, load_objective
+from hpsearch.objectives import Objective, interrupt, load_objective
 from hpsearch.objectives.context import TrialContext, trial_context
 from hpsearch.search._study import UID_ATTR, LoadedStudy, load_study
 from hpsearch.search.results._multi_objective import objective_trial
@@ -44,12 +40,19 @@ from hpsearch.search.runtime._checkpoints import (
     checkpoint_sync,
     tidy,
 )
-from hpsearch.search.runtime._launch import WorkerArgs, parse_rendezvous
+from hpsearch.search.runtime._compute import ComputeBudget, ComputeMeter, budget_stop_reason
+from hpsearch.search.runtime._heartbeat import Heartbeat, Reaper
 from hpsearch.search.runtime._preflight import warm_up
-from hpsearch.search.runtime._stop import install_worker_handlers
+from hpsearch.search.runtime._scheduler import (
+    AshaPruner,
+    continuations_left,
+    paused_rung,
+    promote,
+)
+from hpsearch.search.runtime._worker_args import WorkerArgs, parse_rendezvous
 from hpsearch.search.spec._constraints import apply_constraints, measurements
 from hpsearch.search.spec._space import suggest
-from hpsearch.storage import StorageError, WorkerStorage, close_storage
+from hpsearch.storage import StorageError, close_storage, hot_path_of
 from hpsearch.storage._optuna_internals import (
     enter_optimize_loop,
     reseed_sampler,
@@ -63,81 +66,6 @@ if TYPE_CHECKING:
     from hpsearch.search.runtime._ranks import RankGroup, Rendezvous
 
 log = logging.getLogger("hpsearch.worker")
-# How long a stopping worker waits for its objective to reach a safe point before interrupting it.
-STOP_BOUND_SECONDS = 30.0
-
-
-class Heartbeat:
-    """Records the trial's heartbeat every interval on a thread, so a dead worker is noticed."""
-
-    def __init__(
-        self,
-        storage: WorkerStorage,
-        trial_id: int,
-        *,
-        beat_now: bool = True,
-        on_beat: Callable[[], None] = lambda: None,
-    ) -> None:
-        self._storage = storage
-        self._trial_id = trial_id
-        self._beat_now = beat_now
-        self._on_beat = on_beat
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> Heartbeat:
-        interval = self._storage.get_heartbeat_interval()
-        if interval is not None:
-            if self._beat_now:
-                self._storage.record_heartbeat(self._trial_id)
-            self._thread = threading.Thread(target=self._beat, args=(interval,), daemon=True)
-            self._thread.start()
-        return self
-
-    def _beat(self, interval: int) -> None:
-        while not self._stop.wait(interval):
-            try:
-                self._storage.record_heartbeat(self._trial_id)
-            except StorageError:
-                # The database stayed away past db_timeout: the trial loop says so when it next
-                # needs the database, and the trial is re-queued after its grace period.
-                return
-            except Exception as err:  # a missed beat is not fatal; the next one may succeed
-                log.warning("heartbeat for trial id %d failed: %s", self._trial_id, err)
-                continue
-            try:
-                self._on_beat()  # reaping others' trials: its failure never stops our beats
-            except Exception as err:
-                log.warning("after the heartbeat of trial id %d: %s", self._trial_id, err)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-
-class Reaper:
-    """Fails the study's trials whose worker died (no heartbeat for the grace period), at most
-    once an interval; their retries go back to the queue. The worker loop calls it between
-    trials and the heartbeat thread during one, so a dead worker's trial waits for the grace
-    period plus at most one heartbeat interval, however long the running trials are."""
-
-    def __init__(self, study: optuna.Study, every: float) -> None:
-        self._study, self._every = study, every
-        self._last = -math.inf
-        self._lock = threading.Lock()
-
-    def __call__(self) -> None:
-        with self._lock:
-            if time.monotonic() - self._last < self._every:
-                return
-            self._last = time.monotonic()
-            optuna.storages.fail_stale_trials(self._study)
 
 
 def _as_values(result: Any, metrics: Sequence[str]) -> list[float]:
@@ -182,6 +110,16 @@ def _record_error(study: optuna.Study, trial_id: int, err: BaseException) -> str
     return summary[:500]
 
 
+# Numbers in an error message: decimals, exponents, hexadecimal addresses.
+_NUMBER = re.compile(r"0x[0-9a-fA-F]+|[-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?")
+
+
+def error_kind(summary: str) -> str:
+    """An error's summary with its numbers masked: the same mistake in trials whose values
+    differ (a shape that follows the searched width, a trial number) reads as one error."""
+    return _NUMBER.sub("N", summary)
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How a trial ended, and the objective's error when it failed."""
@@ -199,18 +137,20 @@ def run_trial(
     reap: Callable[[], None] = lambda: None,
     checkpoints: CheckpointSync | None = None,
     context: TrialContext | None = None,
+    compute: ComputeMeter | None = None,
 ) -> Outcome:
     """Run one claimed trial to a finished state.
 
     ``checkpoints`` keeps the trial's checkpoint file in step with an object store (s3://
     artifacts): fetched before the objective starts, uploaded on each heartbeat it changed by,
-    and once more before the trial is told.
+    and once more before the trial is told. ``compute``: the study's compute budget, which
+    counts the trial's epochs and stops it at a report once spent.
     """
     study, spec, trial_id = loaded.study, loaded.spec, trial_id_of(claimed)
-    state, values, error = TrialState.FAIL, None, None
+    state, values, error, reason = TrialState.FAIL, None, None, ""
     started = time.monotonic()
     # Our RDB storage wrote the first heartbeat with the claim.
-    first_beat_done = hasattr(loaded.storage, "claim_trial")
+    first_beat_done = hot_path_of(loaded.storage) is not None
     slot = claimed.system_attrs.get(SLOT)
     if spec.sampler.seed is not None and slot is not None:
         # Proposals follow the study's seed and the slot, never who claimed it: two workers
@@ -227,7 +167,9 @@ def run_trial(
         sync.fetch()  # inside the heartbeat: a long download never makes the trial look dead
         # Before the objective: a failure here is the database's, never the objective's.
         refill(study, loaded.storage, claimed, spec.n_trials)
-        trial = objective_trial(study, trial_id)
+        trial = (
+            objective_trial(study, trial_id) if compute is None else compute.trial(study, trial_id)
+        )
         try:
             params = suggest(trial, spec.space)
             with trial_context(context or TrialContext()):
@@ -236,8 +178,11 @@ def run_trial(
             measured = measurements(result, spec.metrics, values)
             apply_constraints(trial, spec.constraints, measured)
             state = TrialState.COMPLETE
-        except optuna.TrialPruned:
+        except optuna.TrialPruned as pruned:
             state = TrialState.PRUNED
+            # The engine says why (a NaN loss, the pruner at an epoch); a bare TrialPruned is
+            # the pruner's decision at the last step reported (the log line says so).
+            reason = budget_stop_reason(trial) or str(pruned).strip()
         except StorageError:
             # The database stayed away: not the objective's fault. The worker stops; the trial
             # is reaped after its grace period and retried, uncounted.
@@ -281,21 +226,39 @@ def run_trial(
             trial, None if context is None else context.checkpoint, loaded.storage
         )
         frozen = study.tell(trial, values=values, state=state, skip_if_finished=True)
-    tidy(study, frozen, spec.resources.keep_checkpoints)
+    rung = paused_rung(frozen)
+    if rung is None:
+        tidy(study, frozen, spec.resources.keep_checkpoints)
+    # else its checkpoint stays: a promotion resumes the configuration from it
     if log_trials:
-        shown = (
-            ""
-            if frozen.values is None
-            else " ".join(f"{m}={v:.6g}" for m, v in zip(spec.metrics, frozen.values, strict=True))
-        )
-        log.info(
-            "trial %d %s %s in %.1fs",
-            frozen.number,
-            state.name.lower(),
-            shown,
-            time.monotonic() - started,
-        )
+        took = time.monotonic() - started
+        if rung is not None:
+            log.info(
+                "trial %d paused at rung %d (epoch %d) in %.1fs",
+                frozen.number,
+                rung,
+                (frozen.last_step or 0) + 1,
+                took,
+            )
+        elif state == TrialState.PRUNED:
+            log.info(
+                "trial %d pruned in %.1fs: %s", frozen.number, took, reason or _pruned_at(frozen)
+            )
+        else:
+            shown = (
+                ""
+                if frozen.values is None
+                else " ".join(
+                    f"{m}={v:.6g}" for m, v in zip(spec.metrics, frozen.values, strict=True)
+                )
+            )
+            log.info("trial %d %s %s in %.1fs", frozen.number, state.name.lower(), shown, took)
     return Outcome(state, error)
+
+
+def _pruned_at(trial: FrozenTrial) -> str:
+    steps = trial.intermediate_values
+    return f"by the pruner at step {max(steps)}" if steps else "by the objective"
 
 
 class ConsecutiveFailures:
@@ -304,15 +267,17 @@ class ConsecutiveFailures:
 
     def __init__(self, limit: int, study: str) -> None:
         self.limit, self.study = limit, study
-        self.error: str | None = None
+        self.error: str | None = None  # the latest of the run, as the objective raised it
+        self.kind: str | None = None  # its numbers masked: what is compared
         self.count = 0
 
     def record(self, outcome: Outcome) -> None:
         if outcome.state != TrialState.FAIL or outcome.error is None:
-            self.error, self.count = None, 0
+            self.error, self.kind, self.count = None, None, 0
             return
-        self.count = self.count + 1 if outcome.error == self.error else 1
-        self.error = outcome.error
+        kind = error_kind(outcome.error)
+        self.count = self.count + 1 if kind == self.kind else 1
+        self.error, self.kind = outcome.error, kind
         if self.count >= self.limit:
             raise HpsearchError(
                 f"stopped after {self.count} trials in a row failed with the same error: "
@@ -322,9 +287,12 @@ class ConsecutiveFailures:
             )
 
 
-def work(args: WorkerArgs) -> None:
-    """One worker's loop: until the budget is used up, the deadline passes, or it is interrupted."""
-    loaded = load_study(args.study, args.url)
+def work(args: WorkerArgs, *, schema_checked: bool = False) -> None:
+    """One worker's loop: until the budget is used up, the deadline passes, or it is interrupted.
+
+    ``schema_checked``: the parent checked the schema's version before it let the worker in.
+    """
+    loaded = load_study(args.study, args.url, schema_checked=schema_checked)
     study, spec = loaded.study, loaded.spec
     group: RankGroup | None = None
     rendezvous: Rendezvous | None = None
@@ -353,8 +321,18 @@ def work(args: WorkerArgs) -> None:
 
     objective = runner()
     warm_up(spec)
+    schedule = spec.scheduler
+    if schedule is not None:
+        # The scheduler's decision at a rung is taken where the engine asks the pruner.
+        study.pruner = AshaPruner(schedule)
     uid = str(study.user_attrs.get(UID_ATTR, "study"))
-    where = {"host": socket.gethostname(), "pid": os.getpid(), "devices": args.devices}
+    where = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "devices": args.devices,
+        # The devices a trial holds, every node's: what a device-hours budget counts.
+        "world_size": args.devices_per_trial * args.nodes_per_trial,
+    }
 
     def claim_attrs(system_attrs: Mapping[str, Any]) -> dict[str, Any]:
         """What a claimed trial records: where it runs, and its slot's checkpoint file."""
@@ -371,9 +349,12 @@ def work(args: WorkerArgs) -> None:
             checkpoint=None if slot is None else checkpoint_path(spec, int(slot), uid),
             metrics=tuple(spec.metrics),
             directions=tuple(spec.directions),
-            prunes=spec.pruner.name != "none",
+            prunes=spec.pruner.name != "none" or schedule is not None,
+            report_on_resume=True,
         )
 
+    budget = ComputeBudget.of(spec)
+    compute = None if budget is None else ComputeMeter(study, budget)
     failures = ConsecutiveFailures(spec.resources.max_consecutive_failures, spec.name)
     # Fill Optuna's trial cache once, up front: later reads fetch only new and unfinished trials.
     study.get_trials(deepcopy=False)
@@ -395,14 +376,35 @@ def work(args: WorkerArgs) -> None:
                 return
             if interrupt.STOP.is_set():
                 return
-            if stop_requested(study):
+            if stop_requested(study) and not (
+                schedule is not None and continuations_left(study, loaded.storage, schedule)
+            ):
                 log.info("the sampler stopped the study (its search space is exhausted)")
                 return
             reap()
+            spent = None if compute is None else compute.reached()
+            if spent is not None:
+                # No trial starts; wait for the running ones, which stop at their next report,
+                # or are reaped if their worker died: what is spent then stays as shown.
+                if budget_state(study.get_trials(deepcopy=False), spec.n_trials).running == 0:
+                    log.info("the study's %s budget is spent: no further trial starts", spent)
+                    return
+                time.sleep(0.5)
+                continue
+            if schedule is not None:
+                # Promotable configurations before fresh slots: their continuations are
+                # claimed first.
+                promote(study, loaded.storage, schedule, last=False)
             claimed = claim_slot(study, loaded.storage, claim_attrs)
             if claimed is None:
                 state = budget_state(study.get_trials(deepcopy=False), spec.n_trials)
-                if state.finished and not repair_queue(study, loaded.storage, state):
+                if (
+                    state.finished
+                    and not repair_queue(study, loaded.storage, state)
+                    and not (
+                        schedule is not None and promote(study, loaded.storage, schedule, last=True)
+                    )
+                ):
                     return
                 time.sleep(0.5)  # others still run trials that may come back, or a batch is coming
                 continue
@@ -415,6 +417,7 @@ def work(args: WorkerArgs) -> None:
                     reap=reap,
                     checkpoints=checkpoint_sync(spec, claimed.system_attrs.get(SLOT), uid),
                     context=context_of(claimed),
+                    compute=compute,
                 )
             except GroupLost as err:
                 # Handed back by run_trial, uncounted: its retry resumes from the checkpoint.
@@ -434,84 +437,3 @@ def work(args: WorkerArgs) -> None:
         if group is not None:
             group.close()
         close_storage(loaded.storage)
-
-
-def _follow(args: WorkerArgs) -> None:
-    """A worker on a node other than node 0 of a trial group: it runs its node's ranks of each
-    trial and never talks to the database (the study only names the objective and timeouts)."""
-    assert args.rendezvous is not None  # the command line checked it
-    from hpsearch.search.runtime._ranks import follow_group
-
-    loaded = load_study(args.study, args.url)
-    close_storage(loaded.storage)
-    follow_group(
-        rendezvous=parse_rendezvous(args.rendezvous),
-        node_rank=args.node_rank,
-        local_devices=args.devices_per_trial,
-        nodes=args.nodes_per_trial,
-        objective=loaded.spec.objective,
-        threads=args.threads,
-        timeout=loaded.spec.resources.dist_timeout,
-    )
-
-
-def _configure_process(args: WorkerArgs) -> None:
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s [worker {args.index} pid %(process)d] %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    # A worker imports torch only if its objective does (a user objective may never): the
-    # thread count goes to the environment, which torch reads when it is first imported.
-    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[variable] = str(args.threads)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(args.threads)
-
-
-def _die_with_parent(parent: int) -> None:
-    """A worker whose parent is killed (kill -9, the OOM killer) gets SIGTERM and stops as on any
-    stop signal, handing its trial back; else a supervisor restarting the parent would run
-    twice the workers. Linux only (prctl PR_SET_PDEATHSIG); elsewhere workers outlive it."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() != parent:  # the parent died before the request was in place
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def worker_main(args: WorkerArgs) -> None:
-    """Entry point of a spawned worker process.
-
-    Exits 0 when done or stopped by a signal (its trial handed back), 2 on a user error.
-    """
-    _configure_process(args)
-    install_worker_handlers(bound=STOP_BOUND_SECONDS)
-    _die_with_parent(args.parent)
-    try:
-        if args.node_rank > 0:
-            _follow(args)
-        else:
-            work(args)
-    except (HpsearchError, StorageError, ObjectiveError) as err:
-        print(f"hpsearch worker {args.index}: {err}", file=sys.stderr)
-        sys.exit(2)
-    except (KeyboardInterrupt, interrupt.TrialInterrupted):
-        if not interrupt.STOP.is_set():
-            raise
-    if interrupt.STOP.is_set():
-        log.warning("stopped; the running trial went back to the queue")
-    # Done: every trial is told and the storage closed. Skip the interpreter's teardown, which
-    # with torch and scikit-learn loaded takes most of a second between the last trial and the
-    # command's exit.
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)

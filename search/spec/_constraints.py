@@ -42,7 +42,9 @@ def parse_constraints(
         parsed: dict[str, float] = {}
         for key, value in bounds.items():
             if key not in BOUNDS:
-                raise fail(where, f"unknown bound {key!r}; allowed: max, min.")
+                raise fail(
+                    where, f"unknown bound {key!r}.{did_you_mean(key, BOUNDS)} Allowed: max, min."
+                )
             if (
                 isinstance(value, bool)
                 or not isinstance(value, int | float)

@@ -16,6 +16,14 @@ if TYPE_CHECKING:
 
 
 def _grid_space(spec: StudySpec, source: str) -> dict[str, list[Any]]:
+    if not spec.space:
+        # The grid of no parameters has one point: the sampler would stop the study after one
+        # trial and leave the rest of the budget queued.
+        raise SpecError(
+            f"{source} [sampler]: the grid sampler needs a [space] to enumerate; a study of fixed "
+            "settings repeats its one configuration n_trials times with any other sampler: drop "
+            'name = "grid" (the default is tpe).'
+        )
     grid: dict[str, list[Any]] = {}
     for name, entry in spec.space.items():
         if entry["type"] == "categorical":
@@ -32,14 +40,58 @@ def _grid_space(spec: StudySpec, source: str) -> dict[str, list[Any]]:
     return grid
 
 
+# What a TOML value may be for each annotation an Optuna constructor uses; a parameter whose
+# every alternative is missing here (a callable, a sampler, a list of trials) cannot be given in
+# a study file.
+_TOML_TYPES: dict[str, tuple[type, ...]] = {
+    "Any": (object,),
+    "bool": (bool,),
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "dict": (dict,),
+}
+
+
+def _alternatives(annotation: Any) -> list[str]:
+    """``'int | None'`` -> ``['int', 'None']``: the top-level alternatives, bracket-aware."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += char == "["
+        depth -= char == "]"
+        if char == "|" and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    parts.append(text[start:].strip())
+    return parts
+
+
+def _check_type(name: str, owner: str, annotation: Any, value: Any) -> str | None:
+    """Why ``value`` cannot be the option ``name`` (None: it can), from its annotation."""
+    if annotation is inspect.Parameter.empty:
+        return None  # an unannotated parameter: the constructor decides
+    kinds = [a.split("[", 1)[0] for a in _alternatives(annotation) if a != "None"]
+    accepted = [k for k in kinds if k in _TOML_TYPES]
+    if not accepted:
+        return (
+            f"option {name!r} of {owner} takes a Python object ({annotation}), which a study "
+            "file cannot hold; remove it."
+        )
+    for kind in accepted:
+        # TOML's true is a Python int too; it is a number to no one.
+        if isinstance(value, _TOML_TYPES[kind]) and not (
+            isinstance(value, bool) and kind in ("int", "float")
+        ):
+            return None
+    return f"option {name!r} of {owner} must be {' or '.join(accepted)}, got {value!r}."
+
+
 def _construct(
     factory: Callable[..., Any], options: dict[str, Any], where: str, source: str
 ) -> Any:
-    allowed = [
-        p
-        for p in inspect.signature(factory).parameters
-        if p not in ("self", "seed", "search_space", "kwargs")
-    ]
+    parameters = inspect.signature(factory).parameters
+    allowed = [p for p in parameters if p not in ("self", "seed", "search_space", "kwargs")]
     for key in options:
         if key not in allowed:
             name = getattr(factory, "__name__", factory)
@@ -52,6 +104,12 @@ def _construct(
                 f"{source} [{where}.options]: unknown option {key!r} for "
                 f"{name}.{did_you_mean(key, allowed)} {allowed_text}"
             )
+        # Most constructors store an option unchecked and fail at the first trial (TPE compares
+        # n_startup_trials = "10" with a count): refuse a value of the wrong type here.
+        owner = getattr(factory, "__name__", "the constructor")
+        wrong = _check_type(key, owner, parameters[key].annotation, options[key])
+        if wrong is not None:
+            raise SpecError(f"{source} [{where}.options]: {wrong}")
     try:
         with warnings.catch_warnings():
             # Optuna marks options such as TPE's group as experimental; they are chosen on purpose.

@@ -6,12 +6,13 @@ by :class:`StudySpec` for typed access. Nothing is written anywhere until it val
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from hpsearch.errors import SpecError, StorageError, did_you_mean
@@ -19,10 +20,14 @@ from hpsearch.objectives import (
     BUILTIN_OBJECTIVES,
     BuiltinObjective,
     ObjectiveError,
+    check_combinations,
     check_options,
+    load_objective,
     resolve_objective,
 )
+from hpsearch.objectives._options import engine_use
 from hpsearch.search.spec._constraints import parse_constraints
+from hpsearch.search.spec._scheduler import Schedule, parse_scheduler
 from hpsearch.storage import is_object_store_url, parse_object_url
 
 SPEC_VERSION = 1
@@ -40,6 +45,7 @@ _SECTIONS = (
     "training",
     "resources",
     "constraints",
+    "scheduler",
 )
 _STUDY_KEYS = ("name", "objective", "direction", "directions", "metric", "metrics")
 _PARAM_KEYS = {
@@ -47,9 +53,11 @@ _PARAM_KEYS = {
     "int": ("type", "low", "high", "log", "step", "when"),
     "categorical": ("type", "choices", "when"),
 }
+# Every key some parameter type allows, in file order: a typo is named before the type is known.
+_ANY_PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "when")
 _SAMPLER_KEYS = ("name", "seed", "options")
 _PRUNER_KEYS = ("name", "options")
-_BUDGET_KEYS = ("n_trials", "timeout")
+_BUDGET_KEYS = ("n_trials", "timeout", "epochs", "device_hours")
 _RESOURCES_KEYS = (
     "workers",
     "devices_per_trial",
@@ -64,6 +72,20 @@ _RESOURCES_KEYS = (
     "keep_checkpoints",
 )
 KEEP_CHECKPOINTS = ("best", "all", "none")
+_WEEK = 7 * 24 * 3600
+# The largest value of each integer setting, and what it counts: a million workers or a grace
+# period beyond what a timedelta holds is a typo, refused before any trial fails on it.
+RESOURCE_LIMITS: dict[str, tuple[int, str]] = {
+    "workers": (256, "worker processes on one machine"),
+    "devices_per_trial": (64, "devices (ranks) of one trial on one node"),
+    "nodes_per_trial": (1024, "nodes of one trial"),
+    "heartbeat_interval": (_WEEK, "seconds, one week"),
+    "grace_period": (_WEEK, "seconds, one week"),
+    "max_retry": (1000, "retries of one trial"),
+    "max_consecutive_failures": (10_000, "failures in a row"),
+    "dist_timeout": (_WEEK, "seconds, one week"),
+    "db_timeout": (_WEEK, "seconds, one week"),
+}
 RESOURCE_DEFAULTS: dict[str, Any] = {
     "workers": 1,
     "devices_per_trial": 1,
@@ -77,6 +99,9 @@ RESOURCE_DEFAULTS: dict[str, Any] = {
     "artifacts": "hpsearch-artifacts",
     "keep_checkpoints": "best",
 }
+# The settings one machine chooses for itself (`run --workers`, `--devices-per-trial`); every
+# other [resources] setting is the study's: stored once, read by every worker on every node.
+NODE_RESOURCES = ("workers", "devices_per_trial")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _URL_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -133,7 +158,10 @@ def _parse_param(c: _Checker, name: str, entry: Any) -> dict[str, Any]:
     where = f"space.{name}"
     if not isinstance(entry, dict):
         raise c.fail(where, f"a search-space entry must be a table, got {entry!r}.")
-    kind = entry.get("type")
+    c.keys(entry, _ANY_PARAM_KEYS, where)
+    if "type" not in entry:
+        raise c.fail(where, f"type is required: one of {', '.join(PARAM_TYPES)}.")
+    kind = entry["type"]
     if kind not in PARAM_TYPES:
         hint = did_you_mean(str(kind), PARAM_TYPES) if isinstance(kind, str) else ""
         raise c.fail(where, f"type must be one of {', '.join(PARAM_TYPES)}, got {kind!r}.{hint}")
@@ -349,10 +377,28 @@ def _parse_component(
     return result
 
 
+def _check_storable(c: _Checker, value: Any, path: str) -> None:
+    """Refuse TOML dates and times anywhere: the spec is stored as JSON, which has neither."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_storable(c, item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for item in value:
+            _check_storable(c, item, path)
+    elif isinstance(value, datetime.date | datetime.time):
+        section, _, key = path.rpartition(".")
+        raise c.fail(
+            section,
+            f"{key} = {value}: a TOML date or time, which a study cannot hold; give a string "
+            "or a number.",
+        )
+
+
 def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySpec:
     """Validate a parsed study file and return its normalised spec."""
     c = _Checker(source)
     c.keys(raw, _SECTIONS, "")
+    _check_storable(c, raw, "")
     study = _parse_study(c, raw, base_dir)
     builtin = BUILTIN_OBJECTIVES.get(study["objective"])
     constraints = parse_constraints(
@@ -361,9 +407,9 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
         fail=c.fail,
     )
 
+    # An empty space is a study of fixed settings: n_trials runs of one configuration (the
+    # spread of the results is the run-to-run noise, e.g. of seeds).
     space_raw = c.table(raw, "space", "")
-    if not space_raw:
-        raise c.fail("space", "the search space is empty; add at least one [space.NAME] entry.")
     space = {name: _parse_param(c, name, entry) for name, entry in space_raw.items()}
     _parse_conditions(c, space, space_raw)
 
@@ -394,6 +440,20 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
         if timeout <= 0:
             raise c.fail("budget", f"timeout must be > 0 seconds, got {timeout}.")
     budget["timeout"] = timeout
+    # Compute budgets, beside n_trials: the first one reached ends the study. Stored only when
+    # given, so that the specs of studies made without them stay the same.
+    if "epochs" in budget_raw:
+        budget["epochs"] = c.positive_int(budget_raw, "epochs", "budget", 1)
+    device_hours = budget_raw.get("device_hours")
+    if device_hours is not None:
+        c.number(device_hours, "budget", "device_hours")
+        if device_hours <= 0:
+            raise c.fail(
+                "budget",
+                f"device_hours must be > 0 (each trial's wall time x its devices, summed), "
+                f"got {device_hours}.",
+            )
+        budget["device_hours"] = float(device_hours)
 
     training = c.table(raw, "training", "")
     overlap = sorted(set(training) & set(space))
@@ -402,22 +462,42 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
             "training",
             f"{overlap[0]!r} is both searched in [space] and fixed in [training]; keep one.",
         )
+    # A searched option takes its choices, or any value between its bounds.
+    searched = {
+        name: entry["choices"] if "choices" in entry else [entry["low"], entry["high"]]
+        for name, entry in space.items()
+    }
     try:
         check_options(study["objective"], training, where=f"{source} [training]")
-        for name, entry in space.items():
-            # A searched option takes its choices, or any value between its bounds.
-            values = entry["choices"] if "choices" in entry else [entry["low"], entry["high"]]
+        for name, values in searched.items():
             check_options(study["objective"], {name: values}, where=f"{source} [space.{name}]")
+        check_combinations(study["objective"], training, searched, where=source)
     except ObjectiveError as err:
         raise SpecError(str(err)) from None
 
+    scheduler = None
+    if "scheduler" in raw:
+        scheduler = parse_scheduler(
+            c.table(raw, "scheduler", ""),
+            fail=c.fail,
+            positive_int=c.positive_int,
+            conflicts=_scheduler_conflicts(raw, study, builtin, space, training, pruner),
+        )
+        pruner = {"name": "none", "options": {}}  # the scheduler decides at its rungs
+        # Every trial of a configuration trains towards max_epochs: the learning-rate schedule
+        # and the checkpoint a promoted configuration resumes from are those of one long run.
+        training = {**training, "epochs": scheduler["max_epochs"]}
+
     resources_raw = c.table(raw, "resources", "")
     c.keys(resources_raw, _RESOURCES_KEYS, "resources")
-    resources: dict[str, Any] = {
-        key: c.positive_int(resources_raw, key, "resources", default)
-        for key, default in RESOURCE_DEFAULTS.items()
-        if isinstance(default, int)
-    }
+    resources: dict[str, Any] = {}
+    for key, (limit, unit) in RESOURCE_LIMITS.items():
+        value = c.positive_int(resources_raw, key, "resources", RESOURCE_DEFAULTS[key])
+        if value > limit:
+            raise c.fail(
+                "resources", f"{key} must be at most {limit} ({unit}), got {value}; lower it."
+            )
+        resources[key] = value
     # Where checkpoints go: a folder every node sees (relative to each worker's directory), or
     # an S3-compatible bucket every node reaches.
     artifacts = resources_raw.get("artifacts", RESOURCE_DEFAULTS["artifacts"])
@@ -460,6 +540,7 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
             "resources": resources,
             # Only when given: a spec without constraints stays identical to earlier versions'.
             **({"constraints": constraints} if constraints else {}),
+            **({"scheduler": scheduler} if scheduler else {}),
         }
     )
     # Construct the sampler and pruner once so that bad options are refused now, not in a worker.
@@ -468,6 +549,49 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
     build_sampler(spec, seed=sampler["seed"], source=source)
     build_pruner(spec, source=source)
     return spec
+
+
+def _scheduler_conflicts(
+    raw: Mapping[str, Any],
+    study: Mapping[str, Any],
+    builtin: BuiltinObjective | None,
+    space: Mapping[str, Any],
+    training: Mapping[str, Any],
+    pruner: Mapping[str, Any],
+) -> dict[str, str]:
+    """What a ``[scheduler]`` cannot run with, by section: the first one is refused."""
+    conflicts: dict[str, str] = {}
+    if "pruner" in raw and pruner["name"] != "none":
+        conflicts["pruner"] = (
+            f"name = {pruner['name']!r}: [scheduler] decides at its rungs which trials stop; "
+            'set name = "none" or remove [pruner].'
+        )
+    for where, table in (("training", training), ("space", space)):
+        if "epochs" in table:
+            conflicts[where] = (
+                "epochs: [scheduler] max_epochs sets how long a configuration trains; remove "
+                f"epochs from [{where}]."
+            )
+    if len(study["metrics"]) > 1:
+        conflicts["study"] = (
+            f"metrics = {study['metrics']}: [scheduler] ranks configurations at its rungs by "
+            "one metric; optimize one metric, or remove [scheduler]."
+        )
+    elif builtin is not None and study["metrics"][0] not in builtin.evaluated:
+        conflicts["study"] = (
+            f"metric {study['metrics'][0]!r} is measured only once, after training, and "
+            "[scheduler] ranks configurations on each epoch's value; optimize one of "
+            f"{', '.join(builtin.evaluated)}, or remove [scheduler]."
+        )
+    elif builtin is None and engine_use(load_objective(study["objective"])) is None:
+        # A paused configuration resumes from the checkpoint that hpsearch.fit writes; a
+        # function of its own would restart from epoch 0 and waste what its rungs trained.
+        conflicts["scheduler"] = (
+            f"objective {study['objective']!r} does not train through hpsearch.fit, so a "
+            "paused trial could not resume from its checkpoint; declare it with "
+            "@hpsearch.uses_engine (and train with hpsearch.fit), or remove [scheduler]."
+        )
+    return conflicts
 
 
 def load_spec_file(path: str) -> StudySpec:
@@ -549,6 +673,18 @@ class StudySpec:
         return None if timeout is None else float(timeout)
 
     @property
+    def budget_epochs(self) -> int | None:
+        """Epochs (evaluations reported) all trials together may train; None: no such limit."""
+        epochs = self.data["budget"].get("epochs")
+        return None if epochs is None else int(epochs)
+
+    @property
+    def budget_device_hours(self) -> float | None:
+        """Device-hours all trials together may spend; None: no such limit."""
+        hours = self.data["budget"].get("device_hours")
+        return None if hours is None else float(hours)
+
+    @property
     def training(self) -> dict[str, Any]:
         return dict(self.data["training"])
 
@@ -567,6 +703,12 @@ class StudySpec:
         return Section(self.data["pruner"]["name"], dict(self.data["pruner"]["options"]))
 
     @property
+    def scheduler(self) -> Schedule | None:
+        """``[scheduler]``: how long each configuration trains, and its rungs; None: to the end."""
+        data = self.data.get("scheduler")
+        return None if data is None else Schedule.from_data(data)
+
+    @property
     def constraints(self) -> dict[str, dict[str, float]]:
         """``{measurement: {"max": x, "min": y}}`` from ``[constraints]`` (may be empty)."""
         return dict(self.data.get("constraints", {}))
@@ -578,6 +720,16 @@ class StudySpec:
     def identity(self) -> dict[str, Any]:
         """What must match for two specs to be the same study (worker count is per node)."""
         return {k: v for k, v in self.data.items() if k != "resources"}
+
+
+def study_resource_differences(stored: StudySpec, given: StudySpec) -> list[str]:
+    """The study's own [resources] settings (not NODE_RESOURCES) that ``given`` changes."""
+    old, new = asdict(stored.resources), asdict(given.resources)
+    return [
+        f"{key} = {old[key]!r} (the file gives {new[key]!r})"
+        for key in old
+        if key not in NODE_RESOURCES and old[key] != new[key]
+    ]
 
 
 def spec_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
