@@ -44,3 +44,16 @@ PROMOTED_RUNG = "hpsearch:rung"  # the rung a continuation resumes from
 PROMOTED = "hpsearch:promoted:"  # study system attribute + "SLOT:RUNG": enqueued once
 PAUSED_AT_RUNG = "paused_at_rung"  # user attribute: what status and the dashboard show
 RESUMED_AT_RUNG = "resumed_at_rung"  # user attribute of a continuation
+
+# Population-based training (search/runtime/_pbt.py). A member that exploits ends its trial
+# PRUNED at an interval's end, paused as above (PAUSED = [number, the epoch index]); its
+# continuation resumes from a copy of the donor's checkpoint with perturbed live options.
+EXPLOIT_FROM = "hpsearch:exploit_from"  # continuation: the donor's slot, whose checkpoint it copies
+EXPLOIT_STEP = "hpsearch:pbt_step"  # continuation: the interval's last report step it resumes after
+COPIED = (
+    "hpsearch:copied:"  # study system attribute + "SLOT:STEP": the donor's checkpoint is copied
+)
+EXPLOITED = "exploited"  # user attribute of a continuation: {"from_slot", "at_epoch", "changed"}
+# User attribute: the live options in force for the weights a trial ended with, as
+# [[first epoch, {name: value}], ...] (a donor's history comes with its checkpoint).
+PARAM_SCHEDULE = "param_schedule"

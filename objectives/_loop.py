@@ -27,6 +27,7 @@ from hpsearch.errors import NonFiniteLoss
 from hpsearch.files import replacing
 from hpsearch.objectives import interrupt, sharding
 from hpsearch.objectives._batches import Data, batch_rows, map_tensors, pair, split
+from hpsearch.objectives._options import LIVE_OPTIONS
 from hpsearch.objectives._placement import autocast, autocast_dtype, distributed_rank
 from hpsearch.objectives._train_config import (
     TrainConfig,
@@ -37,7 +38,7 @@ from hpsearch.objectives._train_config import (
 )
 from hpsearch.objectives.batching import halved, plan_batches
 from hpsearch.objectives.context import current_context
-from hpsearch.objectives.schedules import make_schedule
+from hpsearch.objectives.schedules import make_schedule, rescale_lr
 
 # The engine logs under one name, whichever of its modules speaks.
 log = logging.getLogger("hpsearch.objectives.trainer")
@@ -106,9 +107,12 @@ class Loop:
         if self.device.type == "cuda" and train.tensors is not None and train.tensors[0].ndim == 4:
             model.to(memory_format=torch.channels_last)
         self.train_model: nn.Module = model
+        # `hpsearch train` of a PBT member: its live values by the epoch they switch at, checked
+        # here so that a schedule the engine cannot replay is refused before anything trains.
+        self.replay = _replay_schedule(current_context().replay, cfg)
         self.sharded = self.world > 1 and cfg.strategy == "fsdp"
         if self.sharded:
-            if cfg.l1 > 0:
+            if cfg.l1 > 0 or any(values.get("l1", 0) > 0 for values in self.replay.values()):
                 raise ValueError(
                     "l1 needs whole weights and strategy fsdp shards them; use l2, or "
                     'strategy = "ddp"'
@@ -124,6 +128,7 @@ class Loop:
         if cfg.compile:
             self.train_model = torch.compile(self.train_model)  # type: ignore[assignment]
         # After sharding: the optimizer holds the shards, not the whole parameters.
+        self.custom_optimizer = optimizer
         self.optimizer = optimizer(model) if optimizer is not None else make_optimizer(model, cfg)
         fp16 = self.device.type == "cuda" and cfg.amp == "fp16"
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
@@ -136,6 +141,21 @@ class Loop:
             maximize=cfg.maximize,
         )
         self.identity = {**_identity(cfg), **(identity or {})}
+        if self.replay:
+            # A checkpoint trained under one schedule is no start for another's replay.
+            self.identity["replay"] = [
+                [epoch, dict(values)] for epoch, values in self.replay.items()
+            ]
+        late = [epoch for epoch in self.replay if epoch >= cfg.epochs]
+        if late:
+            log.warning(
+                "the replayed schedule switches at epoch %s, past this run's %d epochs",
+                ", ".join(map(str, late)),
+                cfg.epochs,
+            )
+        # The live option values in force from each epoch on, saved with each checkpoint: a
+        # PBT continuation shows which values trained the weights it ended with.
+        self.live_history: list[list[Any]] = [[0, _live_values(self.identity)]]
         self.result = TrainResult(metric=float("nan"), plan=self.plan)
         self._recent_losses: list[torch.Tensor] = []  # since the last NaN/inf check
         self._last_report: tuple[int, float] | None = (
@@ -291,6 +311,7 @@ class Loop:
             "lr_history": self.result.lr_history,
             "last_report": self._last_report,
             "config": self.identity,  # the config that produced it
+            "live_history": self.live_history,
             "shapes": _shapes(self.model),
         }
         if self.rank == 0:
@@ -324,9 +345,18 @@ class Loop:
         except Exception as err:  # a torn or foreign file: training from scratch is still right
             log.warning("checkpoint %s is unreadable (%s); starting over", path, err)
             return 0, 0
-        if state.get("config") != self.identity or state.get("shapes") != _shapes(self.model):
+        config = state.get("config")
+        live = set(current_context().live) & set(LIVE_OPTIONS)
+        if (
+            not isinstance(config, dict)
+            or _without(config, live) != _without(self.identity, live)
+            or state.get("shapes") != _shapes(self.model)
+        ):
             log.warning("checkpoint %s was made with another configuration; starting over", path)
             return 0, 0
+        # The optimizer was built with this run's values; loading its state puts the
+        # checkpoint's back in its param groups.
+        built = [_group_options(group) for group in self.optimizer.param_groups]
         if folder:  # whatever group size wrote it, into shards or into a whole model
             sharding.load(path, self.model, self.optimizer)
         else:
@@ -341,10 +371,76 @@ class Loop:
         epoch, step = int(state["epoch"]), int(state.get("step", 0))
         self.trial.set_user_attr(attrs.RESUMED_FROM_EPOCH, epoch)
         log.info("resuming from %s at epoch %d step %d", path, epoch, step)
+        old = _live_values(config)
+        # A checkpoint from before the history was kept: its config gives the first values.
+        self.live_history = [list(entry) for entry in state.get("live_history") or [[0, old]]]
+        new = _live_values(self.identity)
+        if old != new:
+            self._apply_live(old, new, built, epoch, doing="resuming with")
+        if self.replay:
+            # The values in force where it stopped, a replayed switch included: the loss reads
+            # l1 from the config (the optimizer's state holds the others).
+            self.cfg = dataclasses.replace(self.cfg, **self.live_history[-1][1])
         last = state.get("last_report")
         self._last_report = None if last is None else (int(last[0]), float(last[1]))
         self._decide_again()
         return epoch, step
+
+    def _apply_live(
+        self,
+        old: dict[str, Any],
+        new: dict[str, Any],
+        built: list[dict[str, Any]],
+        epoch: int,
+        *,
+        doing: str,
+    ) -> None:
+        """Continue from ``epoch`` with the live option values ``new`` where they differ from
+        ``old`` (the checkpoint's, or those in force before a replayed switch); ``built``: the
+        param group entries an optimizer built with ``new`` has; ``doing`` starts the log line.
+        """
+        for group, values in zip(self.optimizer.param_groups, built, strict=True):
+            if "base_momentum" in group:
+                # One-cycle sets the momentum every step (the option is not used): the group
+                # holds its value for the next step, which the value built at its start is not.
+                values = {key: value for key, value in values.items() if key != "momentum"}
+            group.update(values)  # weight decay (l2) and momentum
+        if "lr" in old and old["lr"] != new["lr"]:
+            # The schedule goes on from where it was, scaled to the new base lr.
+            rescale_lr(self.optimizer, self.schedule.scheduler, new["lr"] / old["lr"])
+        # The loss reads l1 from the config.
+        self.cfg = dataclasses.replace(self.cfg, **new)
+        changed = [f"{k} {v} (was {old.get(k)})" for k, v in new.items() if old.get(k) != v]
+        log.info("%s %s", doing, ", ".join(changed))
+        if self.live_history[-1][0] == epoch:  # a change at the same epoch replaces it
+            self.live_history.pop()
+        self.live_history.append([epoch, new])
+
+    def _replay_switch(self, epoch: int) -> None:
+        """Switch to the replayed schedule's values from ``epoch`` on, as the PBT member that
+        resumed there with them did (the same code path, so the same floating-point steps)."""
+        old = dict(self.live_history[-1][1])
+        new = {**old, **self.replay[epoch]}
+        if new == old:
+            return  # in force already (a run resumed within the epoch) or no change at all
+        if self.custom_optimizer is None:
+            built = [
+                _group_options(group)
+                for group in make_optimizer(
+                    self.model, dataclasses.replace(self.cfg, **new)
+                ).param_groups
+            ]
+        else:  # the objective's own optimizer keeps its own values, as at a resume
+            built = [_group_options(group) for group in self.optimizer.param_groups]
+        self._apply_live(
+            old, new, built, epoch, doing=f"from epoch {epoch} the replayed schedule trains with"
+        )
+        self._record_schedule()
+
+    def _record_schedule(self) -> None:
+        self.trial.set_user_attr(
+            attrs.PARAM_SCHEDULE, [[first, dict(values)] for first, values in self.live_history]
+        )
 
     def _decide_again(self) -> None:
         """Report the checkpoint's last evaluation again and ask the pruner about it.
@@ -394,7 +490,13 @@ class Loop:
         import optuna
 
         start_epoch, first_step = self._restore()
+        if current_context().live or self.replay:
+            # Only a PBT member's history changes (at a restore) and a replay's (at its
+            # switches): one write per trial, and one per switch.
+            self._record_schedule()
         for epoch in range(start_epoch, self.cfg.epochs):
+            if epoch in self.replay:
+                self._replay_switch(epoch)
             self._train_epoch(epoch, first_step if epoch == start_epoch else 0)
             metrics = self.result.metrics = self.evaluate()
             value = metrics.get(self.report) if self.report else None
@@ -417,6 +519,56 @@ class Loop:
 
 def _shapes(model: nn.Module) -> dict[str, list[int]]:
     return {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def _live_values(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The live option values of a checkpoint's config (its identity)."""
+    return {name: config[name] for name in LIVE_OPTIONS if name in config}
+
+
+def _group_options(group: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of an optimizer's param group that live options set (l2, momentum)."""
+    return {key: group[key] for key in ("weight_decay", "momentum", "nesterov") if key in group}
+
+
+def _replay_schedule(
+    replay: tuple[tuple[int, Mapping[str, Any]], ...], cfg: TrainConfig
+) -> dict[int, dict[str, float]]:
+    """A replayed schedule's switches by epoch, in order, each the live values it changes.
+
+    Refuses an option that is not live (the run could not change it mid-way, so the replay
+    would not be the run it reproduces) and a value the config refuses (``lr`` <= 0).
+    """
+    schedule: dict[int, dict[str, float]] = {}
+    in_force: dict[str, Any] = {name: getattr(cfg, name) for name in LIVE_OPTIONS}
+    for epoch, _ in replay:
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(
+                f"the replayed schedule's epochs must be whole numbers >= 0, got {epoch!r}"
+            )
+    for epoch, values in sorted(replay, key=lambda entry: entry[0]):
+        for name in values:
+            if name not in LIVE_OPTIONS:
+                raise ValueError(
+                    f"the replayed schedule changes {name!r} at epoch {epoch}, which a run cannot "
+                    f"change mid-way (it can: {', '.join(LIVE_OPTIONS)})"
+                )
+        try:
+            entry = {name: float(value) for name, value in values.items()}
+            in_force.update(entry)
+            dataclasses.replace(cfg, **in_force)  # the config's own checks
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"the replayed schedule at epoch {epoch}: {err}") from None
+        schedule[epoch] = {**schedule.get(epoch, {}), **entry}
+    return schedule
+
+
+def _without(identity: Mapping[str, Any], names: set[str]) -> dict[str, Any]:
+    """``identity`` without the options ``names``, among its own and the objective's params."""
+    kept = {k: v for k, v in identity.items() if k not in names}
+    if isinstance(kept.get("params"), Mapping):
+        kept["params"] = {k: v for k, v in kept["params"].items() if k not in names}
+    return kept
 
 
 def _identity(cfg: TrainConfig) -> dict[str, Any]:

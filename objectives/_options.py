@@ -152,3 +152,8 @@ def misnamed(name: str, use: EngineUse | None) -> str | None:
         f"it and train with {close[0]} = {TRAINING[close[0]]!r}. If it is the objective's own "
         f'option, declare it: @hpsearch.uses_engine(options=["{name}"]).'
     )
+
+
+# The engine options a resumed run can change without rebuilding the model: the optimizer's
+# learning rate, momentum and weight decay, and the loss's L1 weight (what PBT may explore).
+LIVE_OPTIONS = ("lr", "momentum", "l1", "l2")

@@ -11,8 +11,9 @@ context is empty: no checkpoint, and ``fit``'s own ``metric`` argument decides.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,12 @@ class TrialContext:
     # A worker's trial keeps its first report of a step: a resumed run reports its checkpoint's
     # last evaluation again (a kill may have come between the two) and asks the pruner about it.
     report_on_resume: bool = False
+    # Options whose values may differ from the checkpoint's when the trial resumes (population-
+    # based training explores them between intervals): the run resumes with the new values.
+    live: tuple[str, ...] = ()
+    # `hpsearch train` of a population-based study's best: the live options to switch to, by
+    # the epoch they take effect from (the exported param_schedule after its first entry).
+    replay: tuple[tuple[int, Mapping[str, Any]], ...] = ()
 
 
 _current = TrialContext()

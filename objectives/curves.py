@@ -38,7 +38,9 @@ import logging
 import math
 import os
 import random
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from hpsearch import attrs
@@ -60,6 +62,9 @@ DEFAULTS: dict[str, Any] = {
 }
 OWN_OPTIONS = ("width", "noise")  # the ones that are not the engine's names too
 _SHAPE = tuple(name for name in DEFAULTS if name != "epochs")
+# What a resumed curve can change (population-based training explores them): the speed of its
+# progress and its floor follow the new values from the epoch they apply.
+LIVE = ("lr", "l2")
 # Positive options (the others must be >= 0).
 _POSITIVE = ("epochs", "lr", "width")
 
@@ -87,8 +92,13 @@ def curve_options(params: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
-def clean_loss(options: Mapping[str, Any], epoch: int) -> float:
-    """The noise-free validation loss after ``epoch + 1`` epochs (the curve's shape)."""
+def _elapsed(options: Mapping[str, Any], epoch: int) -> float:
+    """Epochs of progress after ``epoch + 1`` epochs: the warm-up's first half does not count."""
+    return max(0.0, epoch + 1 - float(options["warmup_epochs"]) / 2)
+
+
+def _shape(options: Mapping[str, Any]) -> tuple[float, float, float, float]:
+    """The curve's (floor, rate, overfit, onset) under these options."""
     lr, width = float(options["lr"]), float(options["width"])
     warmup, l2 = float(options["warmup_epochs"]), float(options["l2"])
     capacity = min(1.0, max(0.0, math.log2(width / 8) / 7))  # 8 -> 0, 1024 -> 1
@@ -97,68 +107,148 @@ def clean_loss(options: Mapping[str, Any], epoch: int) -> float:
     unstable = 0.08 * max(0.0, math.log10(lr / lr_max)) ** 2
     floor = 0.08 + 0.4 * (1 - capacity) ** 2 + 0.5 * l2 + unstable
     rate = min(2.0, 1.5 * (lr / 0.1) ** 0.6) / (1 + 2 * capacity)
-    t = max(0.0, epoch + 1 - warmup / 2)
     overfit = 0.2 * capacity**2 / (1 + 200 * l2)
     onset = 10 + 20 * (1 - capacity)
-    return floor + (1 - floor) * math.exp(-rate * t) + overfit * max(0.0, t - onset) / 100
+    return floor, rate, overfit, onset
 
 
-def noisy_loss(options: Mapping[str, Any], epoch: int) -> float:
+def advance(options: Mapping[str, Any], epoch: int, progress: float) -> float:
+    """The progress after ``epoch``, from the progress before it: the epoch's share of elapsed
+    time at the rate its options give (options that change mid-run change the speed on)."""
+    step = _elapsed(options, epoch) - _elapsed(options, epoch - 1)
+    return progress + _shape(options)[1] * step
+
+
+def clean_loss(options: Mapping[str, Any], epoch: int, progress: float | None = None) -> float:
+    """The noise-free validation loss after ``epoch + 1`` epochs (the curve's shape);
+    ``progress``: the progress so far when the options changed on the way (else they held from
+    the start: ``rate * elapsed``)."""
+    floor, rate, overfit, onset = _shape(options)
+    t = _elapsed(options, epoch)
+    if progress is None:
+        progress = rate * t
+    return floor + (1 - floor) * math.exp(-progress) + overfit * max(0.0, t - onset) / 100
+
+
+def noisy_loss(options: Mapping[str, Any], epoch: int, progress: float | None = None) -> float:
     """The loss reported at ``epoch``: the clean curve plus noise drawn from an RNG keyed by the
     curve's options and the epoch (the same configuration always sees the same noise)."""
     key = json.dumps([[name, options[name]] for name in _SHAPE] + [epoch])
     rng = random.Random(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big"))
-    return clean_loss(options, epoch) + 0.01 * float(options["noise"]) * rng.gauss(0.0, 1.0)
+    noise = 0.01 * float(options["noise"]) * rng.gauss(0.0, 1.0)
+    return clean_loss(options, epoch, progress) + noise
 
 
 def _identity(options: Mapping[str, Any]) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the curve, not how long it runs."""
-    return {name: options[name] for name in _SHAPE}
+    """What a checkpoint must match to be resumed: the curve, not how long it runs, nor the
+    live options (compared on their own, see ``_restore``)."""
+    return {name: options[name] for name in _SHAPE if name not in LIVE}
 
 
-def _restore(path: str | None, options: Mapping[str, Any]) -> tuple[int, list[float]]:
-    """The epoch to start at and the losses so far: from the checkpoint, else (0, [])."""
+def _live(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: options[name] for name in LIVE}
+
+
+@dataclass
+class _Run:
+    """A curve so far: what a checkpoint holds."""
+
+    losses: list[float] = field(default_factory=list)
+    progress: float = 0.0
+    # [[first epoch, {live option: value}], ...]: the live options each stretch trained with.
+    history: list[list[Any]] = field(default_factory=list)
+
+
+def _restore(path: str | None, options: Mapping[str, Any], live: Sequence[str]) -> _Run:
+    """The curve so far from the checkpoint, else a fresh one. ``live``: options that may
+    differ from the checkpoint's (the run goes on with the new values)."""
+    fresh = _Run(history=[[0, _live(options)]])
     if path is None or not os.path.isfile(path):
-        return 0, []
+        return fresh
     try:
         with open(path) as handle:
             state = json.load(handle)
-        epoch, losses = int(state["epoch"]), [float(v) for v in state["losses"]]
-        same = state["identity"] == _identity(options) and len(losses) == epoch
+        run = _Run(
+            [float(v) for v in state["losses"]], float(state["progress"]), list(state["history"])
+        )
+        saved_live = dict(state["live"])
+        same = state["identity"] == _identity(options) and len(run.losses) == int(state["epoch"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         log.warning("checkpoint %s is unreadable (%s); starting over", path, err)
-        return 0, []
-    if not same:
+        return fresh
+    changed = {k: v for k, v in _live(options).items() if saved_live.get(k) != v}
+    if not same or set(changed) - set(live):
         log.warning("checkpoint %s was made with another configuration; starting over", path)
-        return 0, []
-    return epoch, losses
+        return fresh
+    if changed:
+        run.history.append([len(run.losses), _live(options)])
+        log.info("resuming at epoch %d with %s", len(run.losses), changed)
+    return run
 
 
-def _save(path: str, options: Mapping[str, Any], losses: list[float]) -> None:
+def _save(path: str, options: Mapping[str, Any], run: _Run) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    state = {"epoch": len(losses), "losses": losses, "identity": _identity(options)}
+    state = {
+        "epoch": len(run.losses),
+        "losses": run.losses,
+        "progress": run.progress,
+        "history": run.history,
+        "identity": _identity(options),
+        "live": _live(options),
+    }
     with replacing(path) as partial, open(partial, "w") as handle:
         json.dump(state, handle)
+
+
+def _switched(options: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The options with a replayed schedule's live values from an epoch on."""
+    unknown = sorted(set(values) - set(LIVE))
+    if unknown:
+        raise ValueError(
+            f"the schedule changes {', '.join(map(repr, unknown))}, which the learning-curve "
+            f"simulator cannot change mid-run (it can: {', '.join(LIVE)})"
+        )
+    return curve_options({**options, **values})
 
 
 @uses_engine(options=OWN_OPTIONS)
 def learning_curve(trial: Any, params: dict[str, Any]) -> float:
     """Run the simulated curve for ``epochs`` epochs; return the last epoch's validation loss."""
-    import optuna
-
     options = curve_options(params)
-    path = current_context().checkpoint
-    start, losses = _restore(path, options)
+    context = current_context()
+    path = context.checkpoint
+    run = _restore(path, options, context.live)
+    start = len(run.losses)
     if start:
         trial.set_user_attr(attrs.RESUMED_FROM_EPOCH, start)
+        if context.report_on_resume:
+            # As the engine does: a kill may have come between the checkpoint and its report,
+            # or between the report and the decision on it (a prune, a pause at an interval).
+            _report(trial, run.losses[-1], start - 1)
+    if context.live:
+        trial.set_user_attr(attrs.PARAM_SCHEDULE, run.history)
+    replay = dict(context.replay)
     epochs = int(options["epochs"])
     for epoch in range(start, epochs):
-        losses.append(noisy_loss(options, epoch))
+        if epoch in replay:  # `hpsearch train` of a population-based study's best
+            options = _switched(options, replay[epoch])
+            run.history.append([epoch, _live(options)])
+        run.progress = advance(options, epoch, run.progress)
+        run.losses.append(noisy_loss(options, epoch, run.progress))
         # Saved before the report, as the engine does: whatever is decided at this report
         # (prune, pause at a rung, a kill) finds this epoch's checkpoint to resume from.
         if path is not None:
-            _save(path, options, losses)
-        trial.report(losses[-1], epoch)
-        if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {epoch} with val_loss {losses[-1]:.4g}")
-    return losses[epochs - 1]
+            _save(path, options, run)
+        _report(trial, run.losses[-1], epoch)
+    return run.losses[epochs - 1]
+
+
+def _report(trial: Any, loss: float, epoch: int) -> None:
+    import optuna
+
+    with warnings.catch_warnings():
+        # A retry usually inherited the report it makes again; Optuna keeps it and warns.
+        warnings.simplefilter("ignore")
+        trial.report(loss, epoch)
+    if trial.should_prune():
+        raise optuna.TrialPruned(f"pruned at epoch {epoch} with val_loss {loss:.4g}")

@@ -92,3 +92,28 @@ def make_schedule(
         ),
         "plateau",
     )
+
+
+def rescale_lr(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    | torch.optim.lr_scheduler.ReduceLROnPlateau
+    | None,
+    ratio: float,
+) -> None:
+    """Scale every learning rate the optimizer and its schedule hold by ``ratio``.
+
+    A run resumed with a new base lr continues its schedule where it was, at the new scale:
+    the current lr keeps the schedule's factor, and what the schedule computes the next ones
+    from (LambdaLR's and StepLR's ``base_lrs``, OneCycleLR's ``max_lr``, ``initial_lr`` and
+    ``min_lr`` group entries) scales with it. ReduceLROnPlateau and no schedule read the
+    group's lr alone.
+    """
+    for group in optimizer.param_groups:
+        for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+            if key in group:
+                group[key] *= ratio
+    if scheduler is not None and hasattr(scheduler, "base_lrs"):
+        scheduler.base_lrs = [lr * ratio for lr in scheduler.base_lrs]
+    if scheduler is not None and hasattr(scheduler, "_last_lr"):
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]

@@ -91,6 +91,11 @@ def export_document(
         "revision": git_revision(),
         "retrain": retrain_command(output),
     }
+    schedule = best.user_attrs.get(attrs.PARAM_SCHEDULE)
+    if schedule:
+        # Population-based training: the live options behind the best weights, by the epoch
+        # each took effect (donors' intervals included); `hpsearch train` replays it.
+        document["schedule"] = schedule
     measurement_names = _measurement_names(spec)
     if measurement_names:
         # What the exported model measured after compression, and the recipe that compressed it.

@@ -127,6 +127,26 @@ class TrainOutcome:
     model_path: str | None  # None when the objective saved no model
 
 
+def _schedule(path: str, schedule: Any) -> list[tuple[int, dict[str, Any]]]:
+    """The exported ``schedule`` (``[[first epoch, {option: value}], ...]``), checked."""
+    if schedule is None:
+        return []
+    entries: list[tuple[int, dict[str, Any]]] = []
+    for entry in schedule if isinstance(schedule, list) else [schedule]:
+        if (
+            not isinstance(entry, list | tuple)
+            or len(entry) != 2
+            or not isinstance(entry[0], int)
+            or not isinstance(entry[1], dict)
+        ):
+            raise HpsearchError(
+                f"Exported file {path!r}: schedule entry {entry!r} is not [first epoch, "
+                "{option: value}] as `hpsearch export` writes it; export the study again."
+            )
+        entries.append((entry[0], dict(entry[1])))
+    return entries
+
+
 def _metrics(document: dict[str, Any]) -> list[str]:
     metric = document["metric"]
     return [str(m) for m in metric] if isinstance(metric, list) else [str(metric)]
@@ -182,7 +202,10 @@ def train_from_export(path: str, output: str, *, stream: TextIO = sys.stderr) ->
         check_options(objective, document[key], where=f"{path} {key}")
     check_combinations(objective, {**document["training"], **document["params"]}, {}, where=path)
     metrics = _metrics(document)
-    params = {**document["training"], **document["params"]}
+    schedule = _schedule(path, document.get("schedule"))
+    # A population-based study's best starts with its schedule's first options, and switches
+    # at the epochs of the others, as the member (and its donors) trained.
+    params = {**document["training"], **document["params"], **(schedule[0][1] if schedule else {})}
     builtin = BUILTIN_OBJECTIVES.get(objective)
     options = {**(builtin.options if builtin else {}), **params}
     epochs = options.get("epochs")
@@ -214,6 +237,7 @@ def train_from_export(path: str, output: str, *, stream: TextIO = sys.stderr) ->
         directions=tuple(_directions(document, len(metrics))),
         # A user objective that trains through hpsearch.fit saves its model here.
         model_path=None if builtin else model_path,
+        replay=tuple(schedule[1:]),
     )
     if builtin is None:
         function = load_objective(objective)

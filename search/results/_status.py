@@ -12,6 +12,7 @@ from hpsearch.search.results._export import best_trials
 from hpsearch.search.runtime._budget import budget_state, worker_of
 from hpsearch.search.runtime._compute import compute_document
 from hpsearch.search.runtime._scheduler import paused_trials
+from hpsearch.search.spec._scheduler import PbtSchedule
 from hpsearch.search.spec._study_file import StudySpec
 
 STATUS_SCHEMA_VERSION = 1
@@ -82,7 +83,8 @@ def status_document(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
         "paused": [
             {
                 "trial": t.number,
-                "rung": rung,
+                # PBT pauses every member at each interval's end: no rung, only the epoch.
+                "rung": None if isinstance(spec.scheduler, PbtSchedule) else rung,
                 "epoch": (t.last_step or 0) + 1,
                 "value": None if t.last_step is None else t.intermediate_values[t.last_step],
             }
@@ -121,7 +123,9 @@ def format_status(doc: dict[str, Any]) -> str:
     paused = doc.get("paused", [])
     for entry in paused[:5]:
         lines.append(
-            f"paused     trial {entry['trial']} at rung {entry['rung']} (epoch {entry['epoch']}"
+            f"paused     trial {entry['trial']} "
+            + ("at the end of an interval" if entry["rung"] is None else f"at rung {entry['rung']}")
+            + f" (epoch {entry['epoch']}"
             + (f", {entry['value']:.6g}" if entry["value"] is not None else "")
             + ")"
         )

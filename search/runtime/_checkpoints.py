@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.attrs import CHECKPOINT as ATTR
 from hpsearch.attrs import ERROR
+from hpsearch.files import replacing
 from hpsearch.search.results._export import best_trials
 from hpsearch.search.spec._study_file import StudySpec
 from hpsearch.storage import (
@@ -401,3 +402,69 @@ def _publish(study: optuna.Study, best: FrozenTrial) -> None:
             study_or_trial=study,
             mimetype=mimetype,
         )
+
+
+def copy_checkpoint(spec: StudySpec, study_uid: str, source_slot: int, target_slot: int) -> bool:
+    """Replace the target slot's checkpoint with a copy of the source slot's (population-based
+    training's exploit); False when the source has none.
+
+    The source's owner may be writing it meanwhile: the copy is of one version whole (every
+    file is opened before any is read, see ``_opened``), and the target is replaced in one step.
+    In a bucket, the source object is downloaded and uploaded under the target's key; the
+    target's claimer then fetches it as any trial fetches its slot's checkpoint.
+    """
+    source = checkpoint_path(spec, source_slot, study_uid)
+    target = checkpoint_path(spec, target_slot, study_uid)
+    artifacts = spec.resources.artifacts
+    if is_object_store_url(artifacts):
+        store = _object_store(artifacts)
+        with tempfile.TemporaryDirectory(dir=_cache_root(target)) as scratch:
+            local = os.path.join(scratch, "checkpoint.pt")
+            if not store.download(_relative(spec, source_slot, study_uid), local):
+                return False
+            with _opened(local) as (_, opened):
+                key = _relative(spec, target_slot, study_uid)
+                if isinstance(opened, dict):
+                    store.upload_folder(opened, key)
+                else:
+                    store.upload_fileobj(opened, key)
+        return True
+    try:
+        with _opened(source) as (_, opened):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            _write_copy(opened, target)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _cache_root(path: str) -> str:
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def _write_copy(opened: BinaryIO | dict[str, BinaryIO], target: str) -> None:
+    """Write an opened checkpoint (a file, or a folder's files) in place of ``target``."""
+    if not isinstance(opened, dict):
+        if os.path.isdir(target):  # a file cannot replace a folder in one step
+            shutil.rmtree(target)
+        with replacing(target) as partial, open(partial, "wb") as out:
+            shutil.copyfileobj(opened, out)
+        return
+    staging = tempfile.mkdtemp(dir=os.path.dirname(target), prefix=".copy-")
+    try:
+        for relative, handle in opened.items():
+            path = os.path.join(staging, *relative.split("/"))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as out:
+                shutil.copyfileobj(handle, out)
+        # A folder cannot replace a file or a folder in one step: nobody trains this slot while
+        # its continuation waits to be claimed, and a copy cut short here is made again.
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        elif os.path.exists(target):
+            os.unlink(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -151,17 +151,6 @@ def promote(study: optuna.Study, storage: object, schedule: Schedule, *, last: b
     return added
 
 
-def continuations_left(study: optuna.Study, storage: object, schedule: Schedule) -> bool:
-    """Whether configurations the sampler proposed still have continuations to run, once it
-    stopped the study (a grid sampler whose grid is exhausted): promotions first, and the
-    last one when nothing else runs."""
-    trials = study.get_trials(deepcopy=False)
-    idle = not any(t.state == TrialState.RUNNING for t in trials)
-    return promote(study, storage, schedule, last=idle) or any(
-        t.state == TrialState.WAITING and promoted_from(t) is not None for t in trials
-    )
-
-
 def _value(trial: FrozenTrial) -> float:
     """A paused trial's value at its rung: its last report."""
     step = trial.last_step

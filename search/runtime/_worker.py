@@ -42,15 +42,17 @@ from hpsearch.search.runtime._checkpoints import (
 )
 from hpsearch.search.runtime._compute import ComputeBudget, ComputeMeter, budget_stop_reason
 from hpsearch.search.runtime._heartbeat import Heartbeat, Reaper
+from hpsearch.search.runtime._pbt import PbtPruner, continue_members
 from hpsearch.search.runtime._preflight import warm_up
 from hpsearch.search.runtime._scheduler import (
     AshaPruner,
-    continuations_left,
     paused_rung,
     promote,
+    promoted_from,
 )
 from hpsearch.search.runtime._worker_args import WorkerArgs, parse_rendezvous
 from hpsearch.search.spec._constraints import apply_constraints, measurements
+from hpsearch.search.spec._scheduler import PbtSchedule, Schedule
 from hpsearch.search.spec._space import suggest
 from hpsearch.storage import StorageError, close_storage, hot_path_of
 from hpsearch.storage._optuna_internals import (
@@ -232,7 +234,14 @@ def run_trial(
     # else its checkpoint stays: a promotion resumes the configuration from it
     if log_trials:
         took = time.monotonic() - started
-        if rung is not None:
+        if rung is not None and isinstance(spec.scheduler, PbtSchedule):
+            log.info(
+                "trial %d ends its interval at epoch %d in %.1fs: it waits for the population",
+                frozen.number,
+                rung + 1,
+                took,
+            )
+        elif rung is not None:
             log.info(
                 "trial %d paused at rung %d (epoch %d) in %.1fs",
                 frozen.number,
@@ -322,9 +331,32 @@ def work(args: WorkerArgs, *, schema_checked: bool = False) -> None:
     objective = runner()
     warm_up(spec)
     schedule = spec.scheduler
-    if schedule is not None:
-        # The scheduler's decision at a rung is taken where the engine asks the pruner.
-        study.pruner = AshaPruner(schedule)
+    pbt = schedule if isinstance(schedule, PbtSchedule) else None
+    asha = schedule if isinstance(schedule, Schedule) else None
+    # The scheduler's decision at a rung or an interval's end is taken where the engine asks
+    # the pruner.
+    if asha is not None:
+        study.pruner = AshaPruner(asha)
+    elif pbt is not None:
+        study.pruner = PbtPruner(pbt)
+
+    def promote_now(*, last: bool) -> bool:
+        """Enqueue the continuations the scheduler owes now; whether any was added."""
+        if pbt is not None:
+            return continue_members(study, loaded.storage, spec, uid, last=last)
+        if asha is not None:
+            return promote(study, loaded.storage, asha, last=last)
+        return False
+
+    def continuations_left() -> bool:
+        """Whether configurations the sampler proposed still have continuations to run, once
+        it stopped the study (a grid sampler whose grid is exhausted)."""
+        trials = study.get_trials(deepcopy=False)
+        idle = not any(t.state == TrialState.RUNNING for t in trials)
+        return promote_now(last=idle) or any(
+            t.state == TrialState.WAITING and promoted_from(t) is not None for t in trials
+        )
+
     uid = str(study.user_attrs.get(UID_ATTR, "study"))
     where = {
         "host": socket.gethostname(),
@@ -351,6 +383,7 @@ def work(args: WorkerArgs, *, schema_checked: bool = False) -> None:
             directions=tuple(spec.directions),
             prunes=spec.pruner.name != "none" or schedule is not None,
             report_on_resume=True,
+            live=() if pbt is None else pbt.explore,
         )
 
     budget = ComputeBudget.of(spec)
@@ -376,9 +409,7 @@ def work(args: WorkerArgs, *, schema_checked: bool = False) -> None:
                 return
             if interrupt.STOP.is_set():
                 return
-            if stop_requested(study) and not (
-                schedule is not None and continuations_left(study, loaded.storage, schedule)
-            ):
+            if stop_requested(study) and not (schedule is not None and continuations_left()):
                 log.info("the sampler stopped the study (its search space is exhausted)")
                 return
             reap()
@@ -391,19 +422,16 @@ def work(args: WorkerArgs, *, schema_checked: bool = False) -> None:
                     return
                 time.sleep(0.5)
                 continue
-            if schedule is not None:
-                # Promotable configurations before fresh slots: their continuations are
-                # claimed first.
-                promote(study, loaded.storage, schedule, last=False)
+            # Promotable configurations before fresh slots: their continuations are claimed
+            # first.
+            promote_now(last=False)
             claimed = claim_slot(study, loaded.storage, claim_attrs)
             if claimed is None:
                 state = budget_state(study.get_trials(deepcopy=False), spec.n_trials)
                 if (
                     state.finished
                     and not repair_queue(study, loaded.storage, state)
-                    and not (
-                        schedule is not None and promote(study, loaded.storage, schedule, last=True)
-                    )
+                    and not promote_now(last=True)
                 ):
                     return
                 time.sleep(0.5)  # others still run trials that may come back, or a batch is coming

@@ -25,9 +25,9 @@ from hpsearch.objectives import (
     load_objective,
     resolve_objective,
 )
-from hpsearch.objectives._options import engine_use
+from hpsearch.objectives._options import LIVE_OPTIONS, engine_use
 from hpsearch.search.spec._constraints import parse_constraints
-from hpsearch.search.spec._scheduler import Schedule, parse_scheduler
+from hpsearch.search.spec._scheduler import PbtSchedule, Schedule, parse_scheduler, schedule_of
 from hpsearch.storage import is_object_store_url, parse_object_url
 
 SPEC_VERSION = 1
@@ -431,9 +431,23 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
 
     budget_raw = c.table(raw, "budget", "")
     c.keys(budget_raw, _BUDGET_KEYS, "budget")
-    if "n_trials" not in budget_raw:
+    scheduler_raw = c.table(raw, "scheduler", "")
+    pbt = scheduler_raw.get("name") == "pbt"
+    if "n_trials" not in budget_raw and not pbt:
         raise c.fail("budget", "n_trials is required: the number of trials across all workers.")
-    budget: dict[str, Any] = {"n_trials": c.positive_int(budget_raw, "n_trials", "budget", 1)}
+    # A population's members are its configurations: [scheduler] population is the budget.
+    n_trials = scheduler_raw.get("population") if pbt else None
+    budget: dict[str, Any] = {
+        "n_trials": c.positive_int(budget_raw, "n_trials", "budget", 1)
+        if "n_trials" in budget_raw or not isinstance(n_trials, int)
+        else n_trials
+    }
+    if pbt and "n_trials" in budget_raw and budget["n_trials"] != n_trials:
+        raise c.fail(
+            "budget",
+            f"n_trials = {budget['n_trials']} differs from [scheduler] population = "
+            f"{n_trials!r}: a population-based study trains its population; remove n_trials.",
+        )
     timeout = budget_raw.get("timeout")
     if timeout is not None:
         c.number(timeout, "budget", "timeout")
@@ -478,11 +492,15 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
     scheduler = None
     if "scheduler" in raw:
         scheduler = parse_scheduler(
-            c.table(raw, "scheduler", ""),
+            scheduler_raw,
             fail=c.fail,
             positive_int=c.positive_int,
             conflicts=_scheduler_conflicts(raw, study, builtin, space, training, pruner),
+            space=space,
+            live=LIVE_OPTIONS,
         )
+        if pbt:
+            budget["n_trials"] = scheduler["population"]
         pruner = {"name": "none", "options": {}}  # the scheduler decides at its rungs
         # Every trial of a configuration trains towards max_epochs: the learning-rate schedule
         # and the checkpoint a promoted configuration resumes from are those of one long run.
@@ -703,10 +721,10 @@ class StudySpec:
         return Section(self.data["pruner"]["name"], dict(self.data["pruner"]["options"]))
 
     @property
-    def scheduler(self) -> Schedule | None:
-        """``[scheduler]``: how long each configuration trains, and its rungs; None: to the end."""
-        data = self.data.get("scheduler")
-        return None if data is None else Schedule.from_data(data)
+    def scheduler(self) -> Schedule | PbtSchedule | None:
+        """``[scheduler]``: how long each configuration trains, and its rungs or intervals;
+        None: every trial trains to the end."""
+        return schedule_of(self.data.get("scheduler"))
 
     @property
     def constraints(self) -> dict[str, dict[str, float]]:
