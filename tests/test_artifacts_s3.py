@@ -692,3 +692,44 @@ def test_a_sharded_trial_killed_on_one_node_resumes_on_another_from_the_bucket(
     assert exported.returncode == 0, exported.stderr
     assert f"checkpoint: s3://{bucket}/{key}" in exported.stdout
     assert "hpsearch-artifacts-cache" not in exported.stdout
+
+
+@pytest.mark.slow
+def test_a_population_takes_its_donors_weights_through_the_bucket(
+    s3_endpoint: str, bucket: str, tmp_path: Path, study_name: str
+) -> None:
+    """PBT's exploit in a bucket: the donor's object is copied under the member's key, and the
+    member's continuation (its node's copy gone) fetches and resumes the donor's weights."""
+    from .test_pbt import CURVES, PBT, SPACE, assert_exploits_copy_the_donor, assert_population_done
+
+    path = tmp_path / "pbt.toml"
+    path.write_text(
+        study_toml(
+            name=study_name,
+            objective=CURVES,
+            n_trials=PBT["population"],
+            metric="val_loss",
+            sampler={"name": "random", "seed": 3},
+            pruner=None,
+            space=SPACE,
+            scheduler=PBT,
+            training={"seed": 0},
+            resources={"artifacts": f"s3://{bucket}/run", "keep_checkpoints": "all"},
+        )
+    )
+    url = f"sqlite:///{tmp_path / 'pbt.db'}"
+    result = subprocess.run(
+        [*hpsearch_command(), "run", str(path), "--storage", url, "--workers", "1"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_environment(s3_endpoint),
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = optuna.load_study(study_name=study_name, storage=url).get_trials()
+    assert_population_done(trials)
+    exploits = assert_exploits_copy_the_donor(trials)
+    for trial in exploits:
+        assert trial.user_attrs[CHECKPOINT].startswith(f"s3://{bucket}/run/")
+    assert not list((tmp_path / "hpsearch-artifacts-cache").rglob("checkpoint.pt"))
