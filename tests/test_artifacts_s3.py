@@ -37,10 +37,10 @@ from hpsearch.storage import open_object_store
 from ._support import study_toml
 from .conftest import free_port, get_json, hpsearch_command
 from .test_fault_tolerance import (
+    EPOCHS,
     _assert_resumed,
     _children,
     _wait_for_running,
-    long_study_toml,
 )
 from .test_fsdp import REGRESSION
 
@@ -322,6 +322,38 @@ def test_a_published_checkpoint_in_a_folder_store_is_a_download_too(
 # --- (2) a trial killed on one node resumes on another from the bucket -------------------------
 
 
+# The regression example, held after its third report on a node whose folder has a file
+# "hold": the test kills that node there, never after the trial ended (a trial of a few seconds
+# can end while a loaded machine waits for its checkpoint object to appear).
+HELD = f"""
+import os
+import runpy
+import time
+
+import hpsearch
+
+example = runpy.run_path({str(REGRESSION)!r})
+
+
+class Held:
+    def __init__(self, trial):
+        self.trial = trial
+
+    def __getattr__(self, name):
+        return getattr(self.trial, name)
+
+    def report(self, value, step):
+        self.trial.report(value, step)
+        while step >= 2 and os.path.exists("hold"):
+            time.sleep(0.1)
+
+
+@hpsearch.uses_engine(options=["width", "depth"])
+def objective(trial, params):
+    return example["objective"](Held(trial), params)
+"""
+
+
 @pytest.mark.slow
 def test_a_trial_killed_on_one_node_resumes_on_another_from_the_bucket(
     postgres_url: str, s3_endpoint: str, bucket: str, tmp_path: Path, study_name: str
@@ -329,10 +361,24 @@ def test_a_trial_killed_on_one_node_resumes_on_another_from_the_bucket(
     node_a, node_b = tmp_path / "node-a", tmp_path / "node-b"
     node_a.mkdir()
     node_b.mkdir()
+    (node_a / "hold").touch()
+    (tmp_path / "held.py").write_text(HELD)
     study_file = tmp_path / "long.toml"
     # One trial: the one killed and resumed is all the test needs.
     study_file.write_text(
-        long_study_toml(name=study_name, artifacts=f"s3://{bucket}/run", n_trials=1)
+        study_toml(
+            name=study_name,
+            objective=f"{tmp_path / 'held.py'}:objective",
+            n_trials=1,
+            metric="mse",
+            resources={
+                "heartbeat_interval": 1,
+                "grace_period": 3,
+                "artifacts": f"s3://{bucket}/run",
+            },
+            training={"epochs": EPOCHS, "batch_size": 100, "width": 16, "depth": 2},
+            space={"lr": {"type": "float", "low": 0.001, "high": 0.01, "log": True}},
+        )
     )
     create_study(load_spec_file(str(study_file)), postgres_url)
     env = _environment(s3_endpoint)
@@ -358,11 +404,12 @@ def test_a_trial_killed_on_one_node_resumes_on_another_from_the_bucket(
         deadline = time.monotonic() + 60
         while not _children(first.pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        victim = _wait_for_running(postgres_url, study_name, _children(first.pid), epochs=2)
+        # Held at its third report: it runs until the kill.
+        victim = _wait_for_running(postgres_url, study_name, _children(first.pid), epochs=3)
         study = optuna.load_study(study_name=study_name, storage=postgres_url)
         key = _object_key(study, victim, "run")
         # The heartbeat uploads the checkpoint while the trial runs.
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while key not in _keys(s3_endpoint, bucket, "run/"):
             assert time.monotonic() < deadline, "no checkpoint object appeared during the trial"
             time.sleep(0.2)
@@ -631,10 +678,14 @@ def test_a_sharded_trial_killed_on_one_node_resumes_on_another_from_the_bucket(
     node_a, node_b = tmp_path / "node-a", tmp_path / "node-b"
     node_a.mkdir()
     node_b.mkdir()
+    (node_a / "hold").touch()  # held after its third report: killed mid-trial, never after
+    (tmp_path / "held.py").write_text(HELD)
     study_file = tmp_path / "fsdp.toml"
     study_file.write_text(
         FSDP_STUDY.format(
-            name=study_name, objective=f"{REGRESSION}:objective", artifacts=f"s3://{bucket}/run"
+            name=study_name,
+            objective=f"{tmp_path / 'held.py'}:objective",
+            artifacts=f"s3://{bucket}/run",
         )
     )
     url = f"sqlite:///{tmp_path / 'fsdp.db'}"  # one file both "nodes" reach
