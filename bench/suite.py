@@ -35,7 +35,7 @@ SECTIONS = (
     "throughput",
     "engine",
     "search",
-    "curves",
+    "schedules",
     "scaling",
     "cli",
     "startup",
@@ -72,10 +72,10 @@ def machine() -> str:
 def run_sections(sections: list[str], *, quick: bool) -> dict[str, Any]:
     from bench import (
         cli_latency,
-        curves_efficiency,
         engine_overhead,
         overhead,
         scaling,
+        schedules,
         search_efficiency,
         startup,
         train_throughput,
@@ -88,7 +88,7 @@ def run_sections(sections: list[str], *, quick: bool) -> dict[str, Any]:
         ),
         "engine": lambda: engine_overhead.measure(quick=quick),
         "search": lambda: search_efficiency.measure(quick=quick),
-        "curves": lambda: curves_efficiency.measure(quick=quick),
+        "schedules": lambda: schedules.measure(quick=quick),
         "scaling": lambda: scaling.measure(quick=quick),
         "cli": lambda: cli_latency.measure(quick=quick),
         "startup": lambda: startup.measure(quick=quick),
@@ -303,31 +303,39 @@ def search_md(f: dict[str, Any]) -> list[str]:
     return rows
 
 
-def curves_md(f: dict[str, Any]) -> list[str]:
+def schedules_md(f: dict[str, Any]) -> list[str]:
     rows = [
-        f"**Search efficiency on the learning-curve simulator** "
-        f"(`hpsearch.objectives.curves:learning_curve`, `studies/curves.toml`: "
-        f"{f['epochs_per_trial']} epochs per trial, {f['n_trials']} trials per run through "
-        f"`hpsearch run` on SQLite, {f['seeds']} seeds): epochs spent until a reported "
-        f"validation loss first reached {f['target_val_loss']}; a run that never did counts "
-        "every epoch it spent (>= where that censors the median). With several workers, the "
-        "epochs all of them had run by then (each trial's epochs spread evenly over its "
-        "duration). Medians with 95% order-statistic intervals; the ratio to the default with "
-        "a 95% bootstrap interval.",
+        "**Schedules at equal compute** (`bench/schedules.py`): each run is a study through "
+        "`hpsearch run` (SQLite, one worker) given the same training epochs for every method "
+        "(`[budget] epochs`; PBT: a population of budget / max_epochs members). Epochs to "
+        "target: epochs spent until a reported value first reached the target; a run that never "
+        "did counts every epoch it spent (>= where that censors the median). Best: the study's "
+        "best COMPLETE trial at the end. Medians over seeds with 95% order-statistic intervals; "
+        "the ratio of epochs to the default's with a 95% bootstrap interval.",
         "",
-        "| workers | method | median epochs to target (95%) | reached | vs default (95%) | "
-        "median epochs spent |",
-        "|---|---|---|---|---|---|",
+        "| task | method | median epochs to target (95%) | reached | vs default (95%) | "
+        "median best (95%) | median epochs spent |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for part in f["tables"]:
-        for r in part["table"]:
+    for task in f["tasks"]:
+        label = (
+            f"{task['task']} ({'>=' if task['metric_maximized'] else '<='} {task['target']:g}; "
+            f"{task['budget_epochs']} epochs, {task['seeds']} seeds)"
+        )
+        for r in task["table"]:
             low, high = r["median_epochs_95"]
             ratio_low, ratio_high = r["vs_default_95"]
             bound = ">= " if r["median_is_lower_bound"] else ""
+            best = (
+                "none"
+                if r["median_best"] is None
+                else f"{r['median_best']:.4g} ({r['median_best_95'][0]:.4g}-"
+                f"{r['median_best_95'][1]:.4g})"
+            )
             rows.append(
-                f"| {part['workers']} | {r['method']} | {bound}{r['median_epochs_to_target']:g} "
+                f"| {label} | {r['method']} | {bound}{r['median_epochs_to_target']:g} "
                 f"({low:g}-{high:g}) | {r['reached']} | {r['vs_default']:.2f}x "
-                f"({ratio_low:.2f}-{ratio_high:.2f}) | {r['median_epochs_spent']:g} |"
+                f"({ratio_low:.2f}-{ratio_high:.2f}) | {best} | {r['median_epochs_spent']:g} |"
             )
     return rows
 
@@ -467,9 +475,13 @@ def scaling_model_md(figures: dict[str, Any]) -> list[str]:
 
 
 def markdown(figures: dict[str, Any], *, quick: bool, command: str) -> str:
-    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    meta = figures["meta"]
+    later = "".join(
+        f"; the {name} section on {when['date'][:10]} with `{when['command']}`"
+        for name, when in meta.get("remeasured", {}).items()
+    )
     lines = [
-        f"Measured {today} on {machine()} with `{command}`"
+        f"Measured {meta['date'][:10]} on {meta['machine']} with `{command}`{later}"
         + (" (quick mode: toy sizes, figures not meaningful)" if quick else "")
         + f". Full figures: `bench/results/{'quick' if quick else 'latest'}.json`.",
         "",
@@ -479,7 +491,7 @@ def markdown(figures: dict[str, Any], *, quick: bool, command: str) -> str:
         "throughput": throughput_md,
         "engine": engine_md,
         "search": search_md,
-        "curves": curves_md,
+        "schedules": schedules_md,
         "scaling": scaling_md,
         "cli": cli_md,
         "startup": startup_md,
@@ -489,6 +501,26 @@ def markdown(figures: dict[str, Any], *, quick: bool, command: str) -> str:
             lines += [*render(figures[name]), ""]
     lines += [*gpu_md(), *scaling_model_md(figures), ""]
     return "\n".join(lines)
+
+
+def merge_sections(path: Path, figures: dict[str, Any], option: str) -> dict[str, Any]:
+    """``figures`` of some sections laid over the last full run's (``path``), each remeasured
+    section dated in the meta; without a full run there, the sections alone (not full)."""
+    try:
+        last = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return figures
+    # Runs made before the meta said so were full when they held every other section.
+    full = last.get("meta", {}).get("full", set(last) - {"meta"} >= set(SECTIONS) - set(figures))
+    if not full:
+        return figures
+    meta = dict(last["meta"], full=True)
+    when = {"date": figures["meta"]["date"], "command": f"python -m bench --sections {option}"}
+    meta["remeasured"] = {
+        **{k: v for k, v in meta.get("remeasured", {}).items() if k not in figures},
+        **{name: when for name in figures if name != "meta"},
+    }
+    return {**last, **{k: v for k, v in figures.items() if k != "meta"}, "meta": meta}
 
 
 def update_docs(page: Path, table: str) -> None:
@@ -513,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-docs",
         action="store_true",
-        help="do not update docs/benchmarks.md (a full run does)",
+        help="do not update docs/benchmarks.md (a full run does, and so does a run of some "
+        "sections over the last full run's figures)",
     )
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -525,7 +558,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    command = "python -m bench" + (" --quick" if args.quick else "")
     started = time.monotonic()
     figures = run_sections(sections, quick=args.quick)
     figures["meta"] = {
@@ -534,14 +566,19 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "sections": sections,
         "total_seconds": round(time.monotonic() - started, 1),
+        "full": sections == list(SECTIONS),
     }
-    table = markdown(figures, quick=args.quick, command=command)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     stem = "quick" if args.quick else "latest"
+    if not args.quick and not figures["meta"]["full"]:
+        # Some sections measured again: they replace theirs in the last full run's figures.
+        figures = merge_sections(output / f"{stem}.json", figures, ",".join(sections))
+    command = "python -m bench" + (" --quick" if args.quick else "")
+    table = markdown(figures, quick=args.quick, command=command)
     (output / f"{stem}.json").write_text(json.dumps(figures, indent=2) + "\n")
     (output / f"{stem}.md").write_text(table)
-    if not args.quick and not args.no_docs and sections == list(SECTIONS):
+    if not args.quick and not args.no_docs and figures["meta"]["full"]:
         update_docs(BENCHMARKS_PAGE, table)
     print(table)
     print(

@@ -173,7 +173,7 @@ def test_trials_through_the_worker_report_the_simulated_curve(tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_the_bench_section_runs_in_quick_mode(tmp_path: Path) -> None:
+def test_the_schedules_bench_section_runs_in_quick_mode(tmp_path: Path) -> None:
     result = subprocess.run(
         [
             sys.executable,
@@ -181,7 +181,7 @@ def test_the_bench_section_runs_in_quick_mode(tmp_path: Path) -> None:
             "bench",
             "--quick",
             "--sections",
-            "curves",
+            "schedules",
             "--output-dir",
             str(tmp_path),
         ],
@@ -192,22 +192,59 @@ def test_the_bench_section_runs_in_quick_mode(tmp_path: Path) -> None:
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    figures = json.loads((tmp_path / "quick.json").read_text())["curves"]
-    [one_worker] = figures["tables"]
-    methods = [row["method"] for row in one_worker["table"]]
+    figures = json.loads((tmp_path / "quick.json").read_text())["schedules"]
+    [curves] = figures["tasks"]
+    assert curves["task"] == "curves"
+    methods = [row["method"] for row in curves["table"]]
     assert methods == [
         "random, no pruning",
         "tpe + median (default)",
-        "tpe + asha (pausing)",
         "tpe + hyperband",
+        "tpe + asha (pausing)",
+        "pbt",
     ]
-    default = one_worker["table"][1]
+    default = curves["table"][1]
     assert default["vs_default"] == 1.0
-    assert "Search efficiency on the learning-curve simulator" in result.stdout
+    # Every method had the same epochs: PBT its population's, the others the budget's.
+    budget = curves["budget_epochs"]
+    for row in curves["table"]:
+        assert row["median_epochs_spent"] <= budget
+    assert curves["table"][4]["median_epochs_spent"] == curves["pbt_population"] * 27
+    assert "Schedules at equal compute" in result.stdout
+
+
+def test_a_run_of_some_sections_replaces_theirs_in_the_last_full_runs_figures(
+    tmp_path: Path,
+) -> None:
+    from bench.suite import SECTIONS, markdown, merge_sections
+
+    last = {name: {"old": name} for name in SECTIONS}
+    last["meta"] = {"date": "2026-12-01T00:00:00+00:00", "machine": "m", "full": True}
+    path = tmp_path / "latest.json"
+    path.write_text(json.dumps(last))
+    new = {"schedules": {"new": 1}, "meta": {"date": "2026-12-05T00:00:00+00:00"}}
+    merged = merge_sections(path, new, "schedules")
+    assert merged["schedules"] == {"new": 1} and merged["overhead"] == {"old": "overhead"}
+    assert merged["meta"]["full"] and merged["meta"]["date"].startswith("2026-12-01")
+    assert merged["meta"]["remeasured"] == {
+        "schedules": {
+            "date": new["meta"]["date"],
+            "command": "python -m bench --sections schedules",
+        }
+    }
+    header = markdown(
+        {"meta": merged["meta"]}, quick=False, command="python -m bench"
+    ).splitlines()[0]
+    assert "Measured 2026-12-01" in header
+    assert (
+        "the schedules section on 2026-12-05 with `python -m bench --sections schedules`" in header
+    )
+    # No full run to lay them over: the sections stand alone, and the docs are left alone.
+    assert merge_sections(tmp_path / "missing.json", new, "schedules") is new
 
 
 def test_epochs_to_target_counts_up_to_the_first_epoch_that_reached_it() -> None:
-    from bench.curves_efficiency import Curve, epochs_to_target
+    from bench.schedules import Curve, epochs_to_target
 
     one_worker = [Curve(0, 2, [0.5, 0.4]), Curve(2, 5, [0.3, 0.09, 0.05])]
     assert epochs_to_target(one_worker, 0.1) == (4, True)
@@ -219,7 +256,7 @@ def test_epochs_to_target_counts_up_to_the_first_epoch_that_reached_it() -> None
 
 
 def test_the_median_interval_is_the_order_statistics_of_95_percent() -> None:
-    from bench.curves_efficiency import median_interval
+    from bench.schedules import median_interval
 
     # Binomial(20, 1/2): x_(6)..x_(15) covers the median with 95.9%; x_(7)..x_(14) with 88.5%.
     assert median_interval([float(v) for v in range(1, 21)]) == (6.0, 15.0)

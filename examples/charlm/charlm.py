@@ -162,6 +162,9 @@ def build(params: Mapping[str, Any]) -> nn.Module:
     )
 
 
+# Declared: `hpsearch create` refuses a misspelt option, and the pausing schedules and
+# population-based training can resume its trials from their checkpoints.
+@hpsearch.uses_engine(options=["windows", "context", "heads", "width", "depth", "dropout"])
 def objective(trial: Any, params: dict[str, Any]) -> dict[str, float]:
     train, val = split()
     context = int(params["context"])
