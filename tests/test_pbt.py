@@ -437,3 +437,11 @@ def test_an_exploit_copies_a_sharded_checkpoint_folder_whole(
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 4
     assert all(sorted(t.intermediate_values) == [0, 1, 2] for t in complete)
+    # The best member's schedule replayed by the engine from scratch: the member's value (its
+    # intervals ran in other processes, with their own thread counts: equal to rounding).
+    best = optuna.load_study(study_name=study_name, storage=url).best_trial
+    assert len(best.user_attrs[PARAM_SCHEDULE]) >= 2 or EXPLOITED not in best.user_attrs
+    _run("export", "--study", study_name, "--storage", url, "-o", "best.yaml", cwd=tmp_path)
+    result = _run("train", "best.yaml", "--output", "model", cwd=tmp_path)
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("mse ")]
+    assert float(line.split()[1]) == pytest.approx(best.value, rel=1e-4)
