@@ -16,6 +16,11 @@ Your own model trains through the engine (imported on first use, with torch)::
 An objective that declares ``@hpsearch.uses_engine(options=["width"])`` has its study file's
 engine options checked at ``create``, as a built-in's are.
 
+A training loop of your own reports, checkpoints, resumes and stops through the service::
+
+    saved = hpsearch.get_checkpoint(trial)        # what a retried or promoted trial resumes from
+    hpsearch.report(trial, {"loss": loss}, epoch, checkpoint={"model": model.state_dict(), ...})
+
 Subpackages (the repository's top-level folders): ``hpsearch.search`` (the study file, the
 worker runtime, results, the CLI), ``hpsearch.objectives`` (how one trial trains) and
 ``hpsearch.storage`` (where study state lives). Importing ``hpsearch`` imports neither torch,
@@ -31,6 +36,14 @@ from hpsearch.errors import HpsearchError, ObjectiveError, SpecError, StorageErr
 
 if TYPE_CHECKING:
     from hpsearch.objectives._options import uses_engine
+    from hpsearch.objectives.interrupt import TrialInterrupted
+    from hpsearch.objectives.reporting import (
+        Sharded,
+        get_checkpoint,
+        report,
+        resumable,
+        safe_point,
+    )
     from hpsearch.objectives.trainer import Fitted, Metric, accuracy, fit
     from hpsearch.search._api import (
         WorkersFailed,
@@ -49,6 +62,11 @@ if TYPE_CHECKING:
 _LAZY = {
     **dict.fromkeys(("Fitted", "Metric", "accuracy", "fit"), "hpsearch.objectives.trainer"),
     "uses_engine": "hpsearch.objectives._options",
+    "TrialInterrupted": "hpsearch.objectives.interrupt",
+    **dict.fromkeys(
+        ("Sharded", "get_checkpoint", "report", "resumable", "safe_point"),
+        "hpsearch.objectives.reporting",
+    ),
     **dict.fromkeys(
         ("WorkersFailed", "create", "export", "load", "run", "status", "studies", "worker"),
         "hpsearch.search._api",
@@ -74,15 +92,21 @@ __all__ = [
     "HpsearchError",
     "Metric",
     "ObjectiveError",
+    "Sharded",
     "SpecError",
     "StorageError",
+    "TrialInterrupted",
     "WorkersFailed",
     "accuracy",
     "create",
     "export",
     "fit",
+    "get_checkpoint",
     "load",
+    "report",
+    "resumable",
     "run",
+    "safe_point",
     "status",
     "studies",
     "uses_engine",

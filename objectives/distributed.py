@@ -25,14 +25,14 @@ class DistributedTrial:
         if (self.rank == 0) != (trial is not None):
             raise ValueError("rank 0 passes the Optuna trial, the other ranks pass None")
         self._trial = trial
-        self.number: int = self._share(trial.number if trial is not None else None)
+        self.number: int = self.share(trial.number if trial is not None else None)
         # Read once at the start: the worker sets what the objective needs (e.g. "checkpoint").
-        self.user_attrs: dict[str, Any] = self._share(
+        self.user_attrs: dict[str, Any] = self.share(
             dict(trial.user_attrs) if trial is not None else None
         )
 
-    def _share(self, value: Any) -> Any:
-        """Rank 0's value, on every rank."""
+    def share(self, value: Any) -> Any:
+        """Rank 0's value, on every rank (every rank calls it, at the same point)."""
         box = [value if self.rank == 0 else None]
         dist.broadcast_object_list(box, src=0)
         return box[0]
@@ -42,7 +42,7 @@ class DistributedTrial:
             self._trial.report(value, step)
 
     def should_prune(self) -> bool:
-        return bool(self._share(self._trial.should_prune() if self._trial is not None else None))
+        return bool(self.share(self._trial.should_prune() if self._trial is not None else None))
 
     def set_user_attr(self, key: str, value: Any) -> None:
         if self._trial is not None:
@@ -54,14 +54,14 @@ class DistributedTrial:
             if self._trial is not None
             else None
         )
-        return float(self._share(value))
+        return float(self.share(value))
 
     def suggest_int(self, name: str, low: int, high: int, **kwargs: Any) -> int:
         value = (
             self._trial.suggest_int(name, low, high, **kwargs) if self._trial is not None else None
         )
-        return int(self._share(value))
+        return int(self.share(value))
 
     def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
         value = self._trial.suggest_categorical(name, choices) if self._trial is not None else None
-        return self._share(value)
+        return self.share(value)

@@ -137,6 +137,10 @@ def _serve(rank: int, objective_ref: str) -> None:
         try:
             with trial_context(context):
                 objective(DistributedTrial(None), params)
+        except interrupt.TrialInterrupted:
+            # A stop shared by every rank (hpsearch.report, safe_point): rank 0's worker hands
+            # the trial back and ends the group.
+            return
         except Exception as err:  # rank 0 records the trial's outcome
             if _is_lost(err):
                 raise

@@ -26,6 +26,7 @@ from hpsearch.objectives import (
     resolve_objective,
 )
 from hpsearch.objectives._options import LIVE_OPTIONS, engine_use
+from hpsearch.objectives.reporting import is_resumable
 from hpsearch.search.spec._constraints import parse_constraints
 from hpsearch.search.spec._scheduler import PbtSchedule, Schedule, parse_scheduler, schedule_of
 from hpsearch.storage import is_object_store_url, parse_object_url
@@ -601,15 +602,23 @@ def _scheduler_conflicts(
             "[scheduler] ranks configurations on each epoch's value; optimize one of "
             f"{', '.join(builtin.evaluated)}, or remove [scheduler]."
         )
-    elif builtin is None and engine_use(load_objective(study["objective"])) is None:
-        # A paused configuration resumes from the checkpoint that hpsearch.fit writes; a
-        # function of its own would restart from epoch 0 and waste what its rungs trained.
+    elif builtin is None and not _resumes(load_objective(study["objective"])):
+        # A paused configuration resumes from the checkpoint that hpsearch.fit (or
+        # hpsearch.report) writes; a function of its own would restart from epoch 0 and waste
+        # what its rungs trained.
         conflicts["scheduler"] = (
             f"objective {study['objective']!r} does not train through hpsearch.fit, so a "
             "paused trial could not resume from its checkpoint; declare it with "
-            "@hpsearch.uses_engine (and train with hpsearch.fit), or remove [scheduler]."
+            "@hpsearch.uses_engine (and train with hpsearch.fit), or with @hpsearch.resumable "
+            "(and resume from hpsearch.get_checkpoint), or remove [scheduler]."
         )
     return conflicts
+
+
+def _resumes(objective: Any) -> bool:
+    """The objective resumes a paused trial from its checkpoint: it trains through
+    hpsearch.fit, or it declares that it resumes from hpsearch.get_checkpoint."""
+    return engine_use(objective) is not None or is_resumable(objective)
 
 
 def load_spec_file(path: str) -> StudySpec:

@@ -1,0 +1,368 @@
+"""A training loop of your own through hpsearch.report / get_checkpoint / safe_point: pruning in
+the study's direction, resume with the same curve after kill -9, a stop that hands the trial
+back, one decision for every DDP rank, a sharded state, and pausing schedules that accept it."""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import signal
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+import hpsearch
+from hpsearch.errors import SpecError
+from hpsearch.objectives import interrupt
+from hpsearch.objectives.context import TrialContext, trial_context
+from hpsearch.search import create_study, load_spec_file, start_workers
+from hpsearch.search.runtime._launch import available_cores
+
+from ._support import RecordingTrial, study_toml, write_study_file
+from .conftest import ROOT
+from .test_engine import assert_resumed_like_uninterrupted, run_worker, start_and_wait
+from .test_fault_tolerance import _trials
+
+EXAMPLE = ROOT / "examples" / "own_loop" / "loop.py"
+EPOCHS = 8  # as tests/test_engine.py's study, whose resume assertions these tests share
+PARAMS = {"epochs": EPOCHS, "batch_size": 128, "width": 32, "lr": 0.003}
+
+
+def _example() -> Any:
+    return runpy.run_path(str(EXAMPLE))["objective"]
+
+
+def _context(tmp_path: Path, **fields: Any) -> TrialContext:
+    values: dict[str, Any] = {
+        "checkpoint": str(tmp_path / "slot" / "checkpoint.pt"),
+        "metrics": ("mse",),
+        "directions": ("minimize",),
+        "report_on_resume": True,
+    }
+    return TrialContext(**{**values, **fields})
+
+
+# ---------------------------------------------------------------- in one process
+
+
+def test_a_loop_resumes_from_its_last_report_with_the_curve_of_an_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    objective = _example()
+    whole = RecordingTrial()
+    objective(whole, dict(PARAMS))  # outside a worker: no checkpoint, nothing saved
+    curve = dict(whole.reports)
+    assert sorted(curve) == list(range(EPOCHS))
+    assert not (tmp_path / "slot").exists()
+
+    with trial_context(_context(tmp_path)):
+        stopped = RecordingTrial(stop_after=3)  # a preempted node, after epoch 2's checkpoint
+        with pytest.raises(KeyboardInterrupt):
+            objective(stopped, dict(PARAMS))
+        resumed = RecordingTrial()
+        value = objective(resumed, dict(PARAMS))
+    # The resumed run reports epoch 2 again (a kill may have come before its decision), then
+    # goes on as if it had never stopped.
+    assert [step for step, _ in resumed.reports] == list(range(2, EPOCHS))
+    assert resumed.user_attrs["resumed_from_epoch"] == 3
+    for step, loss in resumed.reports:
+        assert loss == pytest.approx(curve[step], rel=1e-6), step
+    assert value == pytest.approx(curve[EPOCHS - 1], rel=1e-6)
+
+
+def test_pruning_follows_the_study_direction() -> None:
+    """A maximized score: the median pruner stops the trial below the median, not the one
+    above it (and the prune decision is raised as optuna.TrialPruned)."""
+
+    def objective(trial: optuna.Trial) -> float:
+        score = trial.suggest_float("score", 0, 10)
+        for step in range(4):
+            hpsearch.report(trial, {"score": score, "other": -score}, step)
+        return score
+
+    study = optuna.create_study(
+        direction="maximize",
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
+    )
+    for score in (5.0, 6.0, 7.0, 1.0, 9.0):
+        study.enqueue_trial({"score": score})
+    context = TrialContext(metrics=("score",), directions=("maximize",), prunes=True)
+    with trial_context(context):
+        study.optimize(objective, n_trials=5)
+    states = {t.params["score"]: t.state for t in study.trials}
+    assert states[1.0] == TrialState.PRUNED
+    assert states[9.0] == TrialState.COMPLETE
+    assert study.trials[3].last_step == 0  # pruned at its first report
+
+
+def test_a_resumed_trial_is_asked_again_about_its_last_report(tmp_path: Path) -> None:
+    """A kill between a checkpoint and the pruner's decision: the retry decides first."""
+    objective = _example()
+    with trial_context(_context(tmp_path)):
+        with pytest.raises(KeyboardInterrupt):
+            objective(RecordingTrial(stop_after=2), dict(PARAMS))
+        retry = RecordingTrial(prune_at=0)  # its pruner prunes at the first report it sees
+        with pytest.raises(optuna.TrialPruned, match="pruned at step 1 with mse"):
+            objective(retry, dict(PARAMS))
+    assert retry.reports[0][0] == 1  # the checkpoint's step, reported again before any training
+
+
+def test_a_stop_is_honoured_at_the_next_report_after_the_checkpoint(tmp_path: Path) -> None:
+    objective = _example()
+    interrupt.STOP.set()
+    try:
+        with trial_context(_context(tmp_path)), pytest.raises(hpsearch.TrialInterrupted):
+            objective(RecordingTrial(), dict(PARAMS))
+    finally:
+        interrupt.STOP.clear()
+    saved = torch.load(tmp_path / "slot" / "checkpoint.pt", weights_only=False)
+    assert (saved["step"], saved["state"]["epoch"]) == (0, 0)  # epoch 0 is kept for the retry
+
+
+def test_a_report_without_the_study_metric_names_it(tmp_path: Path) -> None:
+    with (
+        trial_context(_context(tmp_path)),
+        pytest.raises(ValueError, match=r"the study's metric 'mse' is not among .*\['loss'\]"),
+    ):
+        hpsearch.report(RecordingTrial(), {"loss": 1.0}, 0, checkpoint={"epoch": 0})
+    assert not (tmp_path / "slot").exists()  # nothing saved for a report that was refused
+
+
+def test_a_sharded_state_round_trips_on_one_process(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.ones(3, 4)).sum().backward()
+    optimizer.step()
+    with trial_context(_context(tmp_path)):
+        hpsearch.report(
+            RecordingTrial(),
+            0.5,
+            4,
+            checkpoint=hpsearch.Sharded(model, optimizer, {"epoch": 4}),
+        )
+        assert (tmp_path / "slot" / "checkpoint.pt").is_dir()
+        fresh = torch.nn.Linear(4, 2)
+        fresh_optimizer = torch.optim.Adam(fresh.parameters(), lr=0.1)
+        trial = RecordingTrial()
+        with pytest.raises(ValueError, match="is sharded: pass the model and optimizer"):
+            hpsearch.get_checkpoint(trial)
+        state = hpsearch.get_checkpoint(trial, into=hpsearch.Sharded(fresh, fresh_optimizer))
+    assert state == {"epoch": 4}
+    assert torch.equal(fresh.weight, model.weight) and torch.equal(fresh.bias, model.bias)
+    assert fresh_optimizer.state_dict()["state"][0]["step"] == 1
+
+
+def test_a_foreign_file_in_the_slot_starts_over(tmp_path: Path) -> None:
+    (tmp_path / "slot").mkdir()
+    torch.save({"model": {}}, tmp_path / "slot" / "checkpoint.pt")
+    with trial_context(_context(tmp_path)):
+        assert hpsearch.get_checkpoint(RecordingTrial()) is None
+
+
+def test_a_pausing_schedule_takes_a_resumable_loop_and_refuses_a_plain_one(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "plain.py").write_text("def objective(trial, params):\n    return 0.0\n")
+    (tmp_path / "loop.py").write_text(EXAMPLE.read_text())
+    scheduler = {"name": "asha", "min_epochs": 1, "max_epochs": 6, "reduction_factor": 3}
+    for objective, refused in (("plain.py:objective", True), ("loop.py:objective", False)):
+        path = write_study_file(
+            tmp_path / f"{objective[:4]}.toml",
+            name="asha",
+            objective=objective,
+            n_trials=6,
+            metric="mse",
+            pruner=None,
+            scheduler=scheduler,
+            space={"lr": {"type": "float", "low": 1e-4, "high": 1e-2}},
+        )
+        if refused:
+            with pytest.raises(SpecError, match=r"@hpsearch\.resumable"):
+                load_spec_file(str(path))
+        else:
+            assert load_spec_file(str(path)).scheduler is not None
+
+
+# ---------------------------------------------------------------- through a worker
+
+PAUSING = f"""
+import os
+import runpy
+import time
+
+from hpsearch.objectives import interrupt
+
+loop = runpy.run_path({str(EXAMPLE)!r})["objective"]
+
+
+class Pausing:
+    \"\"\"The worker's trial, held after epoch 1's report (its checkpoint on disk) while the
+    file `pause` exists: the test kills or stops the worker there.\"\"\"
+
+    def __init__(self, trial):
+        self.trial, self.reported = trial, 0
+
+    def __getattr__(self, name):
+        return getattr(self.trial, name)
+
+    def report(self, value, step):
+        self.trial.report(value, step)
+        self.reported = step + 1
+
+    def should_prune(self):
+        if self.reported >= 2 and os.path.exists("pause"):
+            open("paused", "w").close()
+            while os.path.exists("pause") and not interrupt.STOP.is_set():
+                time.sleep(0.05)
+        return self.trial.should_prune()
+
+
+def objective(trial, params):
+    return loop(Pausing(trial), params)
+"""
+
+
+def _worker_study(folder: Path, name: str) -> Path:
+    (folder / "pausing.py").write_text(PAUSING)
+    return write_study_file(
+        folder / f"{name}.toml",
+        name=name,
+        objective=f"{folder / 'pausing.py'}:objective",
+        n_trials=1,
+        metric="mse",
+        training={key: value for key, value in PARAMS.items() if key != "lr"},
+        space={"lr": {"type": "categorical", "choices": [PARAMS["lr"]]}},
+        resources={
+            "heartbeat_interval": 1,
+            "grace_period": 3,
+            "artifacts": str(folder / "artifacts"),
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted() -> dict[int, float]:
+    """The loop's curve, never interrupted, with the torch threads a lone worker takes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(available_cores())
+    try:
+        trial = RecordingTrial()
+        _example()(trial, dict(PARAMS))
+    finally:
+        torch.set_num_threads(threads)
+    return dict(trial.reports)
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_worker_resumes_the_loop_with_the_same_curve(
+    postgres_url: str, tmp_path: Path, study_name: str, uninterrupted: dict[int, float]
+) -> None:
+    create_study(load_spec_file(str(_worker_study(tmp_path, study_name))), postgres_url)
+    parent, victim = start_and_wait(study_name, postgres_url, tmp_path)
+    os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
+    parent.communicate(timeout=120)
+    (tmp_path / "pause").unlink()
+    run_worker(study_name, postgres_url, tmp_path)  # reaps the dead trial, resumes it
+    assert_resumed_like_uninterrupted(postgres_url, study_name, victim, uninterrupted)
+
+
+@pytest.mark.slow
+def test_sigterm_hands_the_loop_trial_back_with_its_checkpoint(
+    tmp_path: Path, study_name: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'sigterm.db'}"
+    create_study(load_spec_file(str(_worker_study(tmp_path, study_name))), url)
+    parent, victim = start_and_wait(study_name, url, tmp_path)
+    parent.send_signal(signal.SIGTERM)
+    _, log = parent.communicate(timeout=120)
+    assert parent.returncode == 0, log[-3000:]
+    assert "SIGTERM: handing the running trial back" in log
+    trials = _trials(url, study_name)
+    handed_back = next(t for t in trials if t.number == victim.number)
+    assert handed_back.state == TrialState.FAIL and "error" not in handed_back.user_attrs
+    (retry,) = [t for t in trials if t.number != victim.number]
+    assert retry.state == TrialState.WAITING and retry.params == victim.params
+    saved = torch.load(victim.user_attrs["checkpoint"], weights_only=False)
+    assert saved["state"]["epoch"] == 1  # the retry resumes after epoch 1
+
+
+# Each rank records what it saw: the parameters, and how each trial ended for it.
+RANKS = """
+import json, os
+import optuna
+import torch.distributed as dist
+import hpsearch
+
+
+def objective(trial, params):
+    rank = dist.get_rank()
+    seen = {"rank": rank, "params": params, "steps": []}
+    path = os.path.join(os.path.dirname(__file__), f"trial-{trial.number}-rank-{rank}.json")
+    try:
+        for step in range(4):
+            # Rank 1's values are wrong on purpose: only rank 0's report may reach the study.
+            score = params["x"] + step if rank == 0 else -1000.0
+            seen["steps"].append(step)
+            hpsearch.report(trial, {"score": score}, step)
+        seen["end"] = "complete"
+        return params["x"] + 3
+    except optuna.TrialPruned:
+        seen["end"] = "pruned"
+        raise
+    finally:
+        with open(path, "w") as handle:
+            json.dump(seen, handle)
+"""
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_get_the_same_parameters_and_decisions(tmp_path: Path) -> None:
+    (tmp_path / "ranks.py").write_text(RANKS)
+    path = tmp_path / "ranks.toml"
+    path.write_text(
+        study_toml(
+            name="ranks",
+            objective="ranks.py:objective",
+            n_trials=6,
+            metric="score",
+            direction="maximize",
+            sampler={"name": "random", "seed": 1},
+            pruner={"name": "median", "options": {"n_startup_trials": 2, "n_warmup_steps": 0}},
+            space={"x": {"type": "float", "low": 0.0, "high": 10.0}},
+            resources={"devices_per_trial": 2},
+        )
+    )
+    url = f"sqlite:///{tmp_path / 'ranks.db'}"
+    spec = load_spec_file(str(path))
+    create_study(spec, url)
+    processes = start_workers(
+        spec.name, url, workers=1, timeout=None, log_trials=True, devices_per_trial=2
+    )
+    for process in processes:
+        process.join(timeout=600)
+    assert [p.exitcode for p in processes] == [0]
+    trials = _trials(url, "ranks")
+    assert len(trials) == 6
+    ends = set()
+    for trial in trials:
+        seen = [
+            json.loads((tmp_path / f"trial-{trial.number}-rank-{rank}.json").read_text())
+            for rank in (0, 1)
+        ]
+        assert seen[0]["params"] == seen[1]["params"]
+        assert seen[0]["params"]["x"] == trial.params["x"]
+        assert seen[0]["steps"] == seen[1]["steps"] and seen[0]["end"] == seen[1]["end"]
+        # Only rank 0 reported: every value the study holds is rank 0's.
+        assert trial.intermediate_values == {
+            step: trial.params["x"] + step for step in seen[0]["steps"]
+        }
+        expected = TrialState.PRUNED if seen[0]["end"] == "pruned" else TrialState.COMPLETE
+        assert trial.state == expected
+        ends.add(seen[0]["end"])
+    assert ends == {"pruned", "complete"}  # both decisions were taken, on both ranks alike
