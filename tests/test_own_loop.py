@@ -366,3 +366,47 @@ def test_two_ddp_ranks_get_the_same_parameters_and_decisions(tmp_path: Path) -> 
         assert trial.state == expected
         ends.add(seen[0]["end"])
     assert ends == {"pruned", "complete"}  # both decisions were taken, on both ranks alike
+
+
+@pytest.mark.slow
+def test_asha_pauses_the_loop_and_resumes_it_with_the_curve_of_an_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    rates = [0.0003, 0.001, 0.003, 0.01]
+    path = write_study_file(
+        tmp_path / "asha.toml",
+        name="asha-loop",
+        objective=f"{EXAMPLE}:objective",
+        n_trials=len(rates),
+        metric="mse",
+        pruner=None,
+        sampler={"name": "grid"},
+        scheduler={"name": "asha", "min_epochs": 1, "max_epochs": 4, "reduction_factor": 2},
+        training={"batch_size": 128, "width": 32},
+        space={"lr": {"type": "categorical", "choices": rates}},
+    )
+    url = f"sqlite:///{tmp_path / 'asha.db'}"
+    spec = load_spec_file(str(path))
+    create_study(spec, url)
+    processes = start_workers(spec.name, url, workers=1, timeout=None, log_trials=True)
+    for process in processes:
+        process.join(timeout=600)
+    assert [p.exitcode for p in processes] == [0]
+    trials = _trials(url, spec.name)
+    continued = [t for t in trials if "resumed_at_rung" in t.user_attrs]
+    assert continued, "no paused trial was promoted"
+    for trial in continued:
+        if trial.state != TrialState.COMPLETE:
+            continue  # paused again at a higher rung
+        assert trial.user_attrs["resumed_from_epoch"] >= 1
+        reference = RecordingTrial()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(available_cores())
+        try:
+            _example()(reference, {**PARAMS, "epochs": 4, "lr": trial.params["lr"]})
+        finally:
+            torch.set_num_threads(threads)
+        assert sorted(trial.intermediate_values) == [0, 1, 2, 3]
+        for step, value in reference.reports:
+            assert trial.intermediate_values[step] == pytest.approx(value, rel=1e-6), step
+    assert any(t.state == TrialState.COMPLETE for t in continued)
