@@ -36,6 +36,7 @@ from hpsearch.errors import HpsearchError, ObjectiveError, SpecError, StorageErr
 
 if TYPE_CHECKING:
     from hpsearch.objectives._options import uses_engine
+    from hpsearch.objectives.command import connect
     from hpsearch.objectives.interrupt import TrialInterrupted
     from hpsearch.objectives.reporting import (
         Sharded,
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
 _LAZY = {
     **dict.fromkeys(("Fitted", "Metric", "accuracy", "fit"), "hpsearch.objectives.trainer"),
     "uses_engine": "hpsearch.objectives._options",
+    "connect": "hpsearch.objectives.command",
     "TrialInterrupted": "hpsearch.objectives.interrupt",
     **dict.fromkeys(
         ("Sharded", "get_checkpoint", "report", "resumable", "safe_point"),
@@ -98,6 +100,7 @@ __all__ = [
     "TrialInterrupted",
     "WorkersFailed",
     "accuracy",
+    "connect",
     "create",
     "export",
     "fit",

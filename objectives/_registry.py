@@ -162,6 +162,9 @@ def resolve_objective(ref: str, *, base_dir: str) -> str:
     """
     if ref in BUILTIN_OBJECTIVES:
         return ref
+    if ref.startswith("command:"):  # a command study's export (`hpsearch train` runs it again)
+        load_objective(ref)
+        return ref
     module_part, sep, function = ref.rpartition(":")
     if not sep or not module_part or not function:
         raise ObjectiveError(
@@ -221,7 +224,12 @@ def _import_file(path: str) -> Any:
 
 
 def load_objective(ref: str) -> Objective:
-    """The callable behind a canonical reference (a built-in name or ``module:function``)."""
+    """The callable behind a canonical reference (a built-in name, ``module:function``, or a
+    command study's ``command:...``)."""
+    if ref.startswith("command:"):
+        from hpsearch.objectives.command import CommandObjective
+
+        return CommandObjective.load(ref)
     builtin = BUILTIN_OBJECTIVES.get(ref)
     target = builtin.target if builtin else ref
     module_part, _, function = target.rpartition(":")

@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.objectives.command import describe_objective
 from hpsearch.search.results._export import write_atomically
 from hpsearch.search.results._status import compute_lines, status_document
 from hpsearch.search.runtime._budget import worker_of
@@ -212,7 +213,7 @@ def _summary(study: optuna.Study, spec: StudySpec) -> str:
     budget, states = doc["budget"], doc["states"]
     goals = ", ".join(f"{d} {m}" for d, m in zip(spec.directions, spec.metrics, strict=True))
     items = [
-        f"Objective <code>{html.escape(spec.objective)}</code>: {html.escape(goals)}",
+        f"Objective <code>{html.escape(describe_objective(spec.objective))}</code>: {html.escape(goals)}",
         f"Budget: {budget['used']} of {budget['n_trials']} trials used"
         + "".join(f"; {html.escape(line)}" for line in compute_lines(budget)),
         "States: " + html.escape(", ".join(f"{v} {k}" for k, v in states.items())),

@@ -8,6 +8,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from hpsearch.objectives.command import describe_objective
 from hpsearch.search.results._export import best_trials
 from hpsearch.search.runtime._budget import budget_state, worker_of
 from hpsearch.search.runtime._compute import compute_document
@@ -96,7 +97,7 @@ def status_document(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
 def format_status(doc: dict[str, Any]) -> str:
     budget, states = doc["budget"], doc["states"]
     lines = [
-        f"study      {doc['study']}  (objective {doc['objective']}, "
+        f"study      {doc['study']}  (objective {describe_objective(doc['objective'])}, "
         f"{' / '.join(f'{d} {m}' for d, m in zip(doc['directions'], doc['metrics'], strict=True))})",
         f"budget     {budget['used']}/{budget['n_trials']} trials used, {budget['remaining']} remaining",
         *(f"           {line}" for line in compute_lines(budget)),

@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.attrs import CHECKPOINT, ERROR, SLOT, TRACEBACK, WORKER
 from hpsearch.errors import GroupLost, HpsearchError
 from hpsearch.objectives import Objective, interrupt, load_objective
+from hpsearch.objectives.command import is_command
 from hpsearch.objectives.context import TrialContext, trial_context
 from hpsearch.search._study import UID_ATTR, LoadedStudy, load_study
 from hpsearch.search.results._multi_objective import objective_trial
@@ -308,7 +309,8 @@ def work(args: WorkerArgs, *, schema_checked: bool = False) -> None:
 
     def runner() -> Objective:
         nonlocal group, rendezvous
-        if args.devices_per_trial * args.nodes_per_trial == 1:
+        if args.devices_per_trial * args.nodes_per_trial == 1 or is_command(spec.objective):
+            # A command starts its own ranks (torchrun --nproc-per-node {devices}).
             return load_objective(spec.objective)
         from hpsearch.search.runtime._ranks import RankGroup, Rendezvous
 
@@ -384,6 +386,7 @@ def work(args: WorkerArgs, *, schema_checked: bool = False) -> None:
             prunes=spec.pruner.name != "none" or schedule is not None,
             report_on_resume=True,
             live=() if pbt is None else pbt.explore,
+            devices=args.devices_per_trial,
         )
 
     budget = ComputeBudget.of(spec)

@@ -26,6 +26,13 @@ from hpsearch.objectives import (
     resolve_objective,
 )
 from hpsearch.objectives._options import LIVE_OPTIONS, engine_use
+from hpsearch.objectives.command import (
+    BUILTIN_PLACEHOLDERS,
+    CommandObjective,
+    command_ref,
+    is_command,
+    placeholders,
+)
 from hpsearch.objectives.reporting import is_resumable
 from hpsearch.search.spec._constraints import parse_constraints
 from hpsearch.search.spec._scheduler import PbtSchedule, Schedule, parse_scheduler, schedule_of
@@ -48,7 +55,16 @@ _SECTIONS = (
     "constraints",
     "scheduler",
 )
-_STUDY_KEYS = ("name", "objective", "direction", "directions", "metric", "metrics")
+_STUDY_KEYS = (
+    "name",
+    "objective",
+    "command",
+    "command_timeout",
+    "direction",
+    "directions",
+    "metric",
+    "metrics",
+)
 _PARAM_KEYS = {
     "float": ("type", "low", "high", "log", "step", "when"),
     "int": ("type", "low", "high", "log", "step", "when"),
@@ -273,16 +289,24 @@ def _parse_study(c: _Checker, raw: Mapping[str, Any], base_dir: str) -> dict[str
             f"name must be 1-128 letters, digits, '.', '_' or '-' (starting with a letter or digit), got {name!r}.",
         )
     objective = table.get("objective")
-    if not isinstance(objective, str) or not objective:
+    if "command" in table:
+        objective = _command(c, table, base_dir)
+    elif not isinstance(objective, str) or not objective:
         raise c.fail(
             "study",
             "objective is required: a built-in "
-            f"({', '.join(sorted(BUILTIN_OBJECTIVES))}), 'module:function' or 'file.py:function'.",
+            f"({', '.join(sorted(BUILTIN_OBJECTIVES))}), 'module:function' or 'file.py:function'"
+            ' (or a command to run per trial: command = "python train.py --lr {lr}").',
         )
-    try:
-        objective = resolve_objective(objective, base_dir=base_dir)
-    except ObjectiveError as err:
-        raise c.fail("study", str(err)) from None
+    else:
+        if "command_timeout" in table:
+            raise c.fail(
+                "study", "command_timeout applies to a command; remove it, or set command."
+            )
+        try:
+            objective = resolve_objective(objective, base_dir=base_dir)
+        except ObjectiveError as err:
+            raise c.fail("study", str(err)) from None
     builtin = BUILTIN_OBJECTIVES.get(objective)
 
     def plural(single: str, many: str, default: list[str] | None) -> list[str]:
@@ -489,6 +513,7 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
         check_combinations(study["objective"], training, searched, where=source)
     except ObjectiveError as err:
         raise SpecError(str(err)) from None
+    _check_placeholders(c, study["objective"], space, training)
 
     scheduler = None
     if "scheduler" in raw:
@@ -546,6 +571,12 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
     resources.update(artifacts=artifacts, keep_checkpoints=keep)
     if resources["grace_period"] <= resources["heartbeat_interval"]:
         raise c.fail("resources", "grace_period must be longer than heartbeat_interval.")
+    if is_command(study["objective"]) and resources["nodes_per_trial"] > 1:
+        raise c.fail(
+            "resources",
+            "nodes_per_trial > 1 with a command: the worker runs a command on its own node; "
+            "use torchrun's multi-node rendezvous inside the command, or a Python objective.",
+        )
 
     spec = StudySpec(
         {
@@ -602,6 +633,11 @@ def _scheduler_conflicts(
             "[scheduler] ranks configurations on each epoch's value; optimize one of "
             f"{', '.join(builtin.evaluated)}, or remove [scheduler]."
         )
+    elif is_command(study["objective"]):
+        conflicts["scheduler"] = (
+            "a command study cannot be paused and resumed yet; run the training loop as a Python "
+            "objective declared @hpsearch.resumable, or remove [scheduler]."
+        )
     elif builtin is None and not _resumes(load_objective(study["objective"])):
         # A paused configuration resumes from the checkpoint that hpsearch.fit (or
         # hpsearch.report) writes; a function of its own would restart from epoch 0 and waste
@@ -613,6 +649,44 @@ def _scheduler_conflicts(
             "(and resume from hpsearch.get_checkpoint), or remove [scheduler]."
         )
     return conflicts
+
+
+def _command(c: _Checker, table: Mapping[str, Any], base_dir: str) -> str:
+    """A command study's objective reference (objectives/command.py)."""
+    if "objective" in table:
+        raise c.fail("study", "give objective or command, not both.")
+    command, timeout = table["command"], table.get("command_timeout")
+    if not isinstance(command, str) or not command.strip():
+        raise c.fail(
+            "study",
+            "command must be the command line to run per trial, e.g. "
+            f'"torchrun --nproc-per-node {{devices}} train.py --lr {{lr}}", got {command!r}.',
+        )
+    if timeout is not None:
+        c.number(timeout, "study", "command_timeout")
+        if timeout <= 0:
+            raise c.fail("study", f"command_timeout must be > 0 seconds, got {timeout}.")
+    try:
+        return command_ref(command, cwd=base_dir, timeout=timeout)
+    except ObjectiveError as err:
+        raise c.fail("study", str(err)) from None
+
+
+def _check_placeholders(
+    c: _Checker, objective: str, space: Mapping[str, Any], training: Mapping[str, Any]
+) -> None:
+    """Every {name} in a command names a parameter (searched or fixed) or a built-in one."""
+    if not is_command(objective):
+        return
+    known = [*space, *training, *BUILTIN_PLACEHOLDERS]
+    for name in placeholders(CommandObjective.load(objective).argv):
+        if name not in known:
+            raise c.fail(
+                "study",
+                f"command: the placeholder {{{name}}} names no parameter.{did_you_mean(name, known)}"
+                f" Use a name from [space] or [training], or one of "
+                f"{', '.join(BUILTIN_PLACEHOLDERS)} (write {{{{ and }}}} for a literal brace).",
+            )
 
 
 def _resumes(objective: Any) -> bool:

@@ -1,0 +1,370 @@
+"""Command objectives ([study] command): any script as a trial, reporting through printed lines
+or through hpsearch.connect(); exit codes, crashes, hangs, prunes, kill -9 and SIGTERM handled
+as for Python objectives; torchrun ranks with one set of parameters and decisions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from optuna.trial import TrialState
+
+from hpsearch.errors import SpecError
+from hpsearch.search import create_study, load_spec_file, start_workers
+
+from ._support import study_toml
+from .conftest import ROOT, hpsearch_command
+from .test_engine import assert_resumed_like_uninterrupted, run_worker, start_and_wait
+from .test_fault_tolerance import _trials
+from .test_own_loop import uninterrupted  # noqa: F401  (a fixture)
+
+TRAIN = ROOT / "examples" / "own_loop" / "train.py"
+
+# Prints its reports: `hpsearch: step=N loss=V` (what a script in any language can do).
+LINES = """
+import os, sys, time
+x = float(sys.argv[1])
+with open(f"seen-{os.environ['HPSEARCH_TRIAL']}.json", "w") as f:
+    f.write(" ".join(sys.argv[1:]))
+mode = sys.argv[2] if len(sys.argv) > 2 else "ok"
+for step in range(4):
+    value = (x - 2) ** 2 + 1 / (step + 1)
+    if mode == "first-best":  # trial 0 scores 10 at every step, the others 0
+        value = 10.0 if os.environ["HPSEARCH_TRIAL"] == "0" else 0.0
+    print(f"hpsearch: step={step} loss={value}", flush=True)
+    print("an ordinary line of the script's own")
+    if mode == "hang":
+        time.sleep(600)
+    if mode == "crash" and step == 1:
+        print("about to fail", flush=True)
+        sys.exit(3)
+    if mode == "kill" and step == 1:
+        os.kill(os.getpid(), 9)
+    if mode == "first-best" and os.environ["HPSEARCH_TRIAL"] != "0":
+        time.sleep(60)  # only the worker ends it early
+"""
+
+
+def _study(tmp_path: Path, command: str, **extra: Any) -> Any:
+    (tmp_path / "lines.py").write_text(LINES)
+    sections = {
+        "name": "cmd",
+        "objective": "placeholder",
+        "n_trials": 2,
+        "metric": "loss",
+        "space": {"x": {"type": "float", "low": 0.0, "high": 4.0}},
+        **extra,
+    }
+    text = study_toml(**sections).replace(
+        'objective = "placeholder"', f"command = {json.dumps(command)}"
+    )
+    path = tmp_path / "cmd.toml"
+    path.write_text(text)
+    return path
+
+
+def _run(tmp_path: Path, path: Path, **options: Any) -> list[Any]:
+    url = f"sqlite:///{tmp_path / 'cmd.db'}"
+    spec = load_spec_file(str(path))
+    create_study(spec, url)
+    processes = start_workers(spec.name, url, workers=1, timeout=None, log_trials=True, **options)
+    for process in processes:
+        process.join(timeout=300)
+    assert [p.exitcode for p in processes] == [0]
+    return _trials(url, spec.name)
+
+
+# ---------------------------------------------------------------- the study file
+
+
+@pytest.mark.parametrize(
+    ("command", "extra", "message"),
+    [
+        (
+            "python lines.py {x} {trail}",
+            {},
+            r"the placeholder \{trail\} names no parameter\. Did you mean 'trial'",
+        ),
+        ("python lines.py {x", {}, "the word '{x': expected '}' before end of string"),
+        ("python 'lines.py {x}", {}, "cannot be split into words"),
+        ("   ", {}, "command must be the command line to run per trial"),
+        (
+            "python lines.py {x}",
+            {"resources": {"nodes_per_trial": 2}},
+            "nodes_per_trial > 1 with a command",
+        ),
+        (
+            "python lines.py {x}",
+            {
+                "pruner": None,
+                "scheduler": {
+                    "name": "asha",
+                    "min_epochs": 1,
+                    "max_epochs": 4,
+                    "reduction_factor": 2,
+                },
+            },
+            "a command study cannot be paused and resumed yet",
+        ),
+    ],
+)
+def test_a_bad_command_is_refused_at_create(
+    tmp_path: Path, command: str, extra: dict[str, Any], message: str
+) -> None:
+    path = _study(tmp_path, command, **extra)
+    with pytest.raises(SpecError, match=message):
+        load_spec_file(str(path))
+
+
+def test_a_command_and_an_objective_together_are_refused(tmp_path: Path) -> None:
+    path = _study(tmp_path, "python lines.py {x}")
+    path.write_text(path.read_text().replace("[study]\n", '[study]\nobjective = "digits-mlp"\n'))
+    with pytest.raises(SpecError, match="give objective or command, not both"):
+        load_spec_file(str(path))
+
+
+def test_the_cli_refuses_a_bad_placeholder_in_one_line_with_exit_code_2(tmp_path: Path) -> None:
+    path = _study(tmp_path, "python lines.py {lr}")
+    url = f"sqlite:///{tmp_path / 'cmd.db'}"
+    result = subprocess.run(
+        [*hpsearch_command(), "create", str(path), "--storage", url],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "{lr} names no parameter" in result.stderr
+
+
+# ---------------------------------------------------------------- runs
+
+
+def test_a_printing_script_reports_its_lines_and_gets_its_parameters(tmp_path: Path) -> None:
+    trials = _run(tmp_path, _study(tmp_path, "python lines.py {x} ok {trial} {devices}"))
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    for trial in trials:
+        x = trial.params["x"]
+        assert trial.intermediate_values == {s: (x - 2) ** 2 + 1 / (s + 1) for s in range(4)}
+        assert trial.value == pytest.approx((x - 2) ** 2 + 0.25)
+        seen = (tmp_path / f"seen-{trial.number}.json").read_text().split()
+        assert seen == [repr(x), "ok", str(trial.number), "1"]
+
+
+def test_a_failing_crashing_or_silent_script_fails_its_trial_with_its_output(
+    tmp_path: Path,
+) -> None:
+    study = _study(
+        tmp_path,
+        "python lines.py {x} {mode}",
+        n_trials=3,
+        sampler={"name": "grid"},
+        space={
+            "x": {"type": "categorical", "choices": [1.0]},
+            "mode": {"type": "categorical", "choices": ["crash", "kill", "hang"]},
+        },
+        resources={"max_consecutive_failures": 5},
+    )
+    study.write_text(study.read_text().replace("[study]\n", "[study]\ncommand_timeout = 2\n"))
+    started = time.monotonic()
+    trials = {t.params["mode"]: t for t in _run(tmp_path, study)}
+    assert time.monotonic() - started < 120  # the hang was ended by the timeout
+    assert all(t.state == TrialState.FAIL for t in trials.values())
+    assert "exited with code 3" in trials["crash"].user_attrs["error"]
+    assert "about to fail" in trials["crash"].user_attrs["error"]  # the end of its output
+    assert "was ended by SIGKILL" in trials["kill"].user_attrs["error"]
+    assert "silent (no output, no report) for 2s" in trials["hang"].user_attrs["error"]
+    assert sorted(trials["crash"].intermediate_values) == [0, 1]
+
+
+def test_a_printed_report_that_the_pruner_stops_ends_the_script(tmp_path: Path) -> None:
+    """Maximize: trial 0 scores 10, trial 1 scores 0 at its first report, below the median, so
+    the pruner stops it there (minimized, it would go on); the script, which would sleep a
+    minute, is ended by the worker."""
+    study = _study(
+        tmp_path,
+        "python lines.py {x} first-best",
+        direction="maximize",
+        pruner={"name": "median", "options": {"n_startup_trials": 1, "n_warmup_steps": 0}},
+    )
+    started = time.monotonic()
+    first, second = sorted(_run(tmp_path, study), key=lambda t: t.number)
+    assert first.state == TrialState.COMPLETE and first.value == 10.0
+    assert second.state == TrialState.PRUNED and second.last_step == 0
+    assert time.monotonic() - started < 45
+
+
+def test_a_script_without_a_report_of_the_metric_fails_with_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "quiet.py").write_text("print('trained, reported nothing')\n")
+    trials = _run(tmp_path, _study(tmp_path, "python quiet.py {x}", n_trials=1))
+    assert trials[0].state == TrialState.FAIL
+    assert "print a line 'hpsearch: step=N loss=VALUE'" in trials[0].user_attrs["error"]
+
+
+# ---------------------------------------------------------------- through hpsearch.connect()
+
+# examples/own_loop/train.py, held after epoch 1's report while `pause` exists in its folder.
+PAUSING = f"""
+import os, runpy, sys, time
+import hpsearch
+
+open(f"command-{{os.environ['HPSEARCH_TRIAL']}}.pid", "w").write(str(os.getpid()))
+connect = hpsearch.connect
+
+
+class Pausing:
+    def __init__(self, trial):
+        self.trial, self.reported = trial, 0
+
+    def __getattr__(self, name):
+        return getattr(self.trial, name)
+
+    def report(self, value, step):
+        self.trial.report(value, step)
+        self.reported = step + 1
+
+    def should_prune(self):
+        if self.reported >= 2 and os.path.exists("pause"):
+            open("paused", "w").close()
+            while os.path.exists("pause"):
+                time.sleep(0.05)
+        return self.trial.should_prune()
+
+
+hpsearch.connect = lambda: Pausing(connect())
+sys.argv = [{str(TRAIN)!r}, *sys.argv[1:]]
+runpy.run_path({str(TRAIN)!r}, run_name="__main__")
+"""
+
+
+def _connected_study(folder: Path, name: str) -> Path:
+    (folder / "pausing.py").write_text(PAUSING)
+    text = study_toml(
+        name=name,
+        objective="placeholder",
+        n_trials=1,
+        metric="mse",
+        training={"epochs": 8, "batch_size": 128, "width": 32},
+        space={"lr": {"type": "categorical", "choices": [0.003]}},
+        resources={"heartbeat_interval": 1, "grace_period": 3, "artifacts": str(folder / "a")},
+    )
+    command = (
+        "python pausing.py --lr {lr} --batch-size {batch_size} --width {width} --epochs {epochs}"
+    )
+    path = folder / f"{name}.toml"
+    path.write_text(text.replace('objective = "placeholder"', f"command = {json.dumps(command)}"))
+    return path
+
+
+def _gone(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_worker_ends_the_command_and_its_retry_resumes_the_same_curve(
+    postgres_url: str,
+    tmp_path: Path,
+    study_name: str,
+    uninterrupted: dict[int, float],  # noqa: F811
+) -> None:
+    create_study(load_spec_file(str(_connected_study(tmp_path, study_name))), postgres_url)
+    parent, victim = start_and_wait(study_name, postgres_url, tmp_path)
+    command = int((tmp_path / f"command-{victim.number}.pid").read_text())
+    os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
+    parent.communicate(timeout=120)
+    assert _gone(command, 30), "the command outlived its killed worker"
+    (tmp_path / "pause").unlink()
+    run_worker(study_name, postgres_url, tmp_path)  # reaps the dead trial, starts it again
+    assert_resumed_like_uninterrupted(postgres_url, study_name, victim, uninterrupted)
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_command_and_hands_the_trial_back(tmp_path: Path, study_name: str) -> None:
+    url = f"sqlite:///{tmp_path / 'sigterm.db'}"
+    create_study(load_spec_file(str(_connected_study(tmp_path, study_name))), url)
+    parent, victim = start_and_wait(study_name, url, tmp_path)
+    command = int((tmp_path / f"command-{victim.number}.pid").read_text())
+    parent.send_signal(signal.SIGTERM)
+    _, log = parent.communicate(timeout=120)
+    assert parent.returncode == 0, log[-3000:]
+    assert "SIGTERM: handing the running trial back" in log
+    assert _gone(command, 5)
+    trials = _trials(url, study_name)
+    handed_back = next(t for t in trials if t.number == victim.number)
+    assert handed_back.state == TrialState.FAIL and "error" not in handed_back.user_attrs
+    (retry,) = [t for t in trials if t.number != victim.number]
+    assert retry.state == TrialState.WAITING and retry.params == victim.params
+
+
+# Each torchrun rank records the parameters it was given and how each trial ended for it.
+RANKS = """
+import json, os, sys
+import optuna
+import torch.distributed as dist
+import hpsearch
+
+dist.init_process_group("gloo")
+trial = hpsearch.connect()
+rank = dist.get_rank()
+x = float(sys.argv[1])
+seen = {"argv": sys.argv[1:], "params": trial.params, "steps": [], "end": "complete"}
+try:
+    for step in range(4):
+        # Rank 1's values are wrong on purpose: only rank 0's reports reach the study.
+        seen["steps"].append(step)
+        hpsearch.report(trial, {"score": x + step if rank == 0 else -1000.0}, step)
+except optuna.TrialPruned:
+    seen["end"] = "pruned"
+with open(f"trial-{os.environ['HPSEARCH_TRIAL']}-rank-{rank}.json", "w") as f:
+    json.dump(seen, f)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_get_the_same_parameters_and_decisions(tmp_path: Path) -> None:
+    (tmp_path / "ranks.py").write_text(RANKS)
+    text = study_toml(
+        name="ranks",
+        objective="placeholder",
+        n_trials=5,
+        metric="score",
+        direction="maximize",
+        sampler={"name": "random", "seed": 1},
+        pruner={"name": "median", "options": {"n_startup_trials": 2, "n_warmup_steps": 0}},
+        space={"x": {"type": "float", "low": 0.0, "high": 10.0}},
+        resources={"devices_per_trial": 2},
+    )
+    command = "torchrun --standalone --nproc-per-node {devices} ranks.py {x}"
+    path = tmp_path / "ranks.toml"
+    path.write_text(text.replace('objective = "placeholder"', f"command = {json.dumps(command)}"))
+    trials = _run(tmp_path, path, devices_per_trial=2)
+    assert len(trials) == 5
+    ends = set()
+    for trial in trials:
+        seen = [
+            json.loads((tmp_path / f"trial-{trial.number}-rank-{rank}.json").read_text())
+            for rank in (0, 1)
+        ]
+        assert seen[0]["params"] == seen[1]["params"] == {"x": trial.params["x"]}
+        assert seen[0]["steps"] == seen[1]["steps"] and seen[0]["end"] == seen[1]["end"]
+        assert trial.intermediate_values == {
+            step: trial.params["x"] + step for step in seen[0]["steps"]
+        }
+        expected = TrialState.PRUNED if seen[0]["end"] == "pruned" else TrialState.COMPLETE
+        assert trial.state == expected
+        ends.add(seen[0]["end"])
+    assert ends == {"pruned", "complete"}
