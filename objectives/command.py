@@ -21,6 +21,7 @@ starts the command again, which resumes from the checkpoint it saved. If the wor
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -478,8 +479,11 @@ def connect() -> Any:
         trial = ChannelTrial(channel) if channel else OfflineTrial()
     if not distributed:
         return trial
-    from hpsearch.objectives.distributed import DistributedTrial
+    from hpsearch.objectives.distributed import DistributedTrial, end_process_group
 
+    # Before the interpreter's teardown, whether or not the script destroys the group itself
+    # (see end_process_group: a group left to the teardown can abort the process).
+    atexit.register(end_process_group)
     shared = DistributedTrial(trial)
     shared_params = shared.share(trial.params if trial is not None else None)
     shared.params = shared_params  # type: ignore[attr-defined]

@@ -27,6 +27,7 @@ import yaml
 from hpsearch.attrs import CHECKPOINT
 from hpsearch.objectives import sharding
 from hpsearch.objectives.context import TrialContext, trial_context
+from hpsearch.objectives.distributed import end_process_group
 from hpsearch.search.cli import main
 
 from ._support import RecordingTrial
@@ -147,7 +148,7 @@ def _rank(rank: int, port: int, folder: str) -> None:
         seen = {"reports": watcher.values, "seen": watcher.seen, "snapshot": snapshot}
         Path(folder, "rank0.json").write_text(json.dumps(seen))
     dist.barrier()
-    dist.destroy_process_group()
+    end_process_group()
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ import hpsearch
 from hpsearch.attrs import NONFINITE_LOSS, RESUMED_FROM_EPOCH, RETRY_OF, SLOT
 from hpsearch.objectives import interrupt
 from hpsearch.objectives.context import TrialContext, trial_context
-from hpsearch.objectives.distributed import DistributedTrial
+from hpsearch.objectives.distributed import DistributedTrial, end_process_group
 from hpsearch.search import budget_state, create_study, load_spec_file
 from hpsearch.search.runtime._launch import available_cores
 
@@ -212,8 +212,8 @@ def _ddp_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
                 os.path.join(out_dir, f"{data}-rank-{rank}.pt"),
             )
     finally:
-        dist.barrier()  # tear down together (see tests/test_trainer.py)
-        dist.destroy_process_group()
+        dist.barrier()  # tear down together
+        end_process_group()
 
 
 def _spawn(fn: Callable[..., None], args: tuple[Any, ...], nprocs: int, timeout: float) -> None:

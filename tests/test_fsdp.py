@@ -26,6 +26,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from hpsearch.objectives.context import TrialContext, trial_context
+from hpsearch.objectives.distributed import end_process_group
 from tests._support import RecordingTrial, study_toml
 from tests.conftest import free_port, hpsearch_command
 
@@ -103,7 +104,7 @@ def _rank(rank: int, world: int, port: int, jobs: dict[str, dict[str, Any]], out
     if rank == 0:
         Path(out).write_text(json.dumps(results))
     dist.barrier()
-    dist.destroy_process_group()
+    end_process_group()
 
 
 def _group(world: int, jobs: dict[str, dict[str, Any]], folder: Path) -> dict[str, Any]:

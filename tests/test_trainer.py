@@ -15,7 +15,7 @@ from torch import nn
 
 from hpsearch.objectives.batching import plan_batches
 from hpsearch.objectives.data import TensorDataset, load_digits
-from hpsearch.objectives.distributed import DistributedTrial
+from hpsearch.objectives.distributed import DistributedTrial, end_process_group
 from hpsearch.objectives.models import MLP
 from hpsearch.objectives.schedules import ScheduleConfig, make_schedule
 from hpsearch.objectives.trainer import TrainConfig, train_classifier
@@ -231,10 +231,8 @@ def _ddp_rank(rank: int, world: int, init_file: str, out_dir: str, prune_at: int
             os.path.join(out_dir, f"rank-{rank}.pt"),
         )
     finally:
-        # Tear down together: a rank that exits while its peer is still destroying the group
-        # can make gloo abort that peer ("terminate called without an active exception").
-        dist.barrier()
-        dist.destroy_process_group()
+        dist.barrier()  # tear down together
+        end_process_group()
 
 
 def _spawn_ddp(tmp_path: Path, prune_at: int | None) -> None:

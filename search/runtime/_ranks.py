@@ -38,7 +38,7 @@ import torch.distributed as dist
 from hpsearch.errors import GroupLost, HpsearchError, NonFiniteLoss
 from hpsearch.objectives import interrupt, load_objective
 from hpsearch.objectives.context import current_context, trial_context
-from hpsearch.objectives.distributed import DistributedTrial
+from hpsearch.objectives.distributed import DistributedTrial, end_process_group
 
 log = logging.getLogger("hpsearch.ranks")
 
@@ -159,7 +159,7 @@ def follower_main(rank: int, args: GroupArgs) -> None:
     try:
         _serve(rank, args.objective)
     finally:
-        dist.destroy_process_group()
+        end_process_group()
 
 
 def _start(args: GroupArgs, ranks: Iterable[int]) -> list[multiprocessing.process.BaseProcess]:
@@ -338,8 +338,7 @@ class RankGroup:
             except Exception as err:  # the group is gone already; the followers are ended below
                 log.warning("could not stop the ranks cleanly: %s", err)
         _stop(self.followers, 10 if self.in_step else 0)
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        end_process_group()
 
 
 def follow_group(
@@ -439,8 +438,7 @@ def _run_generation(args: GroupArgs, first: int, store: Any) -> bool:
             str(err).splitlines()[0][:200],
         )
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        end_process_group()
         _stop(followers, 10 if done else 0)
     return done
 
