@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -368,3 +369,33 @@ def test_torchrun_ranks_get_the_same_parameters_and_decisions(tmp_path: Path) ->
         assert trial.state == expected
         ends.add(seen[0]["end"])
     assert ends == {"pruned", "complete"}
+
+
+CHARLM = ROOT / "examples" / "charlm"
+
+
+@pytest.mark.slow
+def test_the_charlm_torchrun_script_runs_by_hand_and_as_a_study(tmp_path: Path) -> None:
+    """examples/charlm/train.py: unchanged under torchrun alone (2 ranks), then each trial of
+    examples/charlm/torchrun.toml runs it on 2 ranks."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    by_hand = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc-per-node", "2", "train.py", "--windows", "64"],
+        cwd=CHARLM,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert by_hand.returncode == 0, by_hand.stderr[-3000:]
+    assert by_hand.stdout.count("perplexity") == 1  # rank 0 prints it
+    study = tmp_path / "torchrun.toml"
+    study.write_text((CHARLM / "torchrun.toml").read_text().replace("n_trials = 3", "n_trials = 2"))
+    for name in ("train.py", "charlm.py", "corpus.txt"):
+        (tmp_path / name).write_text((CHARLM / name).read_text())
+    trials = _run(tmp_path, study, devices_per_trial=2)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    for trial in trials:
+        assert sorted(trial.intermediate_values) == [0, 1]
+        assert 1.0 < trial.value < 40.0  # perplexity over about 30 characters
+        assert trial.value == trial.intermediate_values[1]
