@@ -45,10 +45,13 @@ from hpsearch.attrs import (
     SLOT,
 )
 from hpsearch.search.runtime._checkpoints import copy_checkpoint
-from hpsearch.search.runtime._scheduler import paused_trials, promoted_from, rung_values
+from hpsearch.search.runtime._scheduler import (
+    enqueue_once,
+    paused_trials,
+    rung_values,
+)
 from hpsearch.search.spec._scheduler import PbtSchedule
 from hpsearch.search.spec._study_file import StudySpec
-from hpsearch.storage import hot_path_of
 from hpsearch.storage._optuna_internals import storage_of, study_id_of, trial_id_of
 
 log = logging.getLogger("hpsearch.worker")
@@ -207,15 +210,7 @@ def _enqueue(
         # fixed_params: Optuna's mark of an enqueued trial, whose params samplers leave alone.
         system_attrs={**system_attrs, "fixed_params": dict(params)},
     )
-    key = _key(member, step)
-    fast = hot_path_of(storage)
-    if fast is not None:
-        added = fast.enqueue_once(study_id_of(study), key, [continuation])
-    else:
-        done = any(promoted_from(t) == paused.number for t in study.get_trials(deepcopy=False))
-        if not done:
-            study.add_trial(continuation)
-        added = not done
+    added = enqueue_once(study, storage, _key(member, step), paused, continuation)
     if added and source != member:
         shown = ", ".join(f"{name} {old:.4g} -> {new:.4g}" for name, (old, new) in changed.items())
         log.info(

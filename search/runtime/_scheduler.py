@@ -162,6 +162,22 @@ def _any_finished(trials: Iterable[FrozenTrial], schedule: Schedule) -> bool:
     return any(schedule.max_epochs - 1 in t.intermediate_values for t in trials)
 
 
+def enqueue_once(
+    study: optuna.Study, storage: object, key: str, paused: FrozenTrial, continuation: FrozenTrial
+) -> bool:
+    """Add ``continuation`` of ``paused`` to the queue unless a worker did already; whether
+    this call added it. On our RDB storage the study system attribute ``key`` is set in the same
+    transaction, so exactly one of any number of racing workers adds it; elsewhere a re-read of
+    the trials narrows the race."""
+    fast = hot_path_of(storage)
+    if fast is not None:
+        return fast.enqueue_once(study_id_of(study), key, [continuation])
+    if any(promoted_from(t) == paused.number for t in study.get_trials(deepcopy=False)):
+        return False
+    study.add_trial(continuation)
+    return True
+
+
 def _enqueue_continuation(
     study: optuna.Study, storage: object, paused: FrozenTrial, rung: int
 ) -> bool:
@@ -183,14 +199,7 @@ def _enqueue_continuation(
             "fixed_params": dict(paused.params),
         },
     )
-    fast = hot_path_of(storage)
-    if fast is not None:
-        added = fast.enqueue_once(study_id_of(study), f"{PROMOTED}{slot}:{rung}", [continuation])
-    else:
-        done = any(promoted_from(t) == paused.number for t in study.get_trials(deepcopy=False))
-        if not done:
-            study.add_trial(continuation)
-        added = not done
+    added = enqueue_once(study, storage, f"{PROMOTED}{slot}:{rung}", paused, continuation)
     if added:
         log.info("trial %d promoted from rung %d: its configuration resumes", paused.number, rung)
     return added
