@@ -72,6 +72,37 @@ def node_worker_args(study: str, url: str, rank: int, rendezvous: str) -> list[s
     ]
 
 
+# The source of a trial wrapper for a test's objective file (or command script): it holds the
+# training after epoch 1's report (the engine's, or hpsearch.report's, checkpoint is on disk)
+# while a file named `pause` is in the working directory, and leaves a file `paused` there. The
+# test then kills or stops the worker at a known point, however fast or slow the machine is.
+PAUSING_TRIAL = """
+import os
+import time
+
+from hpsearch.objectives import interrupt
+
+
+class Pausing:
+    def __init__(self, trial):
+        self.trial, self.reported = trial, 0
+
+    def __getattr__(self, name):
+        return getattr(self.trial, name)
+
+    def report(self, value, step):
+        self.trial.report(value, step)
+        self.reported = step + 1
+
+    def should_prune(self):  # asked after each epoch's checkpoint and report
+        if self.reported >= 2 and os.path.exists("pause"):
+            open("paused", "w").close()
+            while os.path.exists("pause") and not interrupt.STOP.is_set():
+                time.sleep(0.05)
+        return self.trial.should_prune()
+"""
+
+
 class RecordingTrial:
     """Stands in for an Optuna trial where an objective or a training loop meets it (report,
     should_prune, set_user_attr, number, params): no study or storage needed.

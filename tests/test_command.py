@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from hpsearch.errors import SpecError
 from hpsearch.search import create_study, load_spec_file, start_workers
 
-from ._support import study_toml
+from ._support import PAUSING_TRIAL, study_toml
 from .conftest import ROOT, hpsearch_command
 from .test_engine import assert_resumed_like_uninterrupted, run_worker, start_and_wait
 from .test_fault_tolerance import _trials
@@ -211,37 +211,19 @@ def test_a_script_without_a_report_of_the_metric_fails_with_the_fix(tmp_path: Pa
 # ---------------------------------------------------------------- through hpsearch.connect()
 
 # examples/own_loop/train.py, held after epoch 1's report while `pause` exists in its folder.
-PAUSING = f"""
-import os, runpy, sys, time
+PAUSING = (
+    PAUSING_TRIAL
+    + f"""
+import runpy, sys
 import hpsearch
 
 open(f"command-{{os.environ['HPSEARCH_TRIAL']}}.pid", "w").write(str(os.getpid()))
 connect = hpsearch.connect
-
-
-class Pausing:
-    def __init__(self, trial):
-        self.trial, self.reported = trial, 0
-
-    def __getattr__(self, name):
-        return getattr(self.trial, name)
-
-    def report(self, value, step):
-        self.trial.report(value, step)
-        self.reported = step + 1
-
-    def should_prune(self):
-        if self.reported >= 2 and os.path.exists("pause"):
-            open("paused", "w").close()
-            while os.path.exists("pause"):
-                time.sleep(0.05)
-        return self.trial.should_prune()
-
-
 hpsearch.connect = lambda: Pausing(connect())
 sys.argv = [{str(TRAIN)!r}, *sys.argv[1:]]
 runpy.run_path({str(TRAIN)!r}, run_name="__main__")
 """
+)
 
 
 def _connected_study(folder: Path, name: str) -> Path:

@@ -37,7 +37,7 @@ from hpsearch.objectives.distributed import DistributedTrial, end_process_group
 from hpsearch.search import budget_state, create_study, load_spec_file
 from hpsearch.search.runtime._launch import available_cores
 
-from ._support import RecordingTrial, write_study_file
+from ._support import PAUSING_TRIAL, RecordingTrial, write_study_file
 from .conftest import ROOT, hpsearch_command
 from .test_fault_tolerance import _trials
 from .test_trainer import assert_same_weights, weights
@@ -474,42 +474,18 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
     return curve
 
 
-PAUSING_OBJECTIVE = f"""
-import os
+PAUSING_OBJECTIVE = (
+    PAUSING_TRIAL
+    + f"""
 import runpy
-import time
-
-from hpsearch.objectives import interrupt
 
 example = runpy.run_path({str(EXAMPLE)!r})
-
-
-class Pausing:
-    \"\"\"The worker's trial, which holds the training after epoch 1's checkpoint while a file
-    named `pause` is in the working directory: the test then kills or stops the worker at a
-    known point, however fast or slow the machine is.\"\"\"
-
-    def __init__(self, trial):
-        self.trial, self.reported = trial, 0
-
-    def __getattr__(self, name):
-        return getattr(self.trial, name)
-
-    def report(self, value, step):
-        self.trial.report(value, step)
-        self.reported = step + 1
-
-    def should_prune(self):  # the engine asks after each epoch's checkpoint
-        if self.reported >= 2 and os.path.exists("pause"):
-            open("paused", "w").close()
-            while os.path.exists("pause") and not interrupt.STOP.is_set():
-                time.sleep(0.05)
-        return self.trial.should_prune()
 
 
 def objective(trial, params):
     return example["objective"](Pausing(trial), params)
 """
+)
 
 
 def start_and_wait(name: str, url: str, cwd: Path) -> tuple[subprocess.Popen[str], FrozenTrial]:

@@ -23,7 +23,7 @@ from hpsearch.objectives.context import TrialContext, trial_context
 from hpsearch.search import create_study, load_spec_file, start_workers
 from hpsearch.search.runtime._launch import available_cores
 
-from ._support import RecordingTrial, study_toml, write_study_file
+from ._support import PAUSING_TRIAL, RecordingTrial, study_toml, write_study_file
 from .conftest import ROOT
 from .test_engine import assert_resumed_like_uninterrupted, run_worker, start_and_wait
 from .test_fault_tolerance import _trials
@@ -191,41 +191,18 @@ def test_a_pausing_schedule_takes_a_resumable_loop_and_refuses_a_plain_one(
 
 # ---------------------------------------------------------------- through a worker
 
-PAUSING = f"""
-import os
+PAUSING = (
+    PAUSING_TRIAL
+    + f"""
 import runpy
-import time
-
-from hpsearch.objectives import interrupt
 
 loop = runpy.run_path({str(EXAMPLE)!r})["objective"]
-
-
-class Pausing:
-    \"\"\"The worker's trial, held after epoch 1's report (its checkpoint on disk) while the
-    file `pause` exists: the test kills or stops the worker there.\"\"\"
-
-    def __init__(self, trial):
-        self.trial, self.reported = trial, 0
-
-    def __getattr__(self, name):
-        return getattr(self.trial, name)
-
-    def report(self, value, step):
-        self.trial.report(value, step)
-        self.reported = step + 1
-
-    def should_prune(self):
-        if self.reported >= 2 and os.path.exists("pause"):
-            open("paused", "w").close()
-            while os.path.exists("pause") and not interrupt.STOP.is_set():
-                time.sleep(0.05)
-        return self.trial.should_prune()
 
 
 def objective(trial, params):
     return loop(Pausing(trial), params)
 """
+)
 
 
 def _worker_study(folder: Path, name: str) -> Path:
