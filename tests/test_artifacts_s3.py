@@ -8,6 +8,8 @@ play two nodes that share the database and the bucket, and no folder.
 from __future__ import annotations
 
 import copy
+import io
+import json
 import os
 import signal
 import socket
@@ -25,6 +27,7 @@ import boto3
 import optuna
 import optuna.artifacts
 import pytest
+import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.attrs import CHECKPOINT, SLOT, UID
@@ -250,6 +253,32 @@ def test_the_export_names_the_checkpoint_object(
     study = optuna.load_study(study_name=name, storage=url)
     expected = f"s3://{bucket}/{_object_key(study, study.best_trial, 'run')}"
     assert f'"checkpoint": "{expected}"' in result.stdout
+
+
+@pytest.mark.slow
+def test_export_weights_downloads_the_best_checkpoint_and_writes_its_model(
+    finished: tuple[str, str, str, Path], s3_endpoint: str
+) -> None:
+    url, name, bucket, node = finished
+    weights = node / "best-weights.pt"
+    export = ["export", "--study", name, "--storage", url, "--format", "json"]
+    result = subprocess.run(
+        [*hpsearch_command(), *export, "--weights", str(weights)],
+        cwd=node,
+        env=_environment(s3_endpoint),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["weights"] == str(weights)
+    study = optuna.load_study(study_name=name, storage=url)
+    key = _object_key(study, study.best_trial, "run")
+    stored = _client(s3_endpoint).get_object(Bucket=bucket, Key=key)["Body"].read()
+    checkpoint = torch.load(io.BytesIO(stored), map_location="cpu", weights_only=False)
+    exported = torch.load(weights)
+    assert sorted(exported) == sorted(checkpoint["model"])
+    assert all(torch.equal(exported[k], checkpoint["model"][k]) for k in exported)
 
 
 # --- (3) the dashboard serves the bucket's artifacts -------------------------------------------

@@ -149,6 +149,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     loaded = load_study(args.study, url)
     fmt = args.format or _format_from_path(args.output)
     if fmt == "csv":
+        if args.weights:
+            raise HpsearchError(
+                "--weights with --format csv: the weights are the best trial's; export "
+                "yaml/json/toml with --weights, or drop it."
+            )
         if args.top is not None:
             raise HpsearchError(
                 f"--top {args.top} with --format csv: the CSV holds every trial already; "
@@ -157,6 +162,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         text = trials_csv(loaded.study, loaded.spec)
     else:
         document = export_document(loaded.study, loaded.spec, top=args.top, output=args.output)
+        if args.weights:
+            document["weights"] = _export_weights(document, args.weights)
         text = render(document, fmt)
     if args.output:
         write_atomically(args.output, text)
@@ -164,6 +171,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _export_weights(document: dict[str, Any], path: str) -> str:
+    """Write the best trial's trained weights to ``path``; its absolute path."""
+    from hpsearch.search.results._weights import write_weights
+
+    if "trial" not in document:
+        raise HpsearchError(
+            "--weights: a multi-objective study has a Pareto front, not one best trial; "
+            "drop --weights and retrain the configuration you pick with `hpsearch train`."
+        )
+    trial, checkpoint = document["trial"], document.get("checkpoint")
+    if not checkpoint:
+        raise HpsearchError(
+            f"--weights: trial {trial}'s checkpoint is not there (it wrote none, or "
+            "[resources] keep_checkpoints removed it); export without --weights and retrain "
+            "with `hpsearch train`."
+        )
+    write_weights(checkpoint, path, trial=trial)
+    print(f"wrote trial {trial}'s weights to {path}", file=sys.stderr)
+    return os.path.abspath(path)
 
 
 def _format_from_path(path: str | None) -> str:
@@ -438,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--top", type=positive_int, metavar="K", help="also list the K best trials (as `top`)"
+    )
+    export.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="also write the best trial's trained weights (a state_dict, shards gathered) "
+        "from its kept checkpoint",
     )
     export.set_defaults(handler=cmd_export)
 

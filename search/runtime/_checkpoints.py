@@ -267,6 +267,13 @@ def checkpoint_sync(spec: StudySpec, slot: Any, study_uid: str) -> CheckpointSyn
     )
 
 
+def download_checkpoint(url: str, local: str) -> bool:
+    """Download the checkpoint (file or sharded folder) at ``url`` to ``local``; False when
+    there is none."""
+    store, key = _object(url)
+    return store.download(key, local)
+
+
 def checkpoint_exists(location: str) -> bool:
     """Whether the checkpoint file, sharded folder or object at ``location`` is there."""
     if is_object_store_url(location):
