@@ -117,16 +117,23 @@ def get_checkpoint(trial: Any, *, into: Sharded | None = None) -> dict[str, Any]
     except _NotOurs as err:
         log.warning("checkpoint %s is not one hpsearch.report wrote (%s); starting over", path, err)
         return None
-    step, value = int(saved["step"]), saved["report"]
-    trial.set_user_attr(attrs.RESUMED_FROM_EPOCH, step + 1)
+    step = int(saved["step"])
     log.info("resuming from %s after step %d", path, step)
-    if context.report_on_resume and value is not None:
-        # A kill may have come between the checkpoint and its report, or between the report
-        # and the decision on it (a prune, a pause at a rung).
-        name = context.metrics[0] if context.metrics else "value"
-        _report_and_decide(trial, name, float(value), step)
+    report_again(trial, step, saved["report"])
     state: dict[str, Any] = dict(saved["state"])
     return state
+
+
+def report_again(trial: Any, step: int, value: float | None) -> None:
+    """What a resumed trial does first: record where it resumed, report its checkpoint's last
+    evaluation again and ask the pruner about it. A kill may have come between the checkpoint
+    and its report, or between the report and the decision on it (a prune, a pause at a rung).
+    """
+    context = current_context()
+    trial.set_user_attr(attrs.RESUMED_FROM_EPOCH, step + 1)
+    if context.report_on_resume and value is not None:
+        name = context.metrics[0] if context.metrics else "value"
+        _report_and_decide(trial, name, float(value), step)
 
 
 def safe_point(trial: Any) -> None:

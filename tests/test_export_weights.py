@@ -97,3 +97,15 @@ def test_no_kept_checkpoint_is_one_line_and_writes_nothing(
     assert "checkpoint is not there" in err and "hpsearch train" in err
     assert len(err.strip().splitlines()) == 1, err
     assert not weights.exists() and not document.exists()
+
+
+def test_a_lightning_trainers_checkpoint_gives_its_modules_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("lightning")
+    model_file = ROOT / "examples" / "lightning" / "model.py"
+    document = _export(tmp_path, _study(tmp_path, model_file, {}), capsys)
+    example = runpy.run_path(str(model_file))
+    module = example["Regression"](document["training"]["width"], 0.0)
+    module.load_state_dict(torch.load(document["weights"]))
+    assert _validation_mse(module) == pytest.approx(document["value"], rel=1e-5)

@@ -2,7 +2,8 @@
 
 A trial's kept checkpoint holds the weights it ended with: ``hpsearch.fit`` writes the model's
 ``state_dict`` under ``model`` (a file), or shards it (a folder written by torch.distributed.
-checkpoint, on any number of ranks); ``hpsearch.report`` writes the loop's own state. Export reads
+checkpoint, on any number of ranks); ``hpsearch.report`` writes the loop's own state, Lightning's
+callback the Trainer's checkpoint (the module's weights under ``state_dict``). Export reads
 whichever it is, from a folder or an ``s3://`` bucket, gathers shards into one whole
 ``state_dict``, and writes it with ``torch.save``: ``model.load_state_dict(torch.load(FILE))``
 loads it into the unsharded model. ``hpsearch train`` stays for retraining from scratch.
@@ -33,7 +34,9 @@ def write_weights(location: str, output: str, *, trial: int) -> None:
 
             local = os.path.join(scratch, "checkpoint.pt")
             if not download_checkpoint(location, local):
-                raise HpsearchError(f"trial {trial}'s checkpoint {location} is gone from the bucket")
+                raise HpsearchError(
+                    f"trial {trial}'s checkpoint {location} is gone from the bucket"
+                )
         weights = _weights(local, scratch, trial)
     folder = os.path.dirname(os.path.abspath(output))
     os.makedirs(folder, exist_ok=True)
@@ -66,6 +69,8 @@ def _weights(path: str, scratch: str, trial: int) -> Any:
         state = saved.get("state")
         # A loop's own state: its model's weights, where it names them as fit does.
         return state["model"] if isinstance(state, dict) and "model" in state else state
+    if "model" not in saved and "pytorch-lightning_version" in saved:
+        return saved["state_dict"]  # a Trainer's checkpoint: the LightningModule's weights
     if "model" not in saved:
         raise HpsearchError(
             f"trial {trial}'s checkpoint {path} has no model weights (keys: "
