@@ -109,3 +109,33 @@ def test_a_lightning_trainers_checkpoint_gives_its_modules_weights(
     module = example["Regression"](document["training"]["width"], 0.0)
     module.load_state_dict(torch.load(document["weights"]))
     assert _validation_mse(module) == pytest.approx(document["value"], rel=1e-5)
+
+
+def test_a_trainers_checkpoint_folder_gives_the_models_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    transformers = pytest.importorskip("transformers")
+    gpt2_file = ROOT / "examples" / "transformers" / "gpt2.py"
+    path = write_study_file(
+        tmp_path / "study.toml",
+        name="weights",
+        objective=f"{gpt2_file}:objective",
+        n_trials=1,
+        metric="loss",
+        training={"epochs": 2, "batch_size": 16, "width": 32, "train_bytes": 4096},
+        space={"lr": {"type": "categorical", "choices": [0.003]}},
+        resources={"artifacts": str(tmp_path / "artifacts")},
+    )
+    document = _export(tmp_path, path, capsys)
+    from safetensors.torch import load_file
+
+    # The latest of the Trainer's checkpoints (the one its last evaluation scored), whole.
+    (latest,) = Path(document["checkpoint"]).glob("checkpoint-*")
+    assert latest.name == "checkpoint-8"  # 2 epochs of 4 steps
+    saved, exported = load_file(latest / "model.safetensors"), torch.load(document["weights"])
+    assert sorted(exported) == sorted(saved)
+    assert all(torch.equal(exported[k], saved[k]) for k in saved)
+    config = transformers.GPT2Config(vocab_size=256, n_positions=64, n_embd=32, n_layer=2, n_head=2)
+    missing = transformers.GPT2LMHeadModel(config).load_state_dict(exported, strict=False)
+    assert missing.missing_keys == ["lm_head.weight"]  # tied to the token embedding
+    assert missing.unexpected_keys == []

@@ -3,7 +3,8 @@
 A trial's kept checkpoint holds the weights it ended with: ``hpsearch.fit`` writes the model's
 ``state_dict`` under ``model`` (a file), or shards it (a folder written by torch.distributed.
 checkpoint, on any number of ranks); ``hpsearch.report`` writes the loop's own state, Lightning's
-callback the Trainer's checkpoint (the module's weights under ``state_dict``). Export reads
+callback the Trainer's checkpoint (the module's weights under ``state_dict``), and Hugging Face's
+Trainer its ``checkpoint-STEP`` folders (the latest one's ``model.safetensors``). Export reads
 whichever it is, from a folder or an ``s3://`` bucket, gathers shards into one whole
 ``state_dict``, and writes it with ``torch.save``: ``model.load_state_dict(torch.load(FILE))``
 loads it into the unsharded model. ``hpsearch train`` stays for retraining from scratch.
@@ -47,6 +48,9 @@ def write_weights(location: str, output: str, *, trial: int) -> None:
 def _weights(path: str, scratch: str, trial: int) -> Any:
     import torch
 
+    trainer = _trainer_weights(path)
+    if trainer is not None:
+        return trainer
     if os.path.isdir(path):
         from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
@@ -77,3 +81,26 @@ def _weights(path: str, scratch: str, trial: int) -> Any:
             f"{', '.join(sorted(map(str, saved))[:8])})"
         )
     return saved["model"]
+
+
+def _trainer_weights(path: str) -> Any:
+    """A Hugging Face Trainer's output folder (``checkpoint-STEP`` folders): the latest one's
+    model weights; None for any other checkpoint."""
+    if not os.path.isdir(path):
+        return None
+    steps = [
+        (int(name.split("-", 1)[1]), name)
+        for name in os.listdir(path)
+        if name.startswith("checkpoint-") and name.split("-", 1)[1].isdigit()
+    ]
+    if not steps:
+        return None
+    folder = os.path.join(path, max(steps)[1])
+    safetensors = os.path.join(folder, "model.safetensors")
+    if os.path.isfile(safetensors):
+        from safetensors.torch import load_file
+
+        return load_file(safetensors)
+    import torch
+
+    return torch.load(os.path.join(folder, "pytorch_model.bin"), map_location="cpu")

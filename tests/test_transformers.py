@@ -1,0 +1,165 @@
+"""Hugging Face's Trainer through HpsearchCallback (the `transformers` extra): kill -9 of the
+worker resumes through the Trainer's own checkpoints with the curve of an uninterrupted run,
+SIGTERM hands the trial back, two DDP ranks under torchrun get the same parameters and prune
+decisions; export --weights writes the model's weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from hpsearch.search import create_study, load_spec_file
+from hpsearch.search.runtime._launch import available_cores
+
+from ._support import PAUSING_TRIAL, RecordingTrial, study_toml
+from .conftest import ROOT
+from .test_command import _run
+from .test_engine import assert_resumed_like_uninterrupted, run_worker, start_and_wait
+from .test_fault_tolerance import _trials
+
+pytest.importorskip("transformers")
+
+GPT2 = ROOT / "examples" / "transformers" / "gpt2.py"
+# 4096 bytes of text: 64 windows, 4 optimizer steps an epoch.
+PARAMS = {"epochs": 8, "batch_size": 16, "width": 32, "train_bytes": 4096, "lr": 0.003}
+
+PAUSING = (
+    PAUSING_TRIAL
+    + f"""
+import runpy
+
+gpt2 = runpy.run_path({str(GPT2)!r})
+
+
+def objective(trial, params):
+    return gpt2["objective"](Pausing(trial), params)
+"""
+)
+
+
+def _study(folder: Path, name: str) -> Path:
+    (folder / "pausing.py").write_text(PAUSING)
+    path = folder / f"{name}.toml"
+    path.write_text(
+        study_toml(
+            name=name,
+            objective=f"{folder / 'pausing.py'}:objective",
+            n_trials=1,
+            metric="loss",
+            training={k: v for k, v in PARAMS.items() if k != "lr"},
+            space={"lr": {"type": "categorical", "choices": [PARAMS["lr"]]}},
+            resources={"heartbeat_interval": 1, "grace_period": 3, "artifacts": str(folder / "a")},
+        )
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(available_cores())
+    try:
+        trial = RecordingTrial()
+        output = str(tmp_path_factory.mktemp("reference") / "out")
+        runpy.run_path(str(GPT2))["fit"](trial, dict(PARAMS), output)
+    finally:
+        torch.set_num_threads(threads)
+    return dict(trial.reports)
+
+
+@pytest.mark.slow
+def test_kill_9_resumes_the_trainer_from_its_checkpoint_with_the_same_curve(
+    postgres_url: str, tmp_path: Path, study_name: str, uninterrupted: dict[int, float]
+) -> None:
+    create_study(load_spec_file(str(_study(tmp_path, study_name))), postgres_url)
+    parent, victim = start_and_wait(study_name, postgres_url, tmp_path)
+    os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
+    parent.communicate(timeout=120)
+    (tmp_path / "pause").unlink()
+    run_worker(study_name, postgres_url, tmp_path)
+    assert_resumed_like_uninterrupted(postgres_url, study_name, victim, uninterrupted)
+
+
+@pytest.mark.slow
+def test_sigterm_hands_the_trainer_trial_back_with_its_checkpoints(
+    tmp_path: Path, study_name: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'sigterm.db'}"
+    create_study(load_spec_file(str(_study(tmp_path, study_name))), url)
+    parent, victim = start_and_wait(study_name, url, tmp_path)
+    parent.send_signal(signal.SIGTERM)
+    _, log = parent.communicate(timeout=120)
+    assert parent.returncode == 0, log[-3000:]
+    assert "SIGTERM: handing the running trial back" in log
+    trials = _trials(url, study_name)
+    assert next(t for t in trials if t.number == victim.number).state == TrialState.FAIL
+    (retry,) = [t for t in trials if t.number != victim.number]
+    assert retry.state == TrialState.WAITING
+    # The Trainer's checkpoint of epoch 2 (8 optimizer steps), which the retry resumes from.
+    assert (Path(victim.user_attrs["checkpoint"]) / "checkpoint-8").is_dir()
+
+
+# Each torchrun rank trains with the callback connected, and records the parameters it was
+# given and how its trial ended.
+RANKS = f"""
+import json, os, runpy, sys
+import optuna
+import hpsearch
+
+gpt2 = runpy.run_path({str(GPT2)!r})
+lr = float(sys.argv[1])
+seen = {{"end": "complete", "value": None}}
+try:
+    seen["value"] = gpt2["fit"](None, {{"epochs": 3, "batch_size": 8, "width": 32,
+                                        "train_bytes": 4096, "lr": lr}})
+except optuna.TrialPruned:
+    seen["end"] = "pruned"
+seen["params"] = json.loads(os.environ["HPSEARCH_PARAMS"])
+with open(f"trial-{{os.environ['HPSEARCH_TRIAL']}}-rank-{{os.environ['RANK']}}.json", "w") as f:
+    json.dump(seen, f)
+"""
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_under_torchrun_get_the_same_parameters_and_decisions(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "ranks.py").write_text(RANKS)
+    text = study_toml(
+        name="trainer-ranks",
+        objective="placeholder",
+        n_trials=4,
+        metric="loss",
+        # Seeded: one worker draws the grid in the same order every run, so which trials the
+        # median prunes is the same every run.
+        sampler={"name": "grid", "seed": 0},
+        pruner={"name": "median", "options": {"n_startup_trials": 1, "n_warmup_steps": 0}},
+        # Rates that learn next to nothing (1e-6, 2e-6) against ones that learn.
+        space={"lr": {"type": "categorical", "choices": [3e-3, 1e-6, 1e-3, 2e-6]}},
+        resources={"devices_per_trial": 2},
+    )
+    command = "torchrun --standalone --nproc-per-node {devices} ranks.py {lr}"
+    path = tmp_path / "ranks.toml"
+    path.write_text(text.replace('objective = "placeholder"', f"command = {json.dumps(command)}"))
+    trials = _run(tmp_path, path, devices_per_trial=2)
+    assert len(trials) == 4
+    ends = set()
+    for trial in trials:
+        seen: list[dict[str, Any]] = [
+            json.loads((tmp_path / f"trial-{trial.number}-rank-{rank}.json").read_text())
+            for rank in (0, 1)
+        ]
+        assert seen[0]["params"] == seen[1]["params"] == {"lr": trial.params["lr"]}
+        assert seen[0]["end"] == seen[1]["end"] and seen[0]["value"] == seen[1]["value"]
+        expected = TrialState.PRUNED if seen[0]["end"] == "pruned" else TrialState.COMPLETE
+        assert trial.state == expected
+        ends.add(seen[0]["end"])
+    assert ends == {"pruned", "complete"}
