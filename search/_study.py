@@ -95,7 +95,12 @@ def create_study(spec: StudySpec, url: str) -> CreateResult:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(spec.metrics)
             study.set_user_attr(SPEC_ATTR, spec.data)
-            study.set_user_attr(UID_ATTR, uuid.uuid4().hex[:12])
+            uid = uuid.uuid4().hex[:12]
+            study.set_user_attr(UID_ATTR, uid)
+            if spec.tracking is not None:  # the study's run, parent of its configurations'
+                from hpsearch.search.runtime._tracking import PARENT_RUN, start_study_run
+
+                study.set_user_attr(PARENT_RUN, start_study_run(spec, uid))
             save_spec_note(study, spec)
             enqueue_first_batch(study, storage, spec.n_trials)
         except BaseException:

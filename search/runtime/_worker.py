@@ -67,6 +67,7 @@ from hpsearch.storage._optuna_internals import (
 if TYPE_CHECKING:
     # torch.distributed: imported only by workers whose trials span several ranks.
     from hpsearch.search.runtime._ranks import RankGroup, Rendezvous
+    from hpsearch.search.runtime._tracking import Tracking
 
 log = logging.getLogger("hpsearch.worker")
 
@@ -141,6 +142,7 @@ def run_trial(
     checkpoints: CheckpointSync | None = None,
     context: TrialContext | None = None,
     compute: ComputeMeter | None = None,
+    tracking: Tracking | None = None,
 ) -> Outcome:
     """Run one claimed trial to a finished state.
 
@@ -175,6 +177,8 @@ def run_trial(
         )
         try:
             params = suggest(trial, spec.space)
+            if tracking is not None:
+                tracking.started(claimed, {**spec.training, **params})
             with trial_context(context or TrialContext()):
                 result = objective(trial, {**spec.training, **params})
             values = _as_values(result, spec.metrics)
@@ -230,6 +234,8 @@ def run_trial(
         )
         frozen = study.tell(trial, values=values, state=state, skip_if_finished=True)
     rung = paused_rung(frozen)
+    if tracking is not None:
+        tracking.ended(frozen, paused=rung is not None)
     if rung is None:
         tidy(study, frozen, spec.resources.keep_checkpoints)
     # else its checkpoint stays: a promotion resumes the configuration from it
@@ -391,6 +397,11 @@ def work(args: WorkerArgs, *, schema_checked: bool = False) -> None:
 
     budget = ComputeBudget.of(spec)
     compute = None if budget is None else ComputeMeter(study, budget)
+    tracking = None
+    if spec.tracking is not None:
+        from hpsearch.search.runtime._tracking import Tracking
+
+        tracking = Tracking(study, spec)
     failures = ConsecutiveFailures(spec.resources.max_consecutive_failures, spec.name)
     # Fill Optuna's trial cache once, up front: later reads fetch only new and unfinished trials.
     study.get_trials(deepcopy=False)
@@ -436,6 +447,8 @@ def work(args: WorkerArgs, *, schema_checked: bool = False) -> None:
                     and not repair_queue(study, loaded.storage, state)
                     and not promote_now(last=True)
                 ):
+                    if tracking is not None:
+                        tracking.study_ended(study)
                     return
                 time.sleep(0.5)  # others still run trials that may come back, or a batch is coming
                 continue
@@ -449,6 +462,7 @@ def work(args: WorkerArgs, *, schema_checked: bool = False) -> None:
                     checkpoints=checkpoint_sync(spec, claimed.system_attrs.get(SLOT), uid),
                     context=context_of(claimed),
                     compute=compute,
+                    tracking=tracking,
                 )
             except GroupLost as err:
                 # Handed back by run_trial, uncounted: its retry resumes from the checkpoint.

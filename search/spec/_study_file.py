@@ -54,7 +54,9 @@ _SECTIONS = (
     "resources",
     "constraints",
     "scheduler",
+    "tracking",
 )
+_TRACKING_KEYS = ("mlflow", "experiment")
 _STUDY_KEYS = (
     "name",
     "objective",
@@ -431,6 +433,7 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
         allowed=list(_measurements(builtin)) if builtin else None,
         fail=c.fail,
     )
+    tracking = _parse_tracking(c, raw)
 
     # An empty space is a study of fixed settings: n_trials runs of one configuration (the
     # spread of the results is the run-to-run noise, e.g. of seeds).
@@ -590,6 +593,7 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
             "resources": resources,
             # Only when given: a spec without constraints stays identical to earlier versions'.
             **({"constraints": constraints} if constraints else {}),
+            **({"tracking": tracking} if tracking else {}),
             **({"scheduler": scheduler} if scheduler else {}),
         }
     )
@@ -649,6 +653,25 @@ def _scheduler_conflicts(
             "(and resume from hpsearch.get_checkpoint), or remove [scheduler]."
         )
     return conflicts
+
+
+def _parse_tracking(c: _Checker, raw: Mapping[str, Any]) -> dict[str, str]:
+    """[tracking]: where each configuration is logged as a run (search/runtime/_tracking.py)."""
+    table = c.table(raw, "tracking", "")
+    c.keys(table, _TRACKING_KEYS, "tracking")
+    if not table:
+        return {}
+    uri = table.get("mlflow")
+    if not isinstance(uri, str) or not uri.strip():
+        raise c.fail(
+            "tracking",
+            'mlflow must be an MLflow tracking URI, e.g. "sqlite:///mlflow.db" or '
+            f'"http://mlflow:5000", got {uri!r}.',
+        )
+    experiment = table.get("experiment")
+    if experiment is not None and (not isinstance(experiment, str) or not experiment.strip()):
+        raise c.fail("tracking", f"experiment must be a name, got {experiment!r}.")
+    return {"mlflow": uri, **({"experiment": experiment} if experiment else {})}
 
 
 def _command(c: _Checker, table: Mapping[str, Any], base_dir: str) -> str:
@@ -808,6 +831,12 @@ class StudySpec:
         """``[scheduler]``: how long each configuration trains, and its rungs or intervals;
         None: every trial trains to the end."""
         return schedule_of(self.data.get("scheduler"))
+
+    @property
+    def tracking(self) -> dict[str, str] | None:
+        """``[tracking]``: ``{"mlflow": URI, "experiment": NAME}``, or None."""
+        tracking = self.data.get("tracking")
+        return dict(tracking) if tracking else None
 
     @property
     def constraints(self) -> dict[str, dict[str, float]]:

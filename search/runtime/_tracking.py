@@ -1,0 +1,166 @@
+"""Experiment tracking: each configuration as an MLflow run under the study's run.
+
+With ``[tracking] mlflow = URI`` (a database such as ``sqlite:///mlflow.db``, or a tracking
+server's ``http://host:5000``) ``hpsearch create`` starts one parent run for the study (its id
+kept on the study), and each worker logs every budget slot (a configuration) as a child run:
+its parameters when a trial of it starts, then, when the trial ends, the intermediate values it
+reported (per step), its final values and its state. A retried, promoted or population-based
+continuation of a slot continues the slot's run, logging only the steps it adds: one run per
+configuration, whatever happened to its workers. Logging never fails a trial: a tracking server
+that is away costs a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.attrs import SLOT
+from hpsearch.errors import HpsearchError
+from hpsearch.search.spec._study_file import StudySpec
+
+log = logging.getLogger("hpsearch.tracking")
+
+PARENT_RUN = "hpsearch:mlflow_parent"  # study user attribute: the study's MLflow run id
+_SLOT_TAG = "hpsearch.slot"
+_STATES = {
+    TrialState.COMPLETE: "FINISHED",
+    TrialState.PRUNED: "FINISHED",
+    TrialState.FAIL: "FAILED",
+}
+
+
+def _client(uri: str) -> Any:
+    try:
+        from mlflow import MlflowClient
+    except ImportError:
+        raise HpsearchError(
+            "[tracking] mlflow needs the mlflow package: pip install 'hpsearch[mlflow]', or "
+            "remove [tracking]."
+        ) from None
+    return MlflowClient(tracking_uri=uri)
+
+
+def start_study_run(spec: StudySpec, study_uid: str) -> str:
+    """``create``: the study's parent run (in the experiment named by [tracking]); its id."""
+    tracking = spec.tracking
+    assert tracking is not None
+    client = _client(tracking["mlflow"])
+    name = tracking.get("experiment") or spec.name
+    try:
+        found = client.get_experiment_by_name(name)
+        experiment = found.experiment_id if found else client.create_experiment(name)
+        run = client.create_run(
+            experiment,
+            run_name=spec.name,
+            tags={"hpsearch.study": spec.name, "hpsearch.study_uid": study_uid},
+        )
+    except Exception as err:
+        raise HpsearchError(
+            f"[tracking] mlflow: could not start the study's run ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200] if str(err) else ''}); check the tracking URI"
+        ) from None
+    run_id: str = run.info.run_id
+    return run_id
+
+
+class Tracking:
+    """A worker's logging of its trials to MLflow."""
+
+    def __init__(self, study: optuna.Study, spec: StudySpec) -> None:
+        tracking = spec.tracking
+        assert tracking is not None
+        self.client = _client(tracking["mlflow"])
+        self.spec = spec
+        self.parent = str(study.user_attrs.get(PARENT_RUN, ""))
+        self.experiment = self.client.get_run(self.parent).info.experiment_id
+        self._runs: dict[int, str] = {}  # slot -> run id (this worker's cache)
+
+    def started(self, trial: FrozenTrial, params: dict[str, Any]) -> None:
+        try:
+            run = self._run_of(trial)
+            self.client.log_batch(
+                run, params=[_param(k, v) for k, v in params.items()], synchronous=True
+            )
+            self.client.set_tag(run, "hpsearch.trial", str(trial.number))
+        except Exception as err:  # logging never fails a trial
+            log.warning("trial %d: could not log to MLflow: %s", trial.number, err)
+
+    def ended(self, frozen: FrozenTrial, *, paused: bool) -> None:
+        try:
+            self._ended(frozen, paused=paused)
+        except Exception as err:
+            log.warning("trial %d: could not log to MLflow: %s", frozen.number, err)
+
+    def _ended(self, frozen: FrozenTrial, *, paused: bool) -> None:
+        from mlflow.entities import Metric
+
+        run = self._run_of(frozen)
+        metric = self.spec.metrics[0]
+        logged = self.client.get_metric_history(run, metric)
+        last = max((m.step for m in logged), default=-1)
+        now = int((frozen.datetime_complete or frozen.datetime_start).timestamp() * 1000)  # type: ignore[union-attr]
+        metrics = [
+            Metric(metric, float(value), now, int(step))
+            for step, value in sorted(frozen.intermediate_values.items())
+            if step > last
+        ]
+        if frozen.values is not None:
+            metrics += [
+                Metric(f"final_{name}", float(value), now, 0)
+                for name, value in zip(self.spec.metrics, frozen.values, strict=True)
+            ]
+        self.client.log_batch(run, metrics=metrics, synchronous=True)
+        state = "PAUSED" if paused else frozen.state.name
+        self.client.set_tag(run, "hpsearch.state", state)
+        if not paused and frozen.state in _STATES:
+            self.client.set_terminated(run, status=_STATES[frozen.state])
+
+    def study_ended(self, study: optuna.Study) -> None:
+        """The budget is used: the study's run ends with its best values (every worker that
+        sees the end says the same)."""
+        try:
+            if len(self.spec.metrics) == 1:
+                best = study.best_trial
+                self.client.log_metric(self.parent, f"best_{self.spec.metrics[0]}", best.value)
+                self.client.set_tag(self.parent, "hpsearch.best_trial", str(best.number))
+            self.client.set_terminated(self.parent, status="FINISHED")
+        except ValueError:  # no trial completed: nothing is best
+            self.client.set_terminated(self.parent, status="FINISHED")
+        except Exception as err:
+            log.warning("could not end the study's MLflow run: %s", err)
+
+    def _run_of(self, trial: FrozenTrial) -> str:
+        """The run of the trial's slot: found (a retry, a continuation) or started."""
+        slot = int(trial.system_attrs.get(SLOT, -1 - trial.number))
+        run = self._runs.get(slot)
+        if run is not None:
+            return run
+        found = self.client.search_runs(
+            [self.experiment],
+            filter_string=f"tags.`{_SLOT_TAG}` = '{slot}' and tags.`mlflow.parentRunId` = "
+            f"'{self.parent}'",
+            max_results=1,
+        )
+        if found:
+            run = str(found[0].info.run_id)
+            self.client.update_run(run, status="RUNNING")
+        else:
+            run = str(
+                self.client.create_run(
+                    self.experiment,
+                    run_name=f"{self.spec.name}-slot-{slot}",
+                    tags={_SLOT_TAG: str(slot), "mlflow.parentRunId": self.parent},
+                ).info.run_id
+            )
+        self._runs[slot] = run
+        return run
+
+
+def _param(name: str, value: Any) -> Any:
+    from mlflow.entities import Param
+
+    return Param(name, str(value))
