@@ -342,7 +342,14 @@ def test_two_ddp_ranks_get_the_same_parameters_and_decisions(tmp_path: Path) -> 
         expected = TrialState.PRUNED if seen[0]["end"] == "pruned" else TrialState.COMPLETE
         assert trial.state == expected
         ends.add(seen[0]["end"])
-    assert ends == {"pruned", "complete"}  # both decisions were taken, on both ranks alike
+    assert ends == {"pruned", "complete"}
+    # Maximized: a pruned trial scored below a completed one at its last step, never above all.
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    for pruned in [t for t in trials if t.state == TrialState.PRUNED]:
+        step = max(pruned.intermediate_values)
+        assert any(
+            c.intermediate_values[step] > pruned.intermediate_values[step] for c in complete
+        ), pruned.number  # both decisions were taken, on both ranks alike
 
 
 @pytest.mark.slow

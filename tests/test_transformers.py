@@ -163,3 +163,10 @@ def test_two_ddp_ranks_under_torchrun_get_the_same_parameters_and_decisions(
         assert trial.state == expected
         ends.add(seen[0]["end"])
     assert ends == {"pruned", "complete"}
+    # Minimized: a pruned trial's loss was above a completed one's at its last step.
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    for pruned in [t for t in trials if t.state == TrialState.PRUNED]:
+        step = max(pruned.intermediate_values)
+        assert any(
+            c.intermediate_values[step] < pruned.intermediate_values[step] for c in complete
+        ), pruned.number
