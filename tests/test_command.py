@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,9 +18,9 @@ from optuna.trial import TrialState
 from hpsearch.errors import SpecError
 from hpsearch.search import create_study, load_spec_file, start_workers
 
+from ._loops import held_study, kill_9_then_resume, ranks_agree, sigterm_hands_back
 from ._support import PAUSING_TRIAL, study_toml
 from .conftest import ROOT, hpsearch_command
-from .test_engine import assert_resumed_like_uninterrupted, run_worker, start_and_wait
 from .test_fault_tolerance import _trials
 from .test_own_loop import uninterrupted  # noqa: F401  (a fixture)
 
@@ -226,23 +225,13 @@ runpy.run_path({str(TRAIN)!r}, run_name="__main__")
 )
 
 
-def _connected_study(folder: Path, name: str) -> Path:
+def _held(folder: Path, name: str) -> Path:
     (folder / "pausing.py").write_text(PAUSING)
-    text = study_toml(
-        name=name,
-        objective="placeholder",
-        n_trials=1,
-        metric="mse",
-        training={"epochs": 8, "batch_size": 128, "width": 32},
-        space={"lr": {"type": "categorical", "choices": [0.003]}},
-        resources={"heartbeat_interval": 1, "grace_period": 3, "artifacts": str(folder / "a")},
-    )
     command = (
         "python pausing.py --lr {lr} --batch-size {batch_size} --width {width} --epochs {epochs}"
     )
-    path = folder / f"{name}.toml"
-    path.write_text(text.replace('objective = "placeholder"', f"command = {json.dumps(command)}"))
-    return path
+    training = {"batch_size": 128, "width": 32}
+    return held_study(folder, name, metric="mse", training=training, command=command)
 
 
 def _gone(pid: int, within: float) -> bool:
@@ -263,33 +252,20 @@ def test_kill_9_of_the_worker_ends_the_command_and_its_retry_resumes_the_same_cu
     study_name: str,
     uninterrupted: dict[int, float],  # noqa: F811
 ) -> None:
-    create_study(load_spec_file(str(_connected_study(tmp_path, study_name))), postgres_url)
-    parent, victim = start_and_wait(study_name, postgres_url, tmp_path)
-    command = int((tmp_path / f"command-{victim.number}.pid").read_text())
-    os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
-    parent.communicate(timeout=120)
-    assert _gone(command, 30), "the command outlived its killed worker"
-    (tmp_path / "pause").unlink()
-    run_worker(study_name, postgres_url, tmp_path)  # reaps the dead trial, starts it again
-    assert_resumed_like_uninterrupted(postgres_url, study_name, victim, uninterrupted)
+    def command_ended(victim: Any) -> None:
+        command = int((tmp_path / f"command-{victim.number}.pid").read_text())
+        assert _gone(command, 30), "the command outlived its killed worker"
+
+    study = _held(tmp_path, study_name)
+    kill_9_then_resume(
+        postgres_url, tmp_path, study_name, study, uninterrupted, after_kill=command_ended
+    )
 
 
 @pytest.mark.slow
 def test_sigterm_ends_the_command_and_hands_the_trial_back(tmp_path: Path, study_name: str) -> None:
-    url = f"sqlite:///{tmp_path / 'sigterm.db'}"
-    create_study(load_spec_file(str(_connected_study(tmp_path, study_name))), url)
-    parent, victim = start_and_wait(study_name, url, tmp_path)
-    command = int((tmp_path / f"command-{victim.number}.pid").read_text())
-    parent.send_signal(signal.SIGTERM)
-    _, log = parent.communicate(timeout=120)
-    assert parent.returncode == 0, log[-3000:]
-    assert "SIGTERM: handing the running trial back" in log
-    assert _gone(command, 5)
-    trials = _trials(url, study_name)
-    handed_back = next(t for t in trials if t.number == victim.number)
-    assert handed_back.state == TrialState.FAIL and "error" not in handed_back.user_attrs
-    (retry,) = [t for t in trials if t.number != victim.number]
-    assert retry.state == TrialState.WAITING and retry.params == victim.params
+    victim = sigterm_hands_back(tmp_path, study_name, _held(tmp_path, study_name))
+    assert _gone(int((tmp_path / f"command-{victim.number}.pid").read_text()), 5)
 
 
 # Each torchrun rank records the parameters it was given and how each trial ended for it.
@@ -336,28 +312,17 @@ def test_torchrun_ranks_get_the_same_parameters_and_decisions(tmp_path: Path) ->
     path.write_text(text.replace('objective = "placeholder"', f"command = {json.dumps(command)}"))
     trials = _run(tmp_path, path, devices_per_trial=2)
     assert len(trials) == 5
-    ends = set()
+    ranks_agree(tmp_path, trials, maximize=True)
     for trial in trials:
         seen = [
             json.loads((tmp_path / f"trial-{trial.number}-rank-{rank}.json").read_text())
             for rank in (0, 1)
         ]
-        assert seen[0]["params"] == seen[1]["params"] == {"x": trial.params["x"]}
-        assert seen[0]["steps"] == seen[1]["steps"] and seen[0]["end"] == seen[1]["end"]
+        assert seen[0]["params"] == {"x": trial.params["x"]}
+        assert seen[0]["steps"] == seen[1]["steps"]
         assert trial.intermediate_values == {
             step: trial.params["x"] + step for step in seen[0]["steps"]
         }
-        expected = TrialState.PRUNED if seen[0]["end"] == "pruned" else TrialState.COMPLETE
-        assert trial.state == expected
-        ends.add(seen[0]["end"])
-    assert ends == {"pruned", "complete"}
-    # Maximized: a pruned trial scored below a completed one at its last step, never above all.
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    for pruned in [t for t in trials if t.state == TrialState.PRUNED]:
-        step = max(pruned.intermediate_values)
-        assert any(
-            c.intermediate_values[step] > pruned.intermediate_values[step] for c in complete
-        ), pruned.number
 
 
 CHARLM = ROOT / "examples" / "charlm"

@@ -4,10 +4,9 @@ back, one decision for every DDP rank, a sharded state, and pausing schedules th
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import runpy
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,16 @@ from hpsearch.errors import SpecError
 from hpsearch.objectives import interrupt
 from hpsearch.objectives.context import TrialContext, trial_context
 from hpsearch.search import create_study, load_spec_file, start_workers
-from hpsearch.search.runtime._launch import available_cores
 
-from ._support import PAUSING_TRIAL, RecordingTrial, study_toml, write_study_file
+from ._loops import (
+    held_study,
+    kill_9_then_resume,
+    ranks_agree,
+    sigterm_hands_back,
+    uninterrupted_curve,
+)
+from ._support import RecordingTrial, study_toml, write_study_file
 from .conftest import ROOT
-from .test_engine import assert_resumed_like_uninterrupted, run_worker, start_and_wait
 from .test_fault_tolerance import _trials
 
 EXAMPLE = ROOT / "examples" / "own_loop" / "loop.py"
@@ -191,9 +195,7 @@ def test_a_pausing_schedule_takes_a_resumable_loop_and_refuses_a_plain_one(
 
 # ---------------------------------------------------------------- through a worker
 
-PAUSING = (
-    PAUSING_TRIAL
-    + f"""
+HELD = f"""
 import runpy
 
 loop = runpy.run_path({str(EXAMPLE)!r})["objective"]
@@ -202,69 +204,31 @@ loop = runpy.run_path({str(EXAMPLE)!r})["objective"]
 def objective(trial, params):
     return loop(Pausing(trial), params)
 """
-)
 
 
-def _worker_study(folder: Path, name: str) -> Path:
-    (folder / "pausing.py").write_text(PAUSING)
-    return write_study_file(
-        folder / f"{name}.toml",
-        name=name,
-        objective=f"{folder / 'pausing.py'}:objective",
-        n_trials=1,
-        metric="mse",
-        training={key: value for key, value in PARAMS.items() if key != "lr"},
-        space={"lr": {"type": "categorical", "choices": [PARAMS["lr"]]}},
-        resources={
-            "heartbeat_interval": 1,
-            "grace_period": 3,
-            "artifacts": str(folder / "artifacts"),
-        },
-    )
+def _held(folder: Path, name: str) -> Path:
+    training = {k: v for k, v in PARAMS.items() if k not in ("lr", "epochs")}
+    return held_study(folder, name, metric="mse", training=training, objective=HELD)
 
 
 @pytest.fixture(scope="module")
 def uninterrupted() -> dict[int, float]:
-    """The loop's curve, never interrupted, with the torch threads a lone worker takes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(available_cores())
-    try:
-        trial = RecordingTrial()
-        _example()(trial, dict(PARAMS))
-    finally:
-        torch.set_num_threads(threads)
-    return dict(trial.reports)
+    return uninterrupted_curve(lambda trial: _example()(trial, dict(PARAMS)))
 
 
 @pytest.mark.slow
 def test_kill_9_of_the_worker_resumes_the_loop_with_the_same_curve(
     postgres_url: str, tmp_path: Path, study_name: str, uninterrupted: dict[int, float]
 ) -> None:
-    create_study(load_spec_file(str(_worker_study(tmp_path, study_name))), postgres_url)
-    parent, victim = start_and_wait(study_name, postgres_url, tmp_path)
-    os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
-    parent.communicate(timeout=120)
-    (tmp_path / "pause").unlink()
-    run_worker(study_name, postgres_url, tmp_path)  # reaps the dead trial, resumes it
-    assert_resumed_like_uninterrupted(postgres_url, study_name, victim, uninterrupted)
+    study = _held(tmp_path, study_name)
+    kill_9_then_resume(postgres_url, tmp_path, study_name, study, uninterrupted)
 
 
 @pytest.mark.slow
 def test_sigterm_hands_the_loop_trial_back_with_its_checkpoint(
     tmp_path: Path, study_name: str
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'sigterm.db'}"
-    create_study(load_spec_file(str(_worker_study(tmp_path, study_name))), url)
-    parent, victim = start_and_wait(study_name, url, tmp_path)
-    parent.send_signal(signal.SIGTERM)
-    _, log = parent.communicate(timeout=120)
-    assert parent.returncode == 0, log[-3000:]
-    assert "SIGTERM: handing the running trial back" in log
-    trials = _trials(url, study_name)
-    handed_back = next(t for t in trials if t.number == victim.number)
-    assert handed_back.state == TrialState.FAIL and "error" not in handed_back.user_attrs
-    (retry,) = [t for t in trials if t.number != victim.number]
-    assert retry.state == TrialState.WAITING and retry.params == victim.params
+    victim = sigterm_hands_back(tmp_path, study_name, _held(tmp_path, study_name))
     saved = torch.load(victim.user_attrs["checkpoint"], weights_only=False)
     assert saved["state"]["epoch"] == 1  # the retry resumes after epoch 1
 
@@ -326,30 +290,18 @@ def test_two_ddp_ranks_get_the_same_parameters_and_decisions(tmp_path: Path) -> 
     assert [p.exitcode for p in processes] == [0]
     trials = _trials(url, "ranks")
     assert len(trials) == 6
-    ends = set()
+    ranks_agree(tmp_path, trials, maximize=True)
     for trial in trials:
         seen = [
             json.loads((tmp_path / f"trial-{trial.number}-rank-{rank}.json").read_text())
             for rank in (0, 1)
         ]
-        assert seen[0]["params"] == seen[1]["params"]
         assert seen[0]["params"]["x"] == trial.params["x"]
-        assert seen[0]["steps"] == seen[1]["steps"] and seen[0]["end"] == seen[1]["end"]
+        assert seen[0]["steps"] == seen[1]["steps"]
         # Only rank 0 reported: every value the study holds is rank 0's.
         assert trial.intermediate_values == {
             step: trial.params["x"] + step for step in seen[0]["steps"]
         }
-        expected = TrialState.PRUNED if seen[0]["end"] == "pruned" else TrialState.COMPLETE
-        assert trial.state == expected
-        ends.add(seen[0]["end"])
-    assert ends == {"pruned", "complete"}
-    # Maximized: a pruned trial scored below a completed one at its last step, never above all.
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    for pruned in [t for t in trials if t.state == TrialState.PRUNED]:
-        step = max(pruned.intermediate_values)
-        assert any(
-            c.intermediate_values[step] > pruned.intermediate_values[step] for c in complete
-        ), pruned.number  # both decisions were taken, on both ranks alike
 
 
 @pytest.mark.slow
@@ -383,14 +335,9 @@ def test_asha_pauses_the_loop_and_resumes_it_with_the_curve_of_an_uninterrupted_
         if trial.state != TrialState.COMPLETE:
             continue  # paused again at a higher rung
         assert trial.user_attrs["resumed_from_epoch"] >= 1
-        reference = RecordingTrial()
-        threads = torch.get_num_threads()
-        torch.set_num_threads(available_cores())
-        try:
-            _example()(reference, {**PARAMS, "epochs": 4, "lr": trial.params["lr"]})
-        finally:
-            torch.set_num_threads(threads)
+        params = {**PARAMS, "epochs": 4, "lr": trial.params["lr"]}
+        reference = uninterrupted_curve(functools.partial(_example(), params=params))
         assert sorted(trial.intermediate_values) == [0, 1, 2, 3]
-        for step, value in reference.reports:
+        for step, value in reference.items():
             assert trial.intermediate_values[step] == pytest.approx(value, rel=1e-6), step
     assert any(t.state == TrialState.COMPLETE for t in continued)

@@ -6,24 +6,22 @@ decisions; export --weights writes the model's weights."""
 from __future__ import annotations
 
 import json
-import os
 import runpy
-import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from optuna.trial import TrialState
 
-from hpsearch.search import create_study, load_spec_file
-from hpsearch.search.runtime._launch import available_cores
-
-from ._support import PAUSING_TRIAL, RecordingTrial, study_toml
+from ._loops import (
+    held_study,
+    kill_9_then_resume,
+    ranks_agree,
+    sigterm_hands_back,
+    uninterrupted_curve,
+)
+from ._support import study_toml
 from .conftest import ROOT
 from .test_command import _run
-from .test_engine import assert_resumed_like_uninterrupted, run_worker, start_and_wait
-from .test_fault_tolerance import _trials
 
 pytest.importorskip("transformers")
 
@@ -31,9 +29,7 @@ GPT2 = ROOT / "examples" / "transformers" / "gpt2.py"
 # 4096 bytes of text: 64 windows, 4 optimizer steps an epoch.
 PARAMS = {"epochs": 8, "batch_size": 16, "width": 32, "train_bytes": 4096, "lr": 0.003}
 
-PAUSING = (
-    PAUSING_TRIAL
-    + f"""
+HELD = f"""
 import runpy
 
 gpt2 = runpy.run_path({str(GPT2)!r})
@@ -42,67 +38,34 @@ gpt2 = runpy.run_path({str(GPT2)!r})
 def objective(trial, params):
     return gpt2["objective"](Pausing(trial), params)
 """
-)
 
 
-def _study(folder: Path, name: str) -> Path:
-    (folder / "pausing.py").write_text(PAUSING)
-    path = folder / f"{name}.toml"
-    path.write_text(
-        study_toml(
-            name=name,
-            objective=f"{folder / 'pausing.py'}:objective",
-            n_trials=1,
-            metric="loss",
-            training={k: v for k, v in PARAMS.items() if k != "lr"},
-            space={"lr": {"type": "categorical", "choices": [PARAMS["lr"]]}},
-            resources={"heartbeat_interval": 1, "grace_period": 3, "artifacts": str(folder / "a")},
-        )
-    )
-    return path
+def _held(folder: Path, name: str) -> Path:
+    training = {k: v for k, v in PARAMS.items() if k not in ("lr", "epochs")}
+    return held_study(folder, name, metric="loss", training=training, objective=HELD)
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(available_cores())
-    try:
-        trial = RecordingTrial()
-        output = str(tmp_path_factory.mktemp("reference") / "out")
-        runpy.run_path(str(GPT2))["fit"](trial, dict(PARAMS), output)
-    finally:
-        torch.set_num_threads(threads)
-    return dict(trial.reports)
+    output = str(tmp_path_factory.mktemp("reference") / "out")
+    return uninterrupted_curve(
+        lambda trial: runpy.run_path(str(GPT2))["fit"](trial, dict(PARAMS), output)
+    )
 
 
 @pytest.mark.slow
 def test_kill_9_resumes_the_trainer_from_its_checkpoint_with_the_same_curve(
     postgres_url: str, tmp_path: Path, study_name: str, uninterrupted: dict[int, float]
 ) -> None:
-    create_study(load_spec_file(str(_study(tmp_path, study_name))), postgres_url)
-    parent, victim = start_and_wait(study_name, postgres_url, tmp_path)
-    os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
-    parent.communicate(timeout=120)
-    (tmp_path / "pause").unlink()
-    run_worker(study_name, postgres_url, tmp_path)
-    assert_resumed_like_uninterrupted(postgres_url, study_name, victim, uninterrupted)
+    study = _held(tmp_path, study_name)
+    kill_9_then_resume(postgres_url, tmp_path, study_name, study, uninterrupted)
 
 
 @pytest.mark.slow
 def test_sigterm_hands_the_trainer_trial_back_with_its_checkpoints(
     tmp_path: Path, study_name: str
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'sigterm.db'}"
-    create_study(load_spec_file(str(_study(tmp_path, study_name))), url)
-    parent, victim = start_and_wait(study_name, url, tmp_path)
-    parent.send_signal(signal.SIGTERM)
-    _, log = parent.communicate(timeout=120)
-    assert parent.returncode == 0, log[-3000:]
-    assert "SIGTERM: handing the running trial back" in log
-    trials = _trials(url, study_name)
-    assert next(t for t in trials if t.number == victim.number).state == TrialState.FAIL
-    (retry,) = [t for t in trials if t.number != victim.number]
-    assert retry.state == TrialState.WAITING
+    victim = sigterm_hands_back(tmp_path, study_name, _held(tmp_path, study_name))
     # The Trainer's checkpoint of epoch 2 (8 optimizer steps), which the retry resumes from.
     assert (Path(victim.user_attrs["checkpoint"]) / "checkpoint-8").is_dir()
 
@@ -151,22 +114,11 @@ def test_two_ddp_ranks_under_torchrun_get_the_same_parameters_and_decisions(
     path.write_text(text.replace('objective = "placeholder"', f"command = {json.dumps(command)}"))
     trials = _run(tmp_path, path, devices_per_trial=2)
     assert len(trials) == 4
-    ends = set()
+    ranks_agree(tmp_path, trials, maximize=False)
     for trial in trials:
         seen: list[dict[str, Any]] = [
             json.loads((tmp_path / f"trial-{trial.number}-rank-{rank}.json").read_text())
             for rank in (0, 1)
         ]
-        assert seen[0]["params"] == seen[1]["params"] == {"lr": trial.params["lr"]}
-        assert seen[0]["end"] == seen[1]["end"] and seen[0]["value"] == seen[1]["value"]
-        expected = TrialState.PRUNED if seen[0]["end"] == "pruned" else TrialState.COMPLETE
-        assert trial.state == expected
-        ends.add(seen[0]["end"])
-    assert ends == {"pruned", "complete"}
-    # Minimized: a pruned trial's loss was above a completed one's at its last step.
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    for pruned in [t for t in trials if t.state == TrialState.PRUNED]:
-        step = max(pruned.intermediate_values)
-        assert any(
-            c.intermediate_values[step] < pruned.intermediate_values[step] for c in complete
-        ), pruned.number
+        assert seen[0]["params"] == {"lr": trial.params["lr"]}
+        assert seen[0]["value"] == seen[1]["value"]

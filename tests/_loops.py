@@ -1,0 +1,135 @@
+"""What the tests of every kind of training loop share (a loop through hpsearch.report, a command,
+the Lightning and Hugging Face callbacks): the curve of an uninterrupted run, a study whose trial
+is held mid-way, kill -9 and SIGTERM of its worker, and the checks on what each DDP rank saw."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.search import create_study, load_spec_file
+from hpsearch.search.runtime._launch import available_cores
+
+from ._support import PAUSING_TRIAL, RecordingTrial, study_toml
+from .test_engine import assert_resumed_like_uninterrupted, run_worker, start_and_wait
+from .test_fault_tolerance import _trials
+
+# The study of tests/test_engine.py's resume assertions: one configuration, lr 0.003, 8 epochs.
+LR = 0.003
+EPOCHS = 8
+
+
+def uninterrupted_curve(train: Callable[[RecordingTrial], Any]) -> dict[int, float]:
+    """The reports of ``train(trial)``, run here with the torch threads a lone worker takes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(available_cores())
+    try:
+        trial = RecordingTrial()
+        train(trial)
+    finally:
+        torch.set_num_threads(threads)
+    return dict(trial.reports)
+
+
+def held_study(
+    folder: Path,
+    name: str,
+    *,
+    metric: str,
+    training: dict[str, Any],
+    objective: str | None = None,
+    command: str | None = None,
+) -> Path:
+    """A one-trial study whose trial is held after epoch 1's report while ``folder / "pause"``
+    exists. ``objective``: Python source that defines ``objective(trial, params)`` with the
+    class ``Pausing`` (tests/_support.PAUSING_TRIAL) in scope; ``command``: a command study's
+    command line instead (its script holds its trial itself)."""
+    text = study_toml(
+        name=name,
+        objective="placeholder",
+        n_trials=1,
+        metric=metric,
+        training={"epochs": EPOCHS, **training},
+        space={"lr": {"type": "categorical", "choices": [LR]}},
+        resources={"heartbeat_interval": 1, "grace_period": 3, "artifacts": str(folder / "a")},
+    )
+    if command is not None:
+        line = f"command = {json.dumps(command)}"
+    else:
+        (folder / "pausing.py").write_text(PAUSING_TRIAL + (objective or ""))
+        line = f'objective = "{folder / "pausing.py"}:objective"'
+    path = folder / f"{name}.toml"
+    path.write_text(text.replace('objective = "placeholder"', line))
+    return path
+
+
+def kill_9_then_resume(
+    url: str,
+    folder: Path,
+    name: str,
+    study: Path,
+    reference: dict[int, float],
+    *,
+    after_kill: Callable[[FrozenTrial], None] = lambda victim: None,
+) -> FrozenTrial:
+    """Kill -9 the worker of the held trial (then ``after_kill(trial)``), let a new worker
+    retry it: the retry resumes with ``reference``'s curve. The killed trial."""
+    create_study(load_spec_file(str(study)), url)
+    parent, victim = start_and_wait(name, url, folder)
+    os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
+    parent.communicate(timeout=120)
+    after_kill(victim)
+    (folder / "pause").unlink()
+    run_worker(name, url, folder)  # reaps the dead trial after its grace period, resumes it
+    assert_resumed_like_uninterrupted(url, name, victim, reference)
+    return victim
+
+
+def sigterm_hands_back(folder: Path, name: str, study: Path) -> FrozenTrial:
+    """SIGTERM to the worker of the held trial: it hands the trial back (failed, unused, a
+    waiting retry with its parameters) and exits 0. The handed-back trial."""
+    url = f"sqlite:///{folder / 'sigterm.db'}"
+    create_study(load_spec_file(str(study)), url)
+    parent, victim = start_and_wait(name, url, folder)
+    parent.send_signal(signal.SIGTERM)
+    _, log = parent.communicate(timeout=120)
+    assert parent.returncode == 0, log[-3000:]
+    assert "SIGTERM: handing the running trial back" in log
+    trials = _trials(url, name)
+    handed_back = next(t for t in trials if t.number == victim.number)
+    assert handed_back.state == TrialState.FAIL and "error" not in handed_back.user_attrs
+    (retry,) = [t for t in trials if t.number != victim.number]
+    assert retry.state == TrialState.WAITING and retry.params == victim.params
+    return victim
+
+
+def ranks_agree(folder: Path, trials: list[FrozenTrial], *, maximize: bool) -> None:
+    """Each trial's ranks 0 and 1 wrote ``trial-N-rank-R.json`` with the parameters they got
+    (``params``) and how the trial ended for them (``end``: complete or pruned): the same on
+    both ranks and as the study recorded; some trials pruned, some not, and each pruned one
+    worse, in the study's direction, than a completed one at its last step."""
+    for trial in trials:
+        seen = [
+            json.loads((folder / f"trial-{trial.number}-rank-{rank}.json").read_text())
+            for rank in (0, 1)
+        ]
+        assert seen[0]["params"] == seen[1]["params"], trial.number
+        assert seen[0]["end"] == seen[1]["end"], trial.number
+        assert trial.state == (
+            TrialState.PRUNED if seen[0]["end"] == "pruned" else TrialState.COMPLETE
+        )
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert complete and pruned, [t.state for t in trials]
+    for trial in pruned:
+        step = max(trial.intermediate_values)
+        value = trial.intermediate_values[step]
+        better = [c.intermediate_values[step] for c in complete]
+        assert any((b > value) if maximize else (b < value) for b in better), trial.number
