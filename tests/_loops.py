@@ -51,22 +51,26 @@ def held_study(
     exists. ``objective``: Python source that defines ``objective(trial, params)`` with the
     class ``Pausing`` (tests/_support.PAUSING_TRIAL) in scope; ``command``: a command study's
     command line instead (its script holds its trial itself)."""
-    text = study_toml(
-        name=name,
-        objective="placeholder",
-        n_trials=1,
-        metric=metric,
-        training={"epochs": EPOCHS, **training},
-        space={"lr": {"type": "categorical", "choices": [LR]}},
-        resources={"heartbeat_interval": 1, "grace_period": 3, "artifacts": str(folder / "a")},
-    )
-    if command is not None:
-        line = f"command = {json.dumps(command)}"
-    else:
+    if command is None:
         (folder / "pausing.py").write_text(PAUSING_TRIAL + (objective or ""))
-        line = f'objective = "{folder / "pausing.py"}:objective"'
+        objective = f"{folder / 'pausing.py'}:objective"
     path = folder / f"{name}.toml"
-    path.write_text(text.replace('objective = "placeholder"', line))
+    path.write_text(
+        study_toml(
+            name=name,
+            objective=None if command is not None else objective,
+            command=command,
+            n_trials=1,
+            metric=metric,
+            training={"epochs": EPOCHS, **training},
+            space={"lr": {"type": "categorical", "choices": [LR]}},
+            resources={
+                "heartbeat_interval": 1,
+                "grace_period": 3,
+                "artifacts": str(folder / "a"),
+            },
+        )
+    )
     return path
 
 
@@ -110,16 +114,21 @@ def sigterm_hands_back(folder: Path, name: str, study: Path) -> FrozenTrial:
     return victim
 
 
+def seen_by_ranks(folder: Path, trial: FrozenTrial) -> list[dict[str, Any]]:
+    """What ranks 0 and 1 wrote of ``trial`` (``trial-N-rank-R.json`` in ``folder``)."""
+    return [
+        json.loads((folder / f"trial-{trial.number}-rank-{rank}.json").read_text())
+        for rank in (0, 1)
+    ]
+
+
 def ranks_agree(folder: Path, trials: list[FrozenTrial], *, maximize: bool) -> None:
     """Each trial's ranks 0 and 1 wrote ``trial-N-rank-R.json`` with the parameters they got
     (``params``) and how the trial ended for them (``end``: complete or pruned): the same on
     both ranks and as the study recorded; some trials pruned, some not, and each pruned one
     worse, in the study's direction, than a completed one at its last step."""
     for trial in trials:
-        seen = [
-            json.loads((folder / f"trial-{trial.number}-rank-{rank}.json").read_text())
-            for rank in (0, 1)
-        ]
+        seen = seen_by_ranks(folder, trial)
         assert seen[0]["params"] == seen[1]["params"], trial.number
         assert seen[0]["end"] == seen[1]["end"], trial.number
         assert trial.state == (

@@ -22,7 +22,8 @@ X_SPACE: Mapping[str, Mapping[str, Any]] = {"x": {"type": "float", "low": -10.0,
 def study_toml(
     *,
     name: str,
-    objective: str,
+    objective: str | None = None,
+    command: str | None = None,
     n_trials: int,
     direction: str | None = "minimize",
     metric: str | None = None,
@@ -33,8 +34,11 @@ def study_toml(
 ) -> str:
     """A study file's text. ``direction=None`` leaves it to the objective (a built-in one has
     its own); ``pruner=None`` leaves out [pruner] (the default pruner); ``sections`` are the
-    other tables by name (resources, training, constraints, more [study] keys as study=...)."""
-    study: dict[str, Any] = {"name": name, "objective": objective}
+    other tables by name (resources, training, constraints, more [study] keys as study=...).
+    ``command``: a command study's command line instead of an ``objective``."""
+    assert (objective is None) != (command is None), "an objective or a command"
+    study: dict[str, Any] = {"name": name}
+    study.update({"objective": objective} if command is None else {"command": command})
     if direction is not None:
         study["direction"] = direction
     if metric is not None:

@@ -4,7 +4,6 @@ as for Python objectives; torchrun ranks with one set of parameters and decision
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from optuna.trial import TrialState
 from hpsearch.errors import SpecError
 from hpsearch.search import create_study, load_spec_file, start_workers
 
-from ._loops import held_study, kill_9_then_resume, ranks_agree, sigterm_hands_back
+from ._loops import held_study, kill_9_then_resume, ranks_agree, seen_by_ranks, sigterm_hands_back
 from ._support import PAUSING_TRIAL, study_toml
 from .conftest import ROOT, hpsearch_command
 from .test_fault_tolerance import _trials
@@ -55,15 +54,13 @@ def _study(tmp_path: Path, command: str, **extra: Any) -> Any:
     (tmp_path / "lines.py").write_text(LINES)
     sections = {
         "name": "cmd",
-        "objective": "placeholder",
+        "command": command,
         "n_trials": 2,
         "metric": "loss",
         "space": {"x": {"type": "float", "low": 0.0, "high": 4.0}},
         **extra,
     }
-    text = study_toml(**sections).replace(
-        'objective = "placeholder"', f"command = {json.dumps(command)}"
-    )
+    text = study_toml(**sections)
     path = tmp_path / "cmd.toml"
     path.write_text(text)
     return path
@@ -296,28 +293,25 @@ dist.destroy_process_group()
 @pytest.mark.slow
 def test_torchrun_ranks_get_the_same_parameters_and_decisions(tmp_path: Path) -> None:
     (tmp_path / "ranks.py").write_text(RANKS)
-    text = study_toml(
-        name="ranks",
-        objective="placeholder",
-        n_trials=5,
-        metric="score",
-        direction="maximize",
-        sampler={"name": "random", "seed": 1},
-        pruner={"name": "median", "options": {"n_startup_trials": 2, "n_warmup_steps": 0}},
-        space={"x": {"type": "float", "low": 0.0, "high": 10.0}},
-        resources={"devices_per_trial": 2},
-    )
-    command = "torchrun --standalone --nproc-per-node {devices} ranks.py {x}"
     path = tmp_path / "ranks.toml"
-    path.write_text(text.replace('objective = "placeholder"', f"command = {json.dumps(command)}"))
+    path.write_text(
+        study_toml(
+            name="ranks",
+            command="torchrun --standalone --nproc-per-node {devices} ranks.py {x}",
+            n_trials=5,
+            metric="score",
+            direction="maximize",
+            sampler={"name": "random", "seed": 1},
+            pruner={"name": "median", "options": {"n_startup_trials": 2, "n_warmup_steps": 0}},
+            space={"x": {"type": "float", "low": 0.0, "high": 10.0}},
+            resources={"devices_per_trial": 2},
+        )
+    )
     trials = _run(tmp_path, path, devices_per_trial=2)
     assert len(trials) == 5
     ranks_agree(tmp_path, trials, maximize=True)
     for trial in trials:
-        seen = [
-            json.loads((tmp_path / f"trial-{trial.number}-rank-{rank}.json").read_text())
-            for rank in (0, 1)
-        ]
+        seen = seen_by_ranks(tmp_path, trial)
         assert seen[0]["params"] == {"x": trial.params["x"]}
         assert seen[0]["steps"] == seen[1]["steps"]
         assert trial.intermediate_values == {

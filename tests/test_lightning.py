@@ -4,10 +4,8 @@ and two DDP ranks under torchrun get the same parameters and prune decisions."""
 
 from __future__ import annotations
 
-import json
 import runpy
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -16,6 +14,7 @@ from ._loops import (
     held_study,
     kill_9_then_resume,
     ranks_agree,
+    seen_by_ranks,
     sigterm_hands_back,
     uninterrupted_curve,
 )
@@ -117,28 +116,25 @@ def test_two_ddp_ranks_under_torchrun_get_the_same_parameters_and_decisions(
     tmp_path: Path,
 ) -> None:
     (tmp_path / "ranks.py").write_text(RANKS)
-    text = study_toml(
-        name="lightning-ranks",
-        objective="placeholder",
-        n_trials=4,
-        metric="score",
-        direction="maximize",
-        sampler={"name": "random", "seed": 1},
-        pruner={"name": "median", "options": {"n_startup_trials": 2, "n_warmup_steps": 0}},
-        space={"x": {"type": "float", "low": 0.0, "high": 10.0}},
-        resources={"devices_per_trial": 2},
-    )
-    command = "torchrun --standalone --nproc-per-node {devices} ranks.py {x}"
     path = tmp_path / "ranks.toml"
-    path.write_text(text.replace('objective = "placeholder"', f"command = {json.dumps(command)}"))
+    path.write_text(
+        study_toml(
+            name="lightning-ranks",
+            command="torchrun --standalone --nproc-per-node {devices} ranks.py {x}",
+            n_trials=4,
+            metric="score",
+            direction="maximize",
+            sampler={"name": "random", "seed": 1},
+            pruner={"name": "median", "options": {"n_startup_trials": 2, "n_warmup_steps": 0}},
+            space={"x": {"type": "float", "low": 0.0, "high": 10.0}},
+            resources={"devices_per_trial": 2},
+        )
+    )
     trials = _run(tmp_path, path, devices_per_trial=2)
     assert len(trials) == 4
     ranks_agree(tmp_path, trials, maximize=True)
     for trial in trials:
-        seen: list[dict[str, Any]] = [
-            json.loads((tmp_path / f"trial-{trial.number}-rank-{rank}.json").read_text())
-            for rank in (0, 1)
-        ]
+        seen = seen_by_ranks(tmp_path, trial)
         assert seen[0]["params"] == {"x": trial.params["x"]}
         assert seen[0]["value"] == seen[1]["value"]
         # Logged as float32 tensors: x + epoch to 7 digits.

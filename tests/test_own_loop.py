@@ -5,7 +5,6 @@ back, one decision for every DDP rank, a sharded state, and pausing schedules th
 from __future__ import annotations
 
 import functools
-import json
 import runpy
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from ._loops import (
     held_study,
     kill_9_then_resume,
     ranks_agree,
+    seen_by_ranks,
     sigterm_hands_back,
     uninterrupted_curve,
 )
@@ -292,10 +292,7 @@ def test_two_ddp_ranks_get_the_same_parameters_and_decisions(tmp_path: Path) -> 
     assert len(trials) == 6
     ranks_agree(tmp_path, trials, maximize=True)
     for trial in trials:
-        seen = [
-            json.loads((tmp_path / f"trial-{trial.number}-rank-{rank}.json").read_text())
-            for rank in (0, 1)
-        ]
+        seen = seen_by_ranks(tmp_path, trial)
         assert seen[0]["params"]["x"] == trial.params["x"]
         assert seen[0]["steps"] == seen[1]["steps"]
         # Only rank 0 reported: every value the study holds is rank 0's.

@@ -5,10 +5,8 @@ decisions; export --weights writes the model's weights."""
 
 from __future__ import annotations
 
-import json
 import runpy
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,6 +14,7 @@ from ._loops import (
     held_study,
     kill_9_then_resume,
     ranks_agree,
+    seen_by_ranks,
     sigterm_hands_back,
     uninterrupted_curve,
 )
@@ -96,29 +95,26 @@ def test_two_ddp_ranks_under_torchrun_get_the_same_parameters_and_decisions(
     tmp_path: Path,
 ) -> None:
     (tmp_path / "ranks.py").write_text(RANKS)
-    text = study_toml(
-        name="trainer-ranks",
-        objective="placeholder",
-        n_trials=4,
-        metric="loss",
-        # Seeded: one worker draws the grid in the same order every run, so which trials the
-        # median prunes is the same every run.
-        sampler={"name": "grid", "seed": 0},
-        pruner={"name": "median", "options": {"n_startup_trials": 1, "n_warmup_steps": 0}},
-        # Rates that learn next to nothing (1e-6, 2e-6) against ones that learn.
-        space={"lr": {"type": "categorical", "choices": [3e-3, 1e-6, 1e-3, 2e-6]}},
-        resources={"devices_per_trial": 2},
-    )
-    command = "torchrun --standalone --nproc-per-node {devices} ranks.py {lr}"
     path = tmp_path / "ranks.toml"
-    path.write_text(text.replace('objective = "placeholder"', f"command = {json.dumps(command)}"))
+    path.write_text(
+        study_toml(
+            name="trainer-ranks",
+            command="torchrun --standalone --nproc-per-node {devices} ranks.py {lr}",
+            n_trials=4,
+            metric="loss",
+            # Seeded: one worker draws the grid in the same order every run, so which trials the
+            # median prunes is the same every run.
+            sampler={"name": "grid", "seed": 0},
+            pruner={"name": "median", "options": {"n_startup_trials": 1, "n_warmup_steps": 0}},
+            # Rates that learn next to nothing (1e-6, 2e-6) against ones that learn.
+            space={"lr": {"type": "categorical", "choices": [3e-3, 1e-6, 1e-3, 2e-6]}},
+            resources={"devices_per_trial": 2},
+        )
+    )
     trials = _run(tmp_path, path, devices_per_trial=2)
     assert len(trials) == 4
     ranks_agree(tmp_path, trials, maximize=False)
     for trial in trials:
-        seen: list[dict[str, Any]] = [
-            json.loads((tmp_path / f"trial-{trial.number}-rank-{rank}.json").read_text())
-            for rank in (0, 1)
-        ]
+        seen = seen_by_ranks(tmp_path, trial)
         assert seen[0]["params"] == {"lr": trial.params["lr"]}
         assert seen[0]["value"] == seen[1]["value"]
