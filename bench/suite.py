@@ -69,7 +69,9 @@ def machine() -> str:
     )
 
 
-def run_sections(sections: list[str], *, quick: bool) -> dict[str, Any]:
+def run_sections(
+    sections: list[str], *, quick: bool, tasks: list[str] | None = None
+) -> dict[str, Any]:
     from bench import (
         cli_latency,
         engine_overhead,
@@ -88,7 +90,7 @@ def run_sections(sections: list[str], *, quick: bool) -> dict[str, Any]:
         ),
         "engine": lambda: engine_overhead.measure(quick=quick),
         "search": lambda: search_efficiency.measure(quick=quick),
-        "schedules": lambda: schedules.measure(quick=quick),
+        "schedules": lambda: schedules.measure(quick=quick, tasks=tasks),
         "scaling": lambda: scaling.measure(quick=quick),
         "cli": lambda: cli_latency.measure(quick=quick),
         "startup": lambda: startup.measure(quick=quick),
@@ -320,7 +322,9 @@ def schedules_md(f: dict[str, Any]) -> list[str]:
     for task in f["tasks"]:
         label = (
             f"{task['task']} ({'>=' if task['metric_maximized'] else '<='} {task['target']:g}; "
-            f"{task['budget_epochs']} epochs, {task['seeds']} seeds)"
+            f"{task['budget_epochs']} epochs, {task['seeds']} seeds"
+            + (f"; measured {task['measured']['date'][:10]}" if "measured" in task else "")
+            + ")"
         )
         for r in task["table"]:
             low, high = r["median_epochs_95"]
@@ -503,9 +507,13 @@ def markdown(figures: dict[str, Any], *, quick: bool, command: str) -> str:
     return "\n".join(lines)
 
 
-def merge_sections(path: Path, figures: dict[str, Any], option: str) -> dict[str, Any]:
+def merge_sections(
+    path: Path, figures: dict[str, Any], option: str, *, tasks: list[str] | None = None
+) -> dict[str, Any]:
     """``figures`` of some sections laid over the last full run's (``path``), each remeasured
-    section dated in the meta; without a full run there, the sections alone (not full)."""
+    section dated in the meta; without a full run there, the sections alone (not full).
+    ``tasks``: the schedules section measured only these tasks; the others keep their figures,
+    each task dated by its own ``measured`` entry."""
     try:
         last = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -516,6 +524,18 @@ def merge_sections(path: Path, figures: dict[str, Any], option: str) -> dict[str
         return figures
     meta = dict(last["meta"], full=True)
     when = {"date": figures["meta"]["date"], "command": f"python -m bench --sections {option}"}
+    if "schedules" in figures:
+        for task in figures["schedules"]["tasks"]:
+            task["measured"] = when
+    if tasks is not None and "schedules" in last:
+        fresh = {t["task"]: t for t in figures["schedules"]["tasks"]}
+        figures["schedules"]["tasks"] = [
+            fresh.get(t["task"], t) for t in last["schedules"]["tasks"]
+        ] + [
+            t
+            for name, t in fresh.items()
+            if name not in {t["task"] for t in last["schedules"]["tasks"]}
+        ]
     meta["remeasured"] = {
         **{k: v for k, v in meta.get("remeasured", {}).items() if k not in figures},
         **{name: when for name in figures if name != "meta"},
@@ -541,6 +561,11 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(SECTIONS),
         help=f"comma-separated subset of {', '.join(SECTIONS)} (default: all)",
     )
+    parser.add_argument(
+        "--tasks",
+        help="with --sections schedules: comma-separated subset of its tasks to measure again "
+        "(the others keep the last run's figures)",
+    )
     parser.add_argument("--output-dir", default=str(ROOT / "bench" / "results"))
     parser.add_argument(
         "--no-docs",
@@ -558,8 +583,20 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    if tasks is not None:
+        from bench.schedules import TASKS
+
+        known = [t.name for t in TASKS]
+        if sections != ["schedules"] or not set(tasks) <= set(known):
+            print(
+                f"bench: --tasks goes with --sections schedules and names some of "
+                f"{', '.join(known)}; got --sections {args.sections} --tasks {args.tasks}.",
+                file=sys.stderr,
+            )
+            return 2
     started = time.monotonic()
-    figures = run_sections(sections, quick=args.quick)
+    figures = run_sections(sections, quick=args.quick, tasks=tasks)
     figures["meta"] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -573,7 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     stem = "quick" if args.quick else "latest"
     if not args.quick and not figures["meta"]["full"]:
         # Some sections measured again: they replace theirs in the last full run's figures.
-        figures = merge_sections(output / f"{stem}.json", figures, ",".join(sections))
+        option = ",".join(sections) + (f" --tasks {','.join(tasks)}" if tasks else "")
+        figures = merge_sections(output / f"{stem}.json", figures, option, tasks=tasks)
     command = "python -m bench" + (" --quick" if args.quick else "")
     table = markdown(figures, quick=args.quick, command=command)
     (output / f"{stem}.json").write_text(json.dumps(figures, indent=2) + "\n")

@@ -97,10 +97,15 @@ def create_study(spec: StudySpec, url: str) -> CreateResult:
             study.set_user_attr(SPEC_ATTR, spec.data)
             uid = uuid.uuid4().hex[:12]
             study.set_user_attr(UID_ATTR, uid)
-            if spec.tracking is not None:  # the study's run, parent of its configurations'
+            tracking = spec.tracking or {}
+            if "mlflow" in tracking:  # the study's run, parent of its configurations' runs
                 from hpsearch.search.runtime._tracking import PARENT_RUN, start_study_run
 
                 study.set_user_attr(PARENT_RUN, start_study_run(spec, uid))
+            if "wandb" in tracking:  # refused here, not in every worker
+                from hpsearch.search.runtime._tracking import require_wandb
+
+                require_wandb()
             save_spec_note(study, spec)
             enqueue_first_batch(study, storage, spec.n_trials)
         except BaseException:

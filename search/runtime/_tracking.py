@@ -1,4 +1,5 @@
-"""Experiment tracking: each configuration as an MLflow run under the study's run.
+"""Experiment tracking: each configuration as a run in MLflow (under the study's run) or in
+Weights & Biases (in the study's group), or both.
 
 With ``[tracking] mlflow = URI`` (a database such as ``sqlite:///mlflow.db``, or a tracking
 server's ``http://host:5000``) ``hpsearch create`` starts one parent run for the study (its id
@@ -8,19 +9,27 @@ reported (per step), its final values and its state. A retried, promoted or popu
 continuation of a slot continues the slot's run, logging only the steps it adds: one run per
 configuration, whatever happened to its workers. Logging never fails a trial: a tracking server
 that is away costs a warning.
+
+With ``[tracking] wandb = PROJECT`` each slot is a W&B run in the project, grouped by the study
+(W&B's parent), with a run id made from the study's uid and the slot: a retry or continuation
+resumes that run (online, or offline for ``wandb sync`` later, where the parts are joined by
+id). W&B offline cannot be asked what a run holds, so the last step logged for a slot is kept
+on the study (a system attribute per slot), and a later trial logs only the steps after it.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import os
+from typing import Any, cast
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.attrs import SLOT
+from hpsearch.attrs import SLOT, UID
 from hpsearch.errors import HpsearchError
 from hpsearch.search.spec._study_file import StudySpec
+from hpsearch.storage._optuna_internals import storage_of, study_id_of
 
 log = logging.getLogger("hpsearch.tracking")
 
@@ -45,9 +54,10 @@ def _client(uri: str) -> Any:
 
 
 def start_study_run(spec: StudySpec, study_uid: str) -> str:
-    """``create``: the study's parent run (in the experiment named by [tracking]); its id."""
+    """``create``: the study's MLflow parent run (in the experiment named by [tracking]); its
+    id."""
     tracking = spec.tracking
-    assert tracking is not None
+    assert tracking is not None and "mlflow" in tracking
     client = _client(tracking["mlflow"])
     name = tracking.get("experiment") or spec.name
     try:
@@ -68,6 +78,40 @@ def start_study_run(spec: StudySpec, study_uid: str) -> str:
 
 
 class Tracking:
+    """A worker's logging of its trials to every tracker that [tracking] names."""
+
+    def __init__(self, study: optuna.Study, spec: StudySpec) -> None:
+        tracking = spec.tracking or {}
+        self.trackers: list[MlflowTracking | WandbTracking] = []
+        if "mlflow" in tracking:
+            self.trackers.append(MlflowTracking(study, spec))
+        if "wandb" in tracking:
+            self.trackers.append(WandbTracking(study, spec))
+
+    def started(self, trial: FrozenTrial, params: dict[str, Any]) -> None:
+        for tracker in self.trackers:
+            tracker.started(trial, params)
+
+    def ended(self, frozen: FrozenTrial, *, paused: bool) -> None:
+        for tracker in self.trackers:
+            tracker.ended(frozen, paused=paused)
+
+    def study_ended(self, study: optuna.Study) -> None:
+        for tracker in self.trackers:
+            tracker.study_ended(study)
+
+    def handed_back(self, frozen: FrozenTrial) -> None:
+        """A stop handed the trial back mid-way: its retry goes on with the configuration."""
+        for tracker in self.trackers:
+            tracker.handed_back(frozen)
+
+
+def slot_of(trial: FrozenTrial) -> int:
+    """The trial's budget slot: its configuration, which retries and continuations share."""
+    return int(trial.system_attrs.get(SLOT, -1 - trial.number))
+
+
+class MlflowTracking:
     """A worker's logging of its trials to MLflow."""
 
     def __init__(self, study: optuna.Study, spec: StudySpec) -> None:
@@ -119,6 +163,9 @@ class Tracking:
         if not paused and frozen.state in _STATES:
             self.client.set_terminated(run, status=_STATES[frozen.state])
 
+    def handed_back(self, frozen: FrozenTrial) -> None:
+        """Nothing to do: the slot's run stays RUNNING, and the retry logs what it adds."""
+
     def study_ended(self, study: optuna.Study) -> None:
         """The budget is used: the study's run ends with its best values (every worker that
         sees the end says the same)."""
@@ -135,7 +182,7 @@ class Tracking:
 
     def _run_of(self, trial: FrozenTrial) -> str:
         """The run of the trial's slot: found (a retry, a continuation) or started."""
-        slot = int(trial.system_attrs.get(SLOT, -1 - trial.number))
+        slot = slot_of(trial)
         run = self._runs.get(slot)
         if run is not None:
             return run
@@ -164,3 +211,96 @@ def _param(name: str, value: Any) -> Any:
     from mlflow.entities import Param
 
     return Param(name, str(value))
+
+
+def require_wandb() -> Any:
+    """The wandb module, or the one line that says how to get it."""
+    try:
+        import wandb
+    except ImportError:
+        raise HpsearchError(
+            "[tracking] wandb needs the wandb package: pip install 'hpsearch[wandb]', or "
+            "remove wandb from [tracking]."
+        ) from None
+    return wandb
+
+
+WANDB_LAST_STEP = "hpsearch:wandb_last_step"  # + ":SLOT", a study system attribute
+
+
+class WandbTracking:
+    """A worker's logging of its trials to Weights & Biases: one run per slot, resumed by id."""
+
+    def __init__(self, study: optuna.Study, spec: StudySpec) -> None:
+        self.wandb = require_wandb()
+        self.study = study
+        self.spec = spec
+        self.uid = str(study.user_attrs.get(UID, "study"))
+        self._open: dict[int, Any] = {}  # trial number -> its open wandb run
+
+    def _init(self, trial: FrozenTrial, params: dict[str, Any] | None) -> Any:
+        tracking = self.spec.tracking or {}
+        slot = slot_of(trial)
+        return self.wandb.init(
+            project=tracking["wandb"],
+            group=self.spec.name,
+            name=f"{self.spec.name}-slot-{slot}",
+            id=f"{self.uid}-slot-{slot}",
+            resume="allow",
+            mode=cast(Any, tracking.get("wandb_mode")),  # None: W&B's (WANDB_MODE, or online)
+            dir=tracking.get("wandb_dir"),
+            config=params,
+            reinit="create_new",
+            settings=self.wandb.Settings(console="off", silent=True, x_disable_stats=True),
+        )
+
+    def started(self, trial: FrozenTrial, params: dict[str, Any]) -> None:
+        try:
+            if self.spec.tracking and self.spec.tracking.get("wandb_dir"):
+                os.makedirs(self.spec.tracking["wandb_dir"], exist_ok=True)
+            run = self._init(trial, {**params, "hpsearch.study": self.spec.name})
+            run.summary["hpsearch.trial"] = trial.number
+            self._open[trial.number] = run
+        except Exception as err:  # logging never fails a trial
+            log.warning("trial %d: could not log to Weights & Biases: %s", trial.number, err)
+
+    def ended(self, frozen: FrozenTrial, *, paused: bool) -> None:
+        self._finish(frozen, "PAUSED" if paused else frozen.state.name)
+
+    def handed_back(self, frozen: FrozenTrial) -> None:
+        """The steps so far, and the part closed (a worker that exits with a run open leaves
+        an empty part): the retry resumes the run with the steps after them."""
+        self._finish(frozen, "HANDED_BACK")
+
+    def _finish(self, frozen: FrozenTrial, state: str) -> None:
+        run = self._open.pop(frozen.number, None)
+        try:
+            if run is None:  # its start was not logged: log what is known now
+                run = self._init(frozen, None)
+            last = self._last_logged(frozen)
+            metric = self.spec.metrics[0]
+            steps = sorted(step for step in frozen.intermediate_values if step > last)
+            for step in steps:
+                run.log({metric: frozen.intermediate_values[step]}, step=step)
+            if frozen.values is not None:
+                for name, value in zip(self.spec.metrics, frozen.values, strict=True):
+                    run.summary[f"final_{name}"] = value
+            run.summary["hpsearch.state"] = state
+            run.finish(exit_code=1 if state == TrialState.FAIL.name else 0)
+            if steps:
+                storage_of(self.study).set_study_system_attr(
+                    study_id_of(self.study), self._last_step_key(frozen), steps[-1]
+                )
+        except Exception as err:
+            log.warning("trial %d: could not log to Weights & Biases: %s", frozen.number, err)
+
+    def _last_step_key(self, trial: FrozenTrial) -> str:
+        return f"{WANDB_LAST_STEP}:{slot_of(trial)}"
+
+    def _last_logged(self, trial: FrozenTrial) -> int:
+        """The last step some trial of this slot logged (W&B drops steps at or below it)."""
+        attrs = storage_of(self.study).get_study_system_attrs(study_id_of(self.study))
+        return int(attrs.get(self._last_step_key(trial), -1))
+
+    def study_ended(self, study: optuna.Study) -> None:
+        """Nothing to end: W&B's group of the study has no run of its own."""

@@ -222,6 +222,8 @@ def run_trial(
                 # checkpoint with the values reported so far.
                 sync.finish(trial)
                 frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                if tracking is not None:
+                    tracking.handed_back(frozen)
                 retry = loaded.storage.get_heartbeat_stale_trial_callback()
                 if retry is not None:
                     retry(study, frozen)

@@ -56,7 +56,8 @@ _SECTIONS = (
     "scheduler",
     "tracking",
 )
-_TRACKING_KEYS = ("mlflow", "experiment")
+_TRACKING_KEYS = ("mlflow", "experiment", "wandb", "wandb_mode", "wandb_dir")
+_WANDB_MODES = ("online", "offline")
 _STUDY_KEYS = (
     "name",
     "objective",
@@ -656,13 +657,20 @@ def _scheduler_conflicts(
 
 
 def _parse_tracking(c: _Checker, raw: Mapping[str, Any]) -> dict[str, str]:
-    """[tracking]: where each configuration is logged as a run (search/runtime/_tracking.py)."""
+    """[tracking]: where each configuration is logged as a run (search/runtime/_tracking.py):
+    MLflow, Weights & Biases, or both."""
     table = c.table(raw, "tracking", "")
     c.keys(table, _TRACKING_KEYS, "tracking")
     if not table:
         return {}
+    if "mlflow" not in table and "wandb" not in table:
+        raise c.fail(
+            "tracking",
+            'name where runs go: mlflow = "sqlite:///mlflow.db" (an MLflow tracking URI), '
+            'wandb = "my-project" (a Weights & Biases project), or both.',
+        )
     uri = table.get("mlflow")
-    if not isinstance(uri, str) or not uri.strip():
+    if "mlflow" in table and (not isinstance(uri, str) or not uri.strip()):
         raise c.fail(
             "tracking",
             'mlflow must be an MLflow tracking URI, e.g. "sqlite:///mlflow.db" or '
@@ -671,7 +679,35 @@ def _parse_tracking(c: _Checker, raw: Mapping[str, Any]) -> dict[str, str]:
     experiment = table.get("experiment")
     if experiment is not None and (not isinstance(experiment, str) or not experiment.strip()):
         raise c.fail("tracking", f"experiment must be a name, got {experiment!r}.")
-    return {"mlflow": uri, **({"experiment": experiment} if experiment else {})}
+    if experiment is not None and uri is None:
+        raise c.fail("tracking", "experiment names an MLflow experiment: give mlflow too.")
+    project = table.get("wandb")
+    if "wandb" in table and (not isinstance(project, str) or not project.strip()):
+        raise c.fail(
+            "tracking",
+            f'wandb must be a Weights & Biases project name, e.g. "tuning", got {project!r}.',
+        )
+    mode, folder = table.get("wandb_mode"), table.get("wandb_dir")
+    if (mode is not None or folder is not None) and project is None:
+        raise c.fail(
+            "tracking", "wandb_mode and wandb_dir go with wandb = PROJECT: give wandb too."
+        )
+    if mode is not None and mode not in _WANDB_MODES:
+        raise c.fail(
+            "tracking",
+            f"wandb_mode must be one of {', '.join(map(repr, _WANDB_MODES))}, got {mode!r} "
+            "(offline writes runs to wandb_dir for `wandb sync` later).",
+        )
+    if folder is not None and (not isinstance(folder, str) or not folder.strip()):
+        raise c.fail("tracking", f"wandb_dir must be a folder path, got {folder!r}.")
+    chosen = {
+        "mlflow": uri,
+        "experiment": experiment,
+        "wandb": project,
+        "wandb_mode": mode,
+        "wandb_dir": folder,
+    }
+    return {key: value for key, value in chosen.items() if value is not None}
 
 
 def _command(c: _Checker, table: Mapping[str, Any], base_dir: str) -> str:
@@ -834,7 +870,8 @@ class StudySpec:
 
     @property
     def tracking(self) -> dict[str, str] | None:
-        """``[tracking]``: ``{"mlflow": URI, "experiment": NAME}``, or None."""
+        """``[tracking]``: some of ``mlflow`` (a URI), ``experiment``, ``wandb`` (a project),
+        ``wandb_mode``, ``wandb_dir``; or None."""
         tracking = self.data.get("tracking")
         return dict(tracking) if tracking else None
 
