@@ -70,11 +70,12 @@ _TOLD_GRACE = 10.0
 _TAIL = 20  # lines of output kept for a failure's message
 
 
-def command_ref(command: str, *, cwd: str, timeout: float | None) -> str:
+def command_ref(command: str, *, cwd: str, timeout: float | None, resumes: bool = False) -> str:
     """The objective reference of a command study: what every worker loads it from."""
     argv = split_command(command)
     placeholders(argv)  # a stray brace is refused now
-    return PREFIX + json.dumps({"argv": argv, "cwd": cwd, "timeout": timeout})
+    data = {"argv": argv, "cwd": cwd, "timeout": timeout, **({"resumes": True} if resumes else {})}
+    return PREFIX + json.dumps(data)
 
 
 def is_command(ref: str) -> bool:
@@ -116,11 +117,14 @@ class CommandObjective:
     argv: tuple[str, ...]
     cwd: str
     timeout: float | None
+    resumes: bool = False  # the script resumes from its checkpoint: pausing schedules take it
 
     @classmethod
     def load(cls, ref: str) -> CommandObjective:
         data = json.loads(ref[len(PREFIX) :])
-        return cls(tuple(data["argv"]), str(data["cwd"]), data.get("timeout"))
+        return cls(
+            tuple(data["argv"]), str(data["cwd"]), data.get("timeout"), bool(data.get("resumes"))
+        )
 
     def __call__(self, trial: Any, params: dict[str, Any]) -> float | list[float]:
         context = current_context()

@@ -4,8 +4,10 @@ is held mid-way, kill -9 and SIGTERM of its worker, and the checks on what each 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import runpy
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -14,10 +16,12 @@ from typing import Any
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.search import create_study, load_spec_file
+from hpsearch.attrs import EXPLOITED, PAUSED, RESUMED_FROM_EPOCH, SLOT
+from hpsearch.search import create_study, load_spec_file, start_workers
 from hpsearch.search.runtime._launch import available_cores
 
-from ._support import PAUSING_TRIAL, RecordingTrial, study_toml
+from ._support import PAUSING_TRIAL, RecordingTrial, study_toml, write_study_file
+from .conftest import ROOT
 from .test_engine import assert_resumed_like_uninterrupted, run_worker, start_and_wait
 from .test_fault_tolerance import _trials
 
@@ -142,3 +146,98 @@ def ranks_agree(folder: Path, trials: list[FrozenTrial], *, maximize: bool) -> N
         value = trial.intermediate_values[step]
         better = [c.intermediate_values[step] for c in complete]
         assert any((b > value) if maximize else (b < value) for b in better), trial.number
+
+
+OWN_LOOP = ROOT / "examples" / "own_loop" / "loop.py"
+
+
+def asha_pauses_and_resumes_the_loop(folder: Path, **study: Any) -> None:
+    """``examples/own_loop``'s loop (``study``: ``objective=`` the loop, or ``command=`` its
+    script, with any more study_toml sections) under ASHA over 4 learning rates with one worker:
+    some configuration is paused and promoted, and each promoted one that completes has the
+    curve of an uninterrupted run."""
+    import pytest
+
+    rates = [0.0003, 0.001, 0.003, 0.01]
+    path = write_study_file(
+        folder / "asha.toml",
+        name="asha-loop",
+        n_trials=len(rates),
+        metric="mse",
+        pruner=None,
+        sampler={"name": "grid"},
+        scheduler={"name": "asha", "min_epochs": 1, "max_epochs": 4, "reduction_factor": 2},
+        training={"batch_size": 128, "width": 32},
+        space={"lr": {"type": "categorical", "choices": rates}},
+        resources={"artifacts": str(folder / "artifacts")},  # not the test's directory
+        **study,
+    )
+    url = f"sqlite:///{folder / 'asha.db'}"
+    spec = load_spec_file(str(path))
+    create_study(spec, url)
+    processes = start_workers(spec.name, url, workers=1, timeout=None, log_trials=True)
+    for process in processes:
+        process.join(timeout=600)
+    assert [p.exitcode for p in processes] == [0]
+    continued = [t for t in _trials(url, spec.name) if "resumed_at_rung" in t.user_attrs]
+    assert continued, "no paused trial was promoted"
+    loop = runpy.run_path(str(OWN_LOOP))["objective"]
+    for trial in continued:
+        if trial.state != TrialState.COMPLETE:
+            continue  # paused again at a higher rung
+        assert trial.user_attrs["resumed_from_epoch"] >= 1
+        params = {"epochs": 4, "batch_size": 128, "width": 32, "lr": trial.params["lr"]}
+        reference = uninterrupted_curve(functools.partial(loop, params=params))
+        assert sorted(trial.intermediate_values) == [0, 1, 2, 3]
+        for step, value in reference.items():
+            assert trial.intermediate_values[step] == pytest.approx(value, rel=1e-6), step
+    assert any(t.state == TrialState.COMPLETE for t in continued)
+
+
+def pbt_exploits_resume_the_loop(folder: Path, **study: Any) -> None:
+    """``examples/own_loop``'s loop (as for :func:`asha_pauses_and_resumes_the_loop`) as a PBT
+    population of 4 exploring lr, compared every epoch up to 3, with one worker: every member
+    ends once, COMPLETE after 3 epochs; and some member took another's checkpoint: it resumed at
+    the exploit's epoch with the donor's curve up to there."""
+    path = write_study_file(
+        folder / "pbt.toml",
+        name="pbt-loop",
+        n_trials=4,
+        metric="mse",
+        pruner=None,
+        sampler={"name": "random", "seed": 0},
+        scheduler={"name": "pbt", "population": 4, "interval_epochs": 1, "max_epochs": 3},
+        training={"batch_size": 128, "width": 32},
+        space={"lr": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True}},
+        resources={"artifacts": str(folder / "artifacts")},
+        **study,
+    )
+    url = f"sqlite:///{folder / 'pbt.db'}"
+    spec = load_spec_file(str(path))
+    create_study(spec, url)
+    processes = start_workers(spec.name, url, workers=1, timeout=None, log_trials=True)
+    for process in processes:
+        process.join(timeout=600)
+    assert [p.exitcode for p in processes] == [0]
+    trials = _trials(url, spec.name)
+    finals = sorted(int(t.system_attrs[SLOT]) for t in trials if t.state == TrialState.COMPLETE)
+    assert finals == [0, 1, 2, 3]
+    for trial in trials:
+        if trial.state == TrialState.COMPLETE:
+            assert sorted(trial.intermediate_values) == [0, 1, 2]
+    exploits = [t for t in trials if EXPLOITED in t.user_attrs]
+    assert exploits, "no member took another's checkpoint"
+    for trial in exploits:
+        epoch, donor = (
+            trial.user_attrs[EXPLOITED]["at_epoch"],
+            trial.user_attrs[EXPLOITED]["from_slot"],
+        )
+        assert trial.user_attrs[RESUMED_FROM_EPOCH] == epoch
+        (pause,) = [
+            t
+            for t in trials
+            if t.system_attrs.get(SLOT) == donor
+            and t.system_attrs.get(PAUSED, [None, None]) == [t.number, epoch - 1]
+        ]
+        for step in range(epoch):
+            assert trial.intermediate_values[step] == pause.intermediate_values[step]

@@ -17,13 +17,25 @@ from optuna.trial import TrialState
 from hpsearch.errors import SpecError
 from hpsearch.search import create_study, load_spec_file, start_workers
 
-from ._loops import held_study, kill_9_then_resume, ranks_agree, seen_by_ranks, sigterm_hands_back
+from ._loops import (
+    asha_pauses_and_resumes_the_loop,
+    held_study,
+    kill_9_then_resume,
+    pbt_exploits_resume_the_loop,
+    ranks_agree,
+    seen_by_ranks,
+    sigterm_hands_back,
+)
 from ._support import PAUSING_TRIAL, study_toml
 from .conftest import ROOT, hpsearch_command
 from .test_fault_tolerance import _trials
 from .test_own_loop import uninterrupted  # noqa: F401  (a fixture)
 
 TRAIN = ROOT / "examples" / "own_loop" / "train.py"
+TRAIN_COMMAND = (
+    f"python {TRAIN} --lr {{lr}} --batch-size {{batch_size}} --width {{width}} --epochs {{epochs}}"
+)
+RESUMES = {"command_resumes": True}  # train.py resumes from hpsearch.get_checkpoint
 
 # Prints its reports: `hpsearch: step=N loss=V` (what a script in any language can do).
 LINES = """
@@ -107,7 +119,7 @@ def _run(tmp_path: Path, path: Path, **options: Any) -> list[Any]:
                     "reduction_factor": 2,
                 },
             },
-            "a command study cannot be paused and resumed yet",
+            "set command_resumes = true under",
         ),
     ],
 )
@@ -240,6 +252,18 @@ def _gone(pid: int, within: float) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+@pytest.mark.slow
+def test_asha_pauses_a_resuming_command_and_its_promotion_continues_the_curve(
+    tmp_path: Path,
+) -> None:
+    asha_pauses_and_resumes_the_loop(tmp_path, command=TRAIN_COMMAND, study=RESUMES)
+
+
+@pytest.mark.slow
+def test_a_pbt_exploit_resumes_a_command_from_the_donors_checkpoint(tmp_path: Path) -> None:
+    pbt_exploits_resume_the_loop(tmp_path, command=TRAIN_COMMAND, study=RESUMES)
 
 
 @pytest.mark.slow

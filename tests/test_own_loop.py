@@ -4,7 +4,6 @@ back, one decision for every DDP rank, a sharded state, and pausing schedules th
 
 from __future__ import annotations
 
-import functools
 import runpy
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,10 @@ from hpsearch.objectives.context import TrialContext, trial_context
 from hpsearch.search import create_study, load_spec_file, start_workers
 
 from ._loops import (
+    asha_pauses_and_resumes_the_loop,
     held_study,
     kill_9_then_resume,
+    pbt_exploits_resume_the_loop,
     ranks_agree,
     seen_by_ranks,
     sigterm_hands_back,
@@ -305,36 +306,9 @@ def test_two_ddp_ranks_get_the_same_parameters_and_decisions(tmp_path: Path) -> 
 def test_asha_pauses_the_loop_and_resumes_it_with_the_curve_of_an_uninterrupted_run(
     tmp_path: Path,
 ) -> None:
-    rates = [0.0003, 0.001, 0.003, 0.01]
-    path = write_study_file(
-        tmp_path / "asha.toml",
-        name="asha-loop",
-        objective=f"{EXAMPLE}:objective",
-        n_trials=len(rates),
-        metric="mse",
-        pruner=None,
-        sampler={"name": "grid"},
-        scheduler={"name": "asha", "min_epochs": 1, "max_epochs": 4, "reduction_factor": 2},
-        training={"batch_size": 128, "width": 32},
-        space={"lr": {"type": "categorical", "choices": rates}},
-    )
-    url = f"sqlite:///{tmp_path / 'asha.db'}"
-    spec = load_spec_file(str(path))
-    create_study(spec, url)
-    processes = start_workers(spec.name, url, workers=1, timeout=None, log_trials=True)
-    for process in processes:
-        process.join(timeout=600)
-    assert [p.exitcode for p in processes] == [0]
-    trials = _trials(url, spec.name)
-    continued = [t for t in trials if "resumed_at_rung" in t.user_attrs]
-    assert continued, "no paused trial was promoted"
-    for trial in continued:
-        if trial.state != TrialState.COMPLETE:
-            continue  # paused again at a higher rung
-        assert trial.user_attrs["resumed_from_epoch"] >= 1
-        params = {**PARAMS, "epochs": 4, "lr": trial.params["lr"]}
-        reference = uninterrupted_curve(functools.partial(_example(), params=params))
-        assert sorted(trial.intermediate_values) == [0, 1, 2, 3]
-        for step, value in reference.items():
-            assert trial.intermediate_values[step] == pytest.approx(value, rel=1e-6), step
-    assert any(t.state == TrialState.COMPLETE for t in continued)
+    asha_pauses_and_resumes_the_loop(tmp_path, objective=f"{EXAMPLE}:objective")
+
+
+@pytest.mark.slow
+def test_a_pbt_exploit_resumes_the_loop_from_the_donors_checkpoint(tmp_path: Path) -> None:
+    pbt_exploits_resume_the_loop(tmp_path, objective=f"{EXAMPLE}:objective")

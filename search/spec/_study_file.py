@@ -63,6 +63,7 @@ _STUDY_KEYS = (
     "objective",
     "command",
     "command_timeout",
+    "command_resumes",
     "direction",
     "directions",
     "metric",
@@ -302,10 +303,9 @@ def _parse_study(c: _Checker, raw: Mapping[str, Any], base_dir: str) -> dict[str
             ' (or a command to run per trial: command = "python train.py --lr {lr}").',
         )
     else:
-        if "command_timeout" in table:
-            raise c.fail(
-                "study", "command_timeout applies to a command; remove it, or set command."
-            )
+        for key in ("command_timeout", "command_resumes"):
+            if key in table:
+                raise c.fail("study", f"{key} applies to a command; remove it, or set command.")
         try:
             objective = resolve_objective(objective, base_dir=base_dir)
         except ObjectiveError as err:
@@ -517,7 +517,6 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
         check_combinations(study["objective"], training, searched, where=source)
     except ObjectiveError as err:
         raise SpecError(str(err)) from None
-    _check_placeholders(c, study["objective"], space, training)
 
     scheduler = None
     if "scheduler" in raw:
@@ -535,6 +534,8 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
         # Every trial of a configuration trains towards max_epochs: the learning-rate schedule
         # and the checkpoint a promoted configuration resumes from are those of one long run.
         training = {**training, "epochs": scheduler["max_epochs"]}
+    # After [scheduler]: its max_epochs is the {epochs} a command is given.
+    _check_placeholders(c, study["objective"], space, training)
 
     resources_raw = c.table(raw, "resources", "")
     c.keys(resources_raw, _RESOURCES_KEYS, "resources")
@@ -639,10 +640,13 @@ def _scheduler_conflicts(
             f"{', '.join(builtin.evaluated)}, or remove [scheduler]."
         )
     elif is_command(study["objective"]):
-        conflicts["scheduler"] = (
-            "a command study cannot be paused and resumed yet; run the training loop as a Python "
-            "objective declared @hpsearch.resumable, or remove [scheduler]."
-        )
+        if not CommandObjective.load(study["objective"]).resumes:
+            # A paused configuration's command is started again: it must pick up its state.
+            conflicts["scheduler"] = (
+                "a command is paused and resumed only if its script resumes from its checkpoint "
+                "(hpsearch.get_checkpoint, or the {checkpoint} path): set command_resumes = "
+                "true under [study] if it does, or remove [scheduler]."
+            )
     elif builtin is None and not _resumes(load_objective(study["objective"])):
         # A paused configuration resumes from the checkpoint that hpsearch.fit (or
         # hpsearch.report) writes; a function of its own would restart from epoch 0 and waste
@@ -725,8 +729,15 @@ def _command(c: _Checker, table: Mapping[str, Any], base_dir: str) -> str:
         c.number(timeout, "study", "command_timeout")
         if timeout <= 0:
             raise c.fail("study", f"command_timeout must be > 0 seconds, got {timeout}.")
+    resumes = table.get("command_resumes", False)
+    if not isinstance(resumes, bool):
+        raise c.fail(
+            "study",
+            f"command_resumes must be true or false, got {resumes!r} (true: the script resumes "
+            "from its checkpoint, so pausing schedules may pause it).",
+        )
     try:
-        return command_ref(command, cwd=base_dir, timeout=timeout)
+        return command_ref(command, cwd=base_dir, timeout=timeout, resumes=resumes)
     except ObjectiveError as err:
         raise c.fail("study", str(err)) from None
 
