@@ -148,6 +148,18 @@ def ranks_agree(folder: Path, trials: list[FrozenTrial], *, maximize: bool) -> N
         assert any((b > value) if maximize else (b < value) for b in better), trial.number
 
 
+def _run_with_one_worker(path: Path, url: str) -> list[FrozenTrial]:
+    """The study file at ``path`` created in ``url`` and run to its end by one worker; its
+    trials."""
+    spec = load_spec_file(str(path))
+    create_study(spec, url)
+    processes = start_workers(spec.name, url, workers=1, timeout=None, log_trials=True)
+    for process in processes:
+        process.join(timeout=600)
+    assert [p.exitcode for p in processes] == [0]
+    return _trials(url, spec.name)
+
+
 OWN_LOOP = ROOT / "examples" / "own_loop" / "loop.py"
 
 
@@ -173,13 +185,8 @@ def asha_pauses_and_resumes_the_loop(folder: Path, **study: Any) -> None:
         **study,
     )
     url = f"sqlite:///{folder / 'asha.db'}"
-    spec = load_spec_file(str(path))
-    create_study(spec, url)
-    processes = start_workers(spec.name, url, workers=1, timeout=None, log_trials=True)
-    for process in processes:
-        process.join(timeout=600)
-    assert [p.exitcode for p in processes] == [0]
-    continued = [t for t in _trials(url, spec.name) if "resumed_at_rung" in t.user_attrs]
+    trials = _run_with_one_worker(path, url)
+    continued = [t for t in trials if "resumed_at_rung" in t.user_attrs]
     assert continued, "no paused trial was promoted"
     loop = runpy.run_path(str(OWN_LOOP))["objective"]
     for trial in continued:
@@ -213,13 +220,7 @@ def pbt_exploits_resume_the_loop(folder: Path, **study: Any) -> None:
         **study,
     )
     url = f"sqlite:///{folder / 'pbt.db'}"
-    spec = load_spec_file(str(path))
-    create_study(spec, url)
-    processes = start_workers(spec.name, url, workers=1, timeout=None, log_trials=True)
-    for process in processes:
-        process.join(timeout=600)
-    assert [p.exitcode for p in processes] == [0]
-    trials = _trials(url, spec.name)
+    trials = _run_with_one_worker(path, url)
     finals = sorted(int(t.system_attrs[SLOT]) for t in trials if t.state == TrialState.COMPLETE)
     assert finals == [0, 1, 2, 3]
     for trial in trials:
