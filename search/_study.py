@@ -63,6 +63,10 @@ def create_study(spec: StudySpec, url: str) -> CreateResult:
 
     This is the only place that creates the database schema.
     """
+    if spec.warm_start:  # refused before anything is written
+        from hpsearch.search.runtime._warm_start import earlier_trials
+
+        earlier_trials(spec, url)
     storage = create_schema(url, settings=settings_from(spec))
     with translate_errors(url):
         try:

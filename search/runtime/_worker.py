@@ -51,6 +51,7 @@ from hpsearch.search.runtime._scheduler import (
     promote,
     promoted_from,
 )
+from hpsearch.search.runtime._warm_start import warm_started
 from hpsearch.search.runtime._worker_args import WorkerArgs, parse_rendezvous
 from hpsearch.search.spec._constraints import apply_constraints, measurements
 from hpsearch.search.spec._scheduler import PbtSchedule, Schedule
@@ -311,6 +312,7 @@ def work(args: WorkerArgs, *, schema_checked: bool = False) -> None:
     ``schema_checked``: the parent checked the schema's version before it let the worker in.
     """
     loaded = load_study(args.study, args.url, schema_checked=schema_checked)
+    warm_started(loaded.study, loaded.spec, args.url)
     study, spec = loaded.study, loaded.spec
     group: RankGroup | None = None
     rendezvous: Rendezvous | None = None

@@ -51,3 +51,17 @@ def suggest(trial: optuna.Trial, space: Mapping[str, Mapping[str, Any]]) -> dict
                 name, entry["low"], entry["high"], step=entry.get("step"), log=entry["log"]
             )
     return chosen
+
+
+def distribution(entry: Mapping[str, Any]) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution that :func:`suggest` draws ``entry`` from."""
+    kind = entry["type"]
+    if kind == "categorical":
+        return optuna.distributions.CategoricalDistribution(entry["choices"])
+    if kind == "int":
+        return optuna.distributions.IntDistribution(
+            entry["low"], entry["high"], step=entry.get("step", 1), log=entry["log"]
+        )
+    return optuna.distributions.FloatDistribution(
+        entry["low"], entry["high"], step=entry.get("step"), log=entry["log"]
+    )

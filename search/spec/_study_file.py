@@ -37,6 +37,7 @@ from hpsearch.objectives.reporting import is_resumable
 from hpsearch.search.spec._constraints import parse_constraints
 from hpsearch.search.spec._scheduler import PbtSchedule, Schedule, parse_scheduler, schedule_of
 from hpsearch.storage import is_object_store_url, parse_object_url
+from hpsearch.storage._url import url_secrets
 
 SPEC_VERSION = 1
 SAMPLERS = ("cmaes", "gp", "grid", "qmc", "random", "tpe")
@@ -55,9 +56,11 @@ _SECTIONS = (
     "constraints",
     "scheduler",
     "tracking",
+    "warm_start",
 )
 _TRACKING_KEYS = ("mlflow", "experiment", "wandb", "wandb_mode", "wandb_dir")
 _WANDB_MODES = ("online", "offline")
+_WARM_START_KEYS = ("studies", "storage")
 _STUDY_KEYS = (
     "name",
     "objective",
@@ -435,6 +438,7 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
         fail=c.fail,
     )
     tracking = _parse_tracking(c, raw)
+    warm_start = _parse_warm_start(c, raw)
 
     # An empty space is a study of fixed settings: n_trials runs of one configuration (the
     # spread of the results is the run-to-run noise, e.g. of seeds).
@@ -597,6 +601,7 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
             **({"constraints": constraints} if constraints else {}),
             **({"tracking": tracking} if tracking else {}),
             **({"scheduler": scheduler} if scheduler else {}),
+            **({"warm_start": warm_start} if warm_start else {}),
         }
     )
     # Construct the sampler and pruner once so that bad options are refused now, not in a worker.
@@ -658,6 +663,40 @@ def _scheduler_conflicts(
             "(and resume from hpsearch.get_checkpoint), or remove [scheduler]."
         )
     return conflicts
+
+
+def _parse_warm_start(c: _Checker, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """[warm_start]: earlier studies whose finished trials inform the sampler
+    (search/runtime/_warm_start.py). Their storage is named here by URL or, where it needs a
+    password, by an environment variable ($NAME): a study file (and the study's copy of it in
+    the database) never holds a secret."""
+    table = c.table(raw, "warm_start", "")
+    c.keys(table, _WARM_START_KEYS, "warm_start")
+    if not table:
+        return {}
+    studies = table.get("studies")
+    if (
+        not isinstance(studies, list)
+        or not studies
+        or not all(isinstance(n, str) and n.strip() for n in studies)
+    ):
+        raise c.fail(
+            "warm_start",
+            f'studies must be a list of earlier study names, e.g. ["digits-v1"], got {studies!r}.',
+        )
+    storage = table.get("storage")
+    if storage is not None:
+        if not isinstance(storage, str) or not storage.strip():
+            raise c.fail(
+                "warm_start", f"storage must be a storage URL or $VARIABLE, got {storage!r}."
+            )
+        if not storage.startswith("$") and url_secrets(storage):
+            raise c.fail(
+                "warm_start",
+                "storage holds a password, which the study file must not: put the URL in an "
+                'environment variable every worker has and write storage = "$EARLIER_STORAGE".',
+            )
+    return {"studies": list(studies), **({"storage": storage} if storage else {})}
 
 
 def _parse_tracking(c: _Checker, raw: Mapping[str, Any]) -> dict[str, str]:
@@ -878,6 +917,12 @@ class StudySpec:
         """``[scheduler]``: how long each configuration trains, and its rungs or intervals;
         None: every trial trains to the end."""
         return schedule_of(self.data.get("scheduler"))
+
+    @property
+    def warm_start(self) -> dict[str, Any] | None:
+        """``[warm_start]``: ``{"studies": [...], "storage": URL or $VARIABLE}``, or None."""
+        warm = self.data.get("warm_start")
+        return dict(warm) if warm else None
 
     @property
     def tracking(self) -> dict[str, str] | None:
