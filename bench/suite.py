@@ -553,7 +553,7 @@ def merge_sections(
     meta = dict(last["meta"], full=True)
     when = {"date": figures["meta"]["date"], "command": f"python -m bench --sections {option}"}
     if "schedules" in figures:
-        for task in figures["schedules"]["tasks"]:
+        for task in figures["schedules"].get("tasks", []):
             task["measured"] = when
     if tasks is not None and "schedules" in last:
         fresh = {t["task"]: t for t in figures["schedules"]["tasks"]}

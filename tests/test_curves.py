@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -241,6 +242,25 @@ def test_a_run_of_some_sections_replaces_theirs_in_the_last_full_runs_figures(
     )
     # No full run to lay them over: the sections stand alone, and the docs are left alone.
     assert merge_sections(tmp_path / "missing.json", new, "schedules") is new
+
+
+def test_a_run_of_some_schedule_tasks_keeps_the_other_tasks_figures(tmp_path: Path) -> None:
+    from bench.suite import SECTIONS, merge_sections
+
+    last: dict[str, Any] = {name: {"old": name} for name in SECTIONS}
+    last["schedules"] = {"tasks": [{"task": "curves", "v": 1}, {"task": "digits", "v": 1}]}
+    last["meta"] = {"date": "2026-12-01T00:00:00+00:00", "machine": "m", "full": True}
+    path = tmp_path / "latest.json"
+    path.write_text(json.dumps(last))
+    new = {
+        "schedules": {"tasks": [{"task": "digits", "v": 2}]},
+        "meta": {"date": "2026-12-05T00:00:00+00:00"},
+    }
+    merged = merge_sections(path, new, "schedules --tasks digits", tasks=["digits"])
+    curves, digits = merged["schedules"]["tasks"]
+    assert curves == {"task": "curves", "v": 1}  # kept, in its place
+    assert digits["v"] == 2
+    assert digits["measured"]["command"] == "python -m bench --sections schedules --tasks digits"
 
 
 def test_epochs_to_target_counts_up_to_the_first_epoch_that_reached_it() -> None:
