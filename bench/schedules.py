@@ -211,24 +211,27 @@ class Run:
     best: float | None  # the study's best value at the end (None: no trial completed)
 
 
+def run_study(path: Path, url: str, what: str) -> None:
+    """``hpsearch run`` of the study file ``path`` on ``url``, in the file's folder (checkpoints
+    go there); a failure raises, naming ``what`` ran."""
+    hpsearch = str(Path(sys.executable).parent / "hpsearch")
+    result = subprocess.run(
+        [hpsearch, "-q", "run", str(path), "--storage", url],
+        capture_output=True,
+        text=True,
+        cwd=path.parent,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{what}: hpsearch run failed: {result.stderr.strip()[-2000:]}")
+
+
 def search_run(task: Task, method: Method, *, seed: int) -> Run:
     """One study through ``hpsearch run``."""
-    hpsearch = str(Path(sys.executable).parent / "hpsearch")
     with tempfile.TemporaryDirectory(prefix=f"hpsearch-{task.name}-") as folder:
         path = Path(folder) / "study.toml"
         path.write_text(study_file(task, method, seed=seed))
         url = f"sqlite:///{folder}/runs.db"
-        result = subprocess.run(
-            [hpsearch, "-q", "run", str(path), "--storage", url],
-            capture_output=True,
-            text=True,
-            cwd=folder,  # checkpoints go under the run's folder
-        )
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"{task.name}, {method.name}, seed {seed}: hpsearch run failed: "
-                f"{result.stderr.strip()[-2000:]}"
-            )
+        run_study(path, url, f"{task.name}, {method.name}, seed {seed}")
         study = optuna.load_study(study_name=f"{task.name}-{seed}", storage=url)
         trials = study.get_trials(deepcopy=False)
         complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]

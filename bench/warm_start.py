@@ -12,8 +12,6 @@ ratio warm / cold of the median trials, with a 95% bootstrap interval.
 from __future__ import annotations
 
 import statistics
-import subprocess
-import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +21,7 @@ import optuna
 import tomli_w
 
 from bench import tabular
-from bench.schedules import ratio_interval
+from bench.schedules import ratio_interval, run_study
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIALS = 50
@@ -58,15 +56,7 @@ def _run(folder: Path, url: str, study: dict[str, Any]) -> list[float]:
     """One study through ``hpsearch run``: its values in trial order."""
     path = folder / f"{study['study']['name']}.toml"
     path.write_text(tomli_w.dumps(study))
-    hpsearch = str(Path(sys.executable).parent / "hpsearch")
-    result = subprocess.run(
-        [hpsearch, "-q", "run", str(path), "--storage", url],
-        capture_output=True,
-        text=True,
-        cwd=folder,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"{path.name}: hpsearch run failed: {result.stderr.strip()[-2000:]}")
+    run_study(path, url, path.name)
     trials = optuna.load_study(study_name=study["study"]["name"], storage=url).get_trials()
     return [float(t.value) for t in sorted(trials, key=lambda t: t.number) if t.value is not None]
 

