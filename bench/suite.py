@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -337,7 +338,7 @@ def warm_start_md(f: dict[str, Any]) -> list[str]:
 
 def samplers_md(f: dict[str, Any]) -> list[str]:
     at = f["compared_at"]
-    columns = [int(key.split("_")[1]) for key in f["rows"][0] if key.count("_") == 1]
+    columns = [int(key.split("_")[1]) for key in f["rows"][0] if re.fullmatch(r"regret_\d+", key)]
     rows = [
         "**Samplers** (`bench/samplers.py`): regret (best value minus the best found; the "
         "simulator's best estimated by a dense search) after "
@@ -364,7 +365,31 @@ def samplers_md(f: dict[str, Any]) -> list[str]:
             f"| {r['task']} | {r['method']} | {' | '.join(cells)} | {ratio} | "
             f"{r['trial_seconds'] * 1000:.0f} ms | {chosen or '-'} |"
         )
-    return rows
+    return [*rows, "", *_auto_summary(f)]
+
+
+def _auto_summary(f: dict[str, Any]) -> list[str]:
+    """The auto sampler against the issue's targets, over the tables and the simulator."""
+    at = f["compared_at"]
+    by = {(r["task"], r["method"]): r for r in f["rows"]}
+    tasks = list(dict.fromkeys(r["task"] for r in f["rows"]))
+    ratios = [by[(t, "auto")]["vs_tpe"] for t in tasks]
+    tables = [r for t, r in zip(tasks, ratios, strict=True) if not t.startswith("curves")]
+    better = sum(1 for r in tables if r is not None and r <= 0.7)
+    worse = [t for t, r in zip(tasks, ratios, strict=True) if r is None or r > 1.1]
+    parallel = []
+    for t in tasks:
+        one, four = by[(t, "auto")][f"regret_{at}"], by[(t, "auto, 4 workers")][f"regret_{at}"]
+        parallel.append(four / one if one else (1.0 if four == 0 else float("inf")))
+    slowest = max(by[(t, m)]["trial_seconds"] for t in tasks for m in ("auto", "auto, 4 workers"))
+    return [
+        f"Auto against the targets, at {at} trials: <= 0.7x plain TPE's regret on {better} of "
+        f"{len(tables)} tables (target: at least 7); above 1.1x on "
+        f"{', '.join(worse) if worse else 'none'} (target: none). 4 workers against 1: median "
+        f"regret ratio {statistics.median(parallel):.2f}x over the tasks (target: <= 1.10x), "
+        f"worst {max(parallel):.2f}x. Slowest median trial (sampler included): "
+        f"{slowest * 1000:.0f} ms (target: the sampler under 1 s).",
+    ]
 
 
 def schedules_md(f: dict[str, Any]) -> list[str]:
@@ -676,9 +701,10 @@ def main(argv: list[str] | None = None) -> int:
         # Some sections measured again: they replace theirs in the last full run's figures.
         option = ",".join(sections) + (f" --tasks {','.join(tasks)}" if tasks else "")
         figures = merge_sections(output / f"{stem}.json", figures, option, tasks=tasks)
+    # The figures first: a renderer's failure must not lose an hour of measurements.
+    (output / f"{stem}.json").write_text(json.dumps(figures, indent=2) + "\n")
     command = "python -m bench" + (" --quick" if args.quick else "")
     table = markdown(figures, quick=args.quick, command=command)
-    (output / f"{stem}.json").write_text(json.dumps(figures, indent=2) + "\n")
     (output / f"{stem}.md").write_text(table)
     if not args.quick and not args.no_docs and figures["meta"]["full"]:
         update_docs(BENCHMARKS_PAGE, table)
