@@ -39,6 +39,7 @@ SECTIONS = (
     "schedules",
     "warm_start",
     "samplers",
+    "mo_pruning",
     "scaling",
     "cli",
     "startup",
@@ -78,6 +79,7 @@ def run_sections(
     from bench import (
         cli_latency,
         engine_overhead,
+        mo_pruning,
         overhead,
         samplers,
         scaling,
@@ -98,6 +100,7 @@ def run_sections(
         "schedules": lambda: schedules.measure(quick=quick, tasks=tasks),
         "warm_start": lambda: warm_start.measure(quick=quick),
         "samplers": lambda: samplers.measure(quick=quick),
+        "mo_pruning": lambda: mo_pruning.measure(quick=quick),
         "scaling": lambda: scaling.measure(quick=quick),
         "cli": lambda: cli_latency.measure(quick=quick),
         "startup": lambda: startup.measure(quick=quick),
@@ -333,6 +336,48 @@ def warm_start_md(f: dict[str, Any]) -> list[str]:
             f"{r['warm_vs_cold']:.2f}x ({low:.2f}-{high:.2f}) | "
             f"{r['median_final_regret_cold']:.4f} / {r['median_final_regret_warm']:.4f} |"
         )
+    return rows
+
+
+def mo_pruning_md(f: dict[str, Any]) -> list[str]:
+    median = f["median"]
+    target_hv, target_epochs = (
+        f["targets"]["hv_ratio_at_least"],
+        f["targets"]["epochs_ratio_at_most"],
+    )
+    rows = [
+        "**Pruning a multi-objective study** (`bench/mo_pruning.py`): "
+        f"`{f['study']}` (accuracy, size, latency; {f['trials']} trials, 2 workers) through "
+        f"`hpsearch run` per pruner, {f['seeds']} seeds. Epochs trained (fine-tuning included) "
+        "and the front's hypervolume (objectives scaled over the seed's runs, reference 1.1), "
+        "each as a ratio to the unpruned search of the same seed, medians over seeds. The "
+        "oracle row is a bound for any pruner that decides by domination: it knows each "
+        "trial's final values after its first epoch and prunes there what a trial completed "
+        "before it dominates.",
+        "",
+        "| pruner | options | epochs vs none | hypervolume vs none | trials pruned |",
+        "|---|---|---|---|---|",
+    ]
+    for name, values in median.items():
+        options = f["methods"].get(name, {}).get("options", {})
+        shown = ", ".join(f"{k} = {v}" for k, v in options.items()) or (
+            "defaults" if name != "oracle" else "knows the final values"
+        )
+        if name == "none":
+            shown = "-"
+        rows.append(
+            f"| {name} | {shown} | {values['epochs_ratio']:.2f}x | {values['hv_ratio']:.3f} | "
+            f"{values['pruned']:g} |"
+        )
+    pareto = median["pareto"]
+    met = pareto["hv_ratio"] >= target_hv and pareto["epochs_ratio"] <= target_epochs
+    rows += [
+        "",
+        f"Target: hypervolume within {1 - target_hv:.0%} at no more than {target_epochs}x the "
+        f"epochs: {'met' if met else 'not met'} by the default pruner "
+        f"({pareto['epochs_ratio']:.2f}x, {pareto['hv_ratio']:.3f}); the oracle's "
+        f"{median['oracle']['epochs_ratio']:.2f}x is the least a domination rule could train here.",
+    ]
     return rows
 
 
@@ -585,6 +630,7 @@ def markdown(figures: dict[str, Any], *, quick: bool, command: str) -> str:
         "schedules": schedules_md,
         "warm_start": warm_start_md,
         "samplers": samplers_md,
+        "mo_pruning": mo_pruning_md,
         "scaling": scaling_md,
         "cli": cli_md,
         "startup": startup_md,

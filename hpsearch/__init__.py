@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         Sharded,
         get_checkpoint,
         report,
+        report_fixed,
         resumable,
         safe_point,
     )
@@ -66,7 +67,7 @@ _LAZY = {
     "connect": "hpsearch.objectives.command",
     "TrialInterrupted": "hpsearch.objectives.interrupt",
     **dict.fromkeys(
-        ("Sharded", "get_checkpoint", "report", "resumable", "safe_point"),
+        ("Sharded", "get_checkpoint", "report", "report_fixed", "resumable", "safe_point"),
         "hpsearch.objectives.reporting",
     ),
     **dict.fromkeys(
@@ -107,6 +108,7 @@ __all__ = [
     "get_checkpoint",
     "load",
     "report",
+    "report_fixed",
     "resumable",
     "run",
     "safe_point",

@@ -36,6 +36,13 @@ BUDGET_STOP = "budget_stop"  # the compute budget ("epochs", "device_hours") tha
 RESUMED_FROM_EPOCH = "resumed_from_epoch"  # the epoch a retried trial resumed from
 SAMPLER = "sampler"  # user attribute: which sampler proposed the trial (the auto sampler's choice)
 
+# Multi-objective studies (search/spec/_pareto.py). A trial's reports of the trained metric
+# (system attribute, [[step, value], ...]), the metrics its configuration fixes before training
+# (user attribute, {name: value}), and the completed trial that dominated it when it was pruned.
+CURVE = "hpsearch:curve"
+FIXED_METRICS = "fixed_metrics"
+DOMINATED_BY = "dominated_by"
+
 # The scheduler (search/runtime/_scheduler.py). A paused trial is PRUNED at its rung, with
 # system attribute PAUSED = [its own number, the rung] (a retry's copy names another number);
 # its promotion is a WAITING continuation with PROMOTED_FROM, its slot and params.

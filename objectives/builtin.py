@@ -19,11 +19,17 @@ from torch import nn
 from hpsearch import attrs
 from hpsearch.errors import NonFiniteLoss
 from hpsearch.objectives._registry import BUILTIN_OBJECTIVES
-from hpsearch.objectives.compression import CompressionRecipe, check_device, compress
+from hpsearch.objectives.compression import (
+    CompressionRecipe,
+    check_device,
+    compress,
+    fixed_measurements,
+)
 from hpsearch.objectives.context import current_context
 from hpsearch.objectives.data import TensorDataset
 from hpsearch.objectives.datasets import load_dataset
 from hpsearch.objectives.models import MLP, VGG
+from hpsearch.objectives.reporting import report_fixed
 from hpsearch.objectives.trainer import TrainConfig, TrialLike, accuracy, fit, trial_device
 
 # The model each built-in trains ("mlp" or "vgg"), by objective name.
@@ -75,6 +81,12 @@ def train_builtin(
         download=bool(options["download"]),
         val_fraction=float(options["val_fraction"]),
     ).to(device)
+    context = current_context()
+    if context.prunes and len(context.metrics) > 1:
+        # The Pareto pruner compares the size and latency the recipe fixes from the first epoch.
+        untrained = build_model(model_kind, data, options).to(device)
+        amp = TrainConfig.from_options(options).amp
+        report_fixed(trial, fixed_measurements(untrained, data, recipe, amp=amp))
     fitted = fit(
         trial,
         options,
@@ -84,7 +96,7 @@ def train_builtin(
         loss=F.cross_entropy,
         metrics={"val_accuracy": accuracy},
         # Outside a study (a direct call) the built-ins report their accuracy.
-        metric=None if current_context().metrics else "val_accuracy",
+        metric=None if context.metrics else "val_accuracy",
     )
     try:
         model, measurements = compress(

@@ -349,12 +349,52 @@ def measure(model: nn.Module, data: TensorDataset, *, amp: str = "off") -> dict[
     """val_accuracy, params (non-zero), size_bytes and latency_ms of ``model`` as it is now."""
     device = next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
     x_val, y_val = data.x_val.to(device), data.y_val.to(device)
+    return {"val_accuracy": evaluate(model, x_val, y_val, amp=amp), **_footprint(model, x_val, amp)}
+
+
+def _footprint(model: nn.Module, x_val: torch.Tensor, amp: str) -> dict[str, float | int]:
     return {
-        "val_accuracy": evaluate(model, x_val, y_val, amp=amp),
         "params": count_nonzero_parameters(model),
         "size_bytes": len(serialize(model)),
         "latency_ms": latency_ms(model, x_val[:LATENCY_BATCH], amp=amp),
     }
+
+
+def fixed_measurements(
+    model: nn.Module, data: TensorDataset, recipe: CompressionRecipe, *, amp: str = "off"
+) -> dict[str, float | int]:
+    """params, size_bytes and latency_ms of the untrained ``model`` compressed as ``recipe``
+    says: what the trained model will measure, known before training.
+
+    The recipe fixes them, not the weights' values: the layers' shapes, the count of zeros and
+    the int8 storage are the same after training. Nearly: global magnitude pruning spreads its
+    zeros over the layers by the weights' values, and a layer is stored sparse by its own count
+    (the size moves by up to about 10%), and int8 rounds some small trained weights to zero (the
+    non-zero count). The latency is a measurement like the final one, with the same noise.
+    """
+    _restructure(model, recipe)
+    model, amp = _finish(model, recipe, amp)
+    return _footprint(model, data.x_val, amp)  # the data is on the model's device
+
+
+def _restructure(model: nn.Module, recipe: CompressionRecipe) -> dict[str, Any]:
+    """The recipe's pruning and factorization, in place; what was done."""
+    done: dict[str, Any] = {}
+    if recipe.prune_structured > 0:
+        done["hidden_sizes"] = prune_structured(model, recipe.prune_structured)
+    if recipe.low_rank > 0:
+        done["low_rank_layers"] = factorize_low_rank(model, recipe.low_rank)
+    if recipe.prune_amount > 0:
+        prune_magnitude(model, recipe.prune_amount)
+    return done
+
+
+def _finish(model: nn.Module, recipe: CompressionRecipe, amp: str) -> tuple[nn.Module, str]:
+    """The pruning masks made permanent and the recipe's quantization: the model as stored."""
+    make_pruning_permanent(model)
+    if recipe.quantize == "dynamic-int8":
+        return quantize_dynamic_int8(model), "off"
+    return model, amp
 
 
 class _AfterTraining:
@@ -389,13 +429,7 @@ def compress(
     (user attributes ``val_accuracy``, ``params``, ``size_bytes``, ``latency_ms``).
     """
     check_device(recipe, data.x_val.device)
-    done: dict[str, Any] = {"recipe": recipe.as_dict()}
-    if recipe.prune_structured > 0:
-        done["hidden_sizes"] = prune_structured(model, recipe.prune_structured)
-    if recipe.low_rank > 0:
-        done["low_rank_layers"] = factorize_low_rank(model, recipe.low_rank)
-    if recipe.prune_amount > 0:
-        prune_magnitude(model, recipe.prune_amount)
+    done: dict[str, Any] = {"recipe": recipe.as_dict(), **_restructure(model, recipe)}
     if recipe.finetune_epochs > 0 and recipe.edits_weights:
         finetune = dataclasses.replace(
             train_config,
@@ -412,10 +446,7 @@ def compress(
         weights = [layer.weight.detach() for layer in _weighted_layers(model)]
         zeros = sum(int((w == 0).sum()) for w in weights)
         done["sparsity"] = round(zeros / sum(w.numel() for w in weights), 4)
-    amp = train_config.amp
-    if recipe.quantize == "dynamic-int8":
-        model = quantize_dynamic_int8(model)
-        amp = "off"
+    model, amp = _finish(model, recipe, train_config.amp)
     measurements = measure(model, data, amp=amp)
     trial.set_user_attr(attrs.COMPRESSION, done)
     for key, value in measurements.items():

@@ -100,6 +100,17 @@ def report(
     _report_and_decide(trial, name, value, step)
 
 
+def report_fixed(trial: Any, metrics: Mapping[str, float]) -> None:
+    """Record metrics that the trial's configuration fixes before training (a model's size, its
+    latency): the Pareto pruner of a multi-objective study compares them with completed trials
+    and stops a trial whose best case is dominated. Call it before the first ``report``; the
+    objective still returns every metric at the end."""
+    if _rank(trial) != 0:
+        return
+    fixed = {name: float(value) for name, value in metrics.items()}
+    trial.set_user_attr(attrs.FIXED_METRICS, fixed)
+
+
 def get_checkpoint(trial: Any, *, into: Sharded | None = None) -> dict[str, Any] | None:
     """The state the last ``report`` of this trial's slot saved, or None (a fresh trial, or
     outside a worker). A sharded checkpoint is loaded into ``into``'s model and optimizer, and
@@ -154,7 +165,8 @@ def _report_and_decide(trial: Any, name: str, value: float | None, step: int) ->
     import optuna
 
     context = current_context()
-    if value is not None and len(context.directions) <= 1:
+    # A study of several metrics is pruned only by the Pareto pruner, on the first metric.
+    if value is not None and (len(context.directions) <= 1 or context.prunes):
         with warnings.catch_warnings():
             # A retry usually inherited the report it makes again; Optuna keeps it and warns.
             warnings.simplefilter("ignore")

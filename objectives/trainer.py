@@ -91,8 +91,9 @@ def _reported(metric: str | None, evaluated: list[str]) -> tuple[str | None, boo
     """
     context = current_context()
     directions = dict(zip(context.metrics, context.directions, strict=False))
-    if metric is None and len(context.metrics) > 1:
-        return None, False  # Optuna prunes single-objective studies only
+    if metric is None and len(context.metrics) > 1 and not context.prunes:
+        return None, False  # nothing prunes: the trial trains to the end
+    # With several metrics only the Pareto pruner prunes; it reads the first, the trained one.
     name = metric or (context.metrics[0] if context.metrics else "val_loss")
     if name not in evaluated:
         if context.prunes:

@@ -28,7 +28,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from hpsearch.attrs import BUDGET_STOP, EPOCHS, WORKER
-from hpsearch.search.results._multi_objective import UnprunedTrial
+from hpsearch.search.results._multi_objective import MultiObjectiveTrial
 from hpsearch.search.spec._study_file import StudySpec
 from hpsearch.storage._optuna_internals import storage_of
 
@@ -153,7 +153,7 @@ class ComputeMeter:
 
     def trial(self, study: optuna.Study, trial_id: int) -> optuna.Trial:
         """The trial an objective sees, counting its epochs and stopping it once spent."""
-        metered = _MeteredUnprunedTrial if len(study.directions) > 1 else _Metered
+        metered = _MeteredMultiObjectiveTrial if len(study.directions) > 1 else _Metered
         return metered(study, trial_id, self)
 
 
@@ -203,7 +203,7 @@ class _Metered(optuna.Trial):
         return super().should_prune()
 
 
-class _MeteredUnprunedTrial(_Metered, UnprunedTrial):
+class _MeteredMultiObjectiveTrial(_Metered, MultiObjectiveTrial):
     pass
 
 

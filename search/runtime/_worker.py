@@ -27,7 +27,7 @@ from hpsearch.objectives import Objective, interrupt, load_objective
 from hpsearch.objectives.command import is_command
 from hpsearch.objectives.context import TrialContext, trial_context
 from hpsearch.search._study import UID_ATTR, LoadedStudy, load_study
-from hpsearch.search.results._multi_objective import objective_trial
+from hpsearch.search.results._multi_objective import objective_trial, pruned_reason
 from hpsearch.search.runtime._budget import (
     budget_state,
     claim_slot,
@@ -190,7 +190,7 @@ def run_trial(
             state = TrialState.PRUNED
             # The engine says why (a NaN loss, the pruner at an epoch); a bare TrialPruned is
             # the pruner's decision at the last step reported (the log line says so).
-            reason = budget_stop_reason(trial) or str(pruned).strip()
+            reason = budget_stop_reason(trial) or pruned_reason(trial, str(pruned).strip())
         except StorageError:
             # The database stayed away: not the objective's fault. The worker stops; the trial
             # is reaped after its grace period and retried, uncounted.

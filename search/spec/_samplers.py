@@ -11,6 +11,7 @@ import optuna
 
 from hpsearch.errors import SpecError, did_you_mean
 from hpsearch.search.spec._auto import build_auto
+from hpsearch.search.spec._pareto import ParetoPruner
 
 if TYPE_CHECKING:
     from hpsearch.search.spec._study_file import StudySpec
@@ -175,6 +176,7 @@ _PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
     "successive-halving": optuna.pruners.SuccessiveHalvingPruner,
     "wilcoxon": optuna.pruners.WilcoxonPruner,
     "none": optuna.pruners.NopPruner,
+    "pareto": ParetoPruner,
 }
 
 
@@ -186,5 +188,21 @@ def build_pruner(spec: StudySpec, *, source: str = "study") -> optuna.pruners.Ba
             f"{source} [pruner.options]: the percentile pruner needs percentile = 0..100, "
             "e.g. options = { percentile = 25.0 }."
         )
+    if pruner.name == "pareto":
+        factory = _with_metrics(ParetoPruner, spec.metrics)
     result: optuna.pruners.BasePruner = _construct(factory, pruner.options, "pruner", source)
     return result
+
+
+def _with_metrics(cls: Callable[..., Any], metrics: list[str]) -> Callable[..., Any]:
+    """``cls(metrics=metrics, **options)``; its signature lists the options a study file sets."""
+
+    def factory(**kwargs: Any) -> Any:
+        return cls(metrics=metrics, **kwargs)
+
+    signature = inspect.signature(cls)
+    factory.__name__ = cls.__name__
+    factory.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p for p in signature.parameters.values() if p.name != "metrics"]
+    )
+    return factory

@@ -41,7 +41,15 @@ from hpsearch.storage._url import url_secrets
 
 SPEC_VERSION = 1
 SAMPLERS = ("auto", "cmaes", "gp", "grid", "qmc", "random", "tpe")
-PRUNERS = ("hyperband", "median", "none", "percentile", "successive-halving", "wilcoxon")
+PRUNERS = (
+    "hyperband",
+    "median",
+    "none",
+    "pareto",
+    "percentile",
+    "successive-halving",
+    "wilcoxon",
+)
 DIRECTIONS = ("maximize", "minimize")
 PARAM_TYPES = ("categorical", "float", "int")
 
@@ -373,6 +381,41 @@ def _parse_study(c: _Checker, raw: Mapping[str, Any], base_dir: str) -> dict[str
     return {"name": name, "objective": objective, "directions": directions, "metrics": metrics}
 
 
+def _check_pareto(
+    c: _Checker,
+    pruner: Mapping[str, Any],
+    metrics: list[str],
+    builtin: BuiltinObjective | None,
+) -> None:
+    """The Pareto pruner is for several metrics; Optuna's pruners are for one."""
+    name = pruner["name"]
+    if len(metrics) == 1 and name == "pareto":
+        raise c.fail(
+            "pruner",
+            '"pareto" prunes studies of several metrics; with one metric use "median", '
+            '"hyperband", "successive-halving", "percentile", "wilcoxon" or "none".',
+        )
+    if len(metrics) > 1 and name not in ("pareto", "none"):
+        raise c.fail(
+            "pruner",
+            f"{name!r} is single-objective (Optuna's pruners compare one value), and this "
+            f'study has {len(metrics)} metrics; use name = "pareto" (stops a trial that can no '
+            'longer reach the Pareto front) or "none".',
+        )
+    if name != "pareto" or builtin is None:
+        return
+    # The built-in reports its first metric each epoch and measures the others before training.
+    trained, fixed = metrics[0], metrics[1:]
+    moving = [m for m in fixed if m in builtin.evaluated]
+    if trained not in builtin.evaluated or moving:
+        raise c.fail(
+            "pruner",
+            f'"pareto" needs the trained metric first in metrics ({" or ".join(builtin.evaluated)})'
+            " and, after it, only measurements fixed before training (size_bytes, params, "
+            f"latency_ms); got {metrics}.",
+        )
+
+
 def _measurements(builtin: BuiltinObjective) -> Mapping[str, str]:
     """A built-in's measurements by name, with each one's natural direction."""
     return builtin.measurements or {builtin.metric: builtin.direction}
@@ -447,7 +490,11 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
     _parse_conditions(c, space, space_raw)
 
     sampler = _parse_component(c, raw, "sampler", _SAMPLER_KEYS, SAMPLERS, "auto")
-    pruner = _parse_component(c, raw, "pruner", _PRUNER_KEYS, PRUNERS, "median")
+    several = len(study["metrics"]) > 1
+    pruner = _parse_component(
+        c, raw, "pruner", _PRUNER_KEYS, PRUNERS, "none" if several else "median"
+    )
+    _check_pareto(c, pruner, study["metrics"], builtin)
     metric = study["metrics"][0] if len(study["metrics"]) == 1 else None
     if builtin is not None and metric is not None and metric not in builtin.evaluated:
         # The built-in reports each epoch's evaluation; a pruner fed another quantity than the
