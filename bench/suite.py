@@ -376,7 +376,8 @@ def mo_pruning_md(f: dict[str, Any]) -> list[str]:
         f"Target: hypervolume within {1 - target_hv:.0%} at no more than {target_epochs}x the "
         f"epochs: {'met' if met else 'not met'} by the default pruner "
         f"({pareto['epochs_ratio']:.2f}x, {pareto['hv_ratio']:.3f}); the oracle's "
-        f"{median['oracle']['epochs_ratio']:.2f}x is the least a domination rule could train here.",
+        f"{median['oracle']['epochs_ratio']:.2f}x is the least that stopping the dominated trials "
+        "after their first epoch could train here.",
     ]
     return rows
 
@@ -757,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(
         f"wrote {output / (stem + '.json')} and {output / (stem + '.md')} in "
-        f"{figures['meta']['total_seconds']:.0f}s",
+        f"{time.monotonic() - started:.0f}s",
         file=sys.stderr,
     )
     return 0
