@@ -196,7 +196,7 @@ def _at(run: Run, trials: int) -> float:
     return run.regrets[min(trials, len(run.regrets)) - 1]
 
 
-def measure(*, quick: bool, processes: int = 2, seeds: int = 10) -> dict[str, Any]:
+def measure(*, quick: bool, processes: int = 2, seeds: int = 20) -> dict[str, Any]:
     """Every method on every task (quick: two tables and the simulator, 2 seeds, 12 trials:
     that it runs)."""
     chosen = tasks()
