@@ -369,15 +369,20 @@ def mo_pruning_md(f: dict[str, Any]) -> list[str]:
             f"| {name} | {shown} | {values['epochs_ratio']:.2f}x | {values['hv_ratio']:.3f} | "
             f"{values['pruned']:g} |"
         )
-    pareto = median["pareto"]
-    met = pareto["hv_ratio"] >= target_hv and pareto["epochs_ratio"] <= target_epochs
+    meeting = [
+        name
+        for name, values in median.items()
+        if name not in ("none", "oracle")
+        and values["hv_ratio"] >= target_hv
+        and values["epochs_ratio"] <= target_epochs
+    ]
     rows += [
         "",
         f"Target: hypervolume within {1 - target_hv:.0%} at no more than {target_epochs}x the "
-        f"epochs: {'met' if met else 'not met'} by the default pruner "
-        f"({pareto['epochs_ratio']:.2f}x, {pareto['hv_ratio']:.3f}); the oracle's "
-        f"{median['oracle']['epochs_ratio']:.2f}x is the least that stopping the dominated trials "
-        "after their first epoch could train here.",
+        f"epochs: met by {', '.join(meeting) if meeting else 'no pruner'}. The oracle's "
+        f"{median['oracle']['epochs_ratio']:.2f}x is the least that stopping only dominated "
+        "trials after their first epoch could train here; `min_gain` also stops trials that "
+        "would reach the front but add little to it.",
     ]
     return rows
 

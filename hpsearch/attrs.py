@@ -38,10 +38,12 @@ SAMPLER = "sampler"  # user attribute: which sampler proposed the trial (the aut
 
 # Multi-objective studies (search/spec/_pareto.py). A trial's reports of the trained metric
 # (system attribute, [[step, value], ...]), the metrics its configuration fixes before training
-# (user attribute, {name: value}), and the completed trial that dominated it when it was pruned.
+# (user attribute, {name: value}), and why it was pruned: the completed trial that dominated it,
+# or the share of the front's hypervolume its best case would have added.
 CURVE = "hpsearch:curve"
 FIXED_METRICS = "fixed_metrics"
 DOMINATED_BY = "dominated_by"
+HYPERVOLUME_GAIN = "hypervolume_gain"
 
 # The scheduler (search/runtime/_scheduler.py). A paused trial is PRUNED at its rung, with
 # system attribute PAUSED = [its own number, the rung] (a retry's copy names another number);

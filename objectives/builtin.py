@@ -9,7 +9,7 @@ back to the defaults in the registry.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
@@ -18,11 +18,13 @@ from torch import nn
 
 from hpsearch import attrs
 from hpsearch.errors import NonFiniteLoss
+from hpsearch.objectives._placement import distributed_rank
 from hpsearch.objectives._registry import BUILTIN_OBJECTIVES
 from hpsearch.objectives.compression import (
     CompressionRecipe,
     check_device,
     compress,
+    compressed_accuracy,
     fixed_measurements,
 )
 from hpsearch.objectives.context import current_context
@@ -82,15 +84,28 @@ def train_builtin(
         val_fraction=float(options["val_fraction"]),
     ).to(device)
     context = current_context()
+    trained = trial
+    built: list[nn.Module] = []
     if context.prunes and len(context.metrics) > 1:
-        # The Pareto pruner compares the size and latency the recipe fixes from the first epoch.
-        untrained = build_model(model_kind, data, options).to(device)
+        # The Pareto pruner compares the size and latency the recipe fixes from the first epoch,
         amp = TrainConfig.from_options(options).amp
+        untrained = build_model(model_kind, data, options).to(device)
         report_fixed(trial, fixed_measurements(untrained, data, recipe, amp=amp))
+        if recipe != CompressionRecipe() and distributed_rank()[1] == 1:
+            # and the accuracy the model would have compressed now (on one device: a DDP
+            # trial's ranks report the uncompressed accuracy).
+            trained = _CompressedReports(
+                trial, lambda: compressed_accuracy(built[-1], data, recipe, amp=amp)
+            )
+
+    def model(o: Mapping[str, Any]) -> nn.Module:
+        built.append(build_model(model_kind, data, o))
+        return built[-1]
+
     fitted = fit(
-        trial,
+        trained,
         options,
-        model=lambda o: build_model(model_kind, data, o),
+        model=model,
         train=(data.x_train, data.y_train),
         val=(data.x_val, data.y_val),
         loss=F.cross_entropy,
@@ -108,6 +123,28 @@ def train_builtin(
             raise optuna.TrialPruned(str(err)) from None
         raise
     return measurements, model
+
+
+class _CompressedReports:
+    """The trial as training sees it in a pruned compression study: each epoch reports the
+    compressed model's accuracy (``probe()``) in place of the trained model's; the rest is the
+    trial's."""
+
+    def __init__(self, trial: TrialLike, probe: Callable[[], float]) -> None:
+        self._trial = trial
+        self._probe = probe
+
+    def report(self, value: float, step: int) -> None:
+        self._trial.report(self._probe(), step)
+
+    def should_prune(self) -> bool:
+        return self._trial.should_prune()
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        self._trial.set_user_attr(key, value)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trial, name)  # number, rank, ...
 
 
 def digits_mlp(trial: TrialLike, params: dict[str, Any]) -> dict[str, float | int]:

@@ -19,15 +19,21 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch import attrs
 from hpsearch.errors import SpecError
-from hpsearch.objectives.compression import CompressionRecipe, compress, fixed_measurements
+from hpsearch.objectives.compression import (
+    CompressionRecipe,
+    compress,
+    compressed_accuracy,
+    fixed_measurements,
+)
 from hpsearch.objectives.data import TensorDataset
 from hpsearch.objectives.models import MLP
 from hpsearch.objectives.trainer import TrainConfig
 from hpsearch.search import load_spec_file
-from hpsearch.search.spec._pareto import curve
+from hpsearch.search.spec._pareto import curve, hypervolume, hypervolume_gain
 
 from ._loops import _run_with_one_worker
 from ._support import RecordingTrial
+from .conftest import ROOT
 
 EPOCHS = 5
 OBJECTIVE = f"""
@@ -189,6 +195,11 @@ def _spec_text(metrics: str, pruner: str, objective: str = "digits-mlp") -> str:
             'name = "pareto"\noptions = { tolerance = 1.5 }',
             r"tolerance must be in \[0, 1\)",
         ),
+        (
+            '["val_accuracy", "size_bytes"]',
+            'name = "pareto"\noptions = { gain_quantile = 0.0 }',
+            r"gain_quantile must be in \(0, 1\]",
+        ),
     ],
 )
 def test_a_pruner_that_cannot_prune_the_study_is_refused(
@@ -250,3 +261,91 @@ def test_the_fixed_metrics_measured_before_training_are_the_trained_models(
         assert before["size_bytes"] == after["size_bytes"]
     else:
         assert abs(before["size_bytes"] / after["size_bytes"] - 1) <= 0.1
+
+
+def test_the_hypervolume_is_exact_on_shapes_whose_volume_is_known() -> None:
+    # Two squares of side 0.5 and 1 overlapping in a 0.5 x 0.5 corner: 0.25 + 0.5 = 0.75.
+    assert hypervolume([[0.0, 0.5], [0.5, 0.0]], [1.0, 1.0]) == pytest.approx(0.75)
+    assert hypervolume([[0.0, 0.0, 0.0]], [1.0, 2.0, 3.0]) == pytest.approx(6.0)
+    assert hypervolume([[2.0, 0.0]], [1.0, 1.0]) == 0.0  # outside the reference
+
+
+def test_a_dominated_point_adds_nothing_and_an_extreme_one_counts() -> None:
+    front = [[0.0, 1.0], [1.0, 0.0], [0.5, 0.5]]
+    assert hypervolume_gain(front, [0.6, 0.6]) == 0.0
+    assert hypervolume_gain(front, [0.2, 0.2]) > 0.1
+    # Far beyond the front's range in one objective, best in the other: on the front.
+    assert hypervolume_gain(front, [-1.0, 50.0]) > 0.0
+
+
+PARETO_MIN_GAIN = 'name = "pareto"\noptions = { tolerance = 0.0, min_gain = 0.05 }'
+
+
+@pytest.mark.parametrize(("trained", "fixed"), [("maximize", "minimize"), ("minimize", "maximize")])
+def test_min_gain_also_stops_a_trial_that_would_add_little_to_the_front(
+    tmp_path: Path, trained: str, fixed: str
+) -> None:
+    trials = _run(
+        _study_file(tmp_path, trained, fixed, PARETO_MIN_GAIN), f"sqlite:///{tmp_path}/s.db"
+    )
+    by_gain = [t for t in trials if attrs.HYPERVOLUME_GAIN in t.user_attrs]
+    assert by_gain, "min_gain pruned nothing beyond domination: the test proves nothing"
+    for trial in by_gain:
+        assert trial.state == TrialState.PRUNED
+        assert trial.user_attrs[attrs.HYPERVOLUME_GAIN] <= 0.05
+    pruned = sorted(t.number for t in trials if t.state == TrialState.PRUNED)
+    assert len(pruned) > len(_reference_run(tmp_path / "domination"))
+    # What it costs: the front of what completed against the front of every trial trained on.
+    unpruned = [_goodness(t.params) for t in trials]
+    kept = [_goodness(t.params) for t in trials if t.state == TrialState.COMPLETE]
+    assert _volume(kept, unpruned) >= 0.9 * _volume(unpruned, unpruned)
+    if (trained, fixed) != ("maximize", "minimize"):
+        reference = _run(
+            _study_file(tmp_path / "reference", "maximize", "minimize", PARETO_MIN_GAIN),
+            f"sqlite:///{tmp_path}/reference.db",
+        )
+        assert pruned == sorted(t.number for t in reference if t.state == TrialState.PRUNED)
+
+
+def _volume(points: list[tuple[float, float]], every: list[tuple[float, float]]) -> float:
+    """Hypervolume of higher-is-better ``points``, scaled over ``every``, reference 1.1."""
+    low = [min(-p[i] for p in every) for i in range(2)]
+    span = [max(-p[i] for p in every) - low[i] or 1.0 for i in range(2)]
+    scaled = [[(-p[i] - low[i]) / span[i] for i in range(2)] for p in points]
+    return hypervolume(scaled, [1.1, 1.1])
+
+
+def test_a_pruned_compression_study_reports_the_compressed_models_accuracy(
+    tmp_path: Path,
+) -> None:
+    """The built-in's reports in a pruned compression study are the accuracy of the model
+    compressed at that epoch: a trial without fine-tuning ends with its last report."""
+    text = (ROOT / "studies" / "digits-compress.toml").read_text()
+    text = text.replace("n_trials = 60", "n_trials = 6").replace("epochs = 6", "epochs = 2")
+    text = text.replace('name = "none"                 # Optuna', 'name = "pareto"  # Optuna')
+    head, _, tail = text.partition("[space.finetune_epochs]")
+    text = head + tail.partition("[space.quantize]")[1] + tail.partition("[space.quantize]")[2]
+    path = tmp_path / "compress.toml"
+    path.write_text(text)
+    trials = _run(path, f"sqlite:///{tmp_path}/s.db")
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) >= 5
+    compressed = [t for t in complete if t.params["prune_structured"] > 0.2]
+    assert compressed, "no trial compressed its model much: the test proves nothing"
+    for trial in complete:
+        reported = curve(trial)
+        assert sorted(reported) == [0, 1]
+        assert reported[1] == pytest.approx(trial.values[0], abs=1e-9)
+
+
+def test_compressed_accuracy_is_the_compressed_models_and_leaves_the_model_alone() -> None:
+    data = _data()
+    torch.manual_seed(0)
+    model = MLP(12, 2, width=64, depth=2, activation_name="relu", dropout=0.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    recipe = CompressionRecipe(prune_structured=0.5, low_rank=0.25, quantize="dynamic-int8")
+    probed = compressed_accuracy(model, data, recipe)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    config = dataclasses.replace(TrainConfig.from_options({}), epochs=1)
+    _, measured = compress(model, data, recipe, train_config=config, trial=RecordingTrial())
+    assert probed == measured["val_accuracy"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import optuna
 
 from hpsearch import attrs
-from hpsearch.search.spec._pareto import ParetoPruner
+from hpsearch.search.spec._pareto import ParetoPruner, Verdict
 
 
 class MultiObjectiveTrial(optuna.Trial):
@@ -26,7 +26,7 @@ class MultiObjectiveTrial(optuna.Trial):
         # A retry copies its parent's attributes, the curve too: the first report of a step stays.
         kept = self._cached_frozen_trial.system_attrs.get(attrs.CURVE, [])
         self._curve: dict[int, float] = {int(step): float(value) for step, value in kept}
-        self.dominated_by: int | None = None  # the completed trial that got this one pruned
+        self.verdict: Verdict | None = None  # why the pruner stopped it
 
     def report(self, value: float, step: int) -> None:
         value, step = float(value), int(step)
@@ -43,11 +43,14 @@ class MultiObjectiveTrial(optuna.Trial):
         pruner = self.study.pruner
         if not isinstance(pruner, ParetoPruner):
             return False  # the study file allows no other pruner with several metrics
-        dominating = pruner.dominated_by(self.study, self._get_latest_trial())
-        if dominating is None:
+        verdict = pruner.verdict(self.study, self._get_latest_trial())
+        if verdict is None:
             return False
-        self.set_user_attr(attrs.DOMINATED_BY, dominating.number)
-        self.dominated_by = dominating.number
+        if verdict.dominated_by is not None:
+            self.set_user_attr(attrs.DOMINATED_BY, verdict.dominated_by)
+        else:
+            self.set_user_attr(attrs.HYPERVOLUME_GAIN, verdict.hypervolume_gain)
+        self.verdict = verdict
         return True
 
 
@@ -59,7 +62,7 @@ def objective_trial(study: optuna.Study, trial_id: int) -> optuna.Trial:
 
 
 def pruned_reason(trial: optuna.Trial, reason: str) -> str:
-    """The log's reason for a pruned trial, naming the trial that dominated it, if one did."""
-    if isinstance(trial, MultiObjectiveTrial) and trial.dominated_by is not None:
-        return f"{reason}: its best case is dominated by trial {trial.dominated_by}"
+    """The log's reason for a pruned trial, with the Pareto pruner's verdict, if it gave one."""
+    if isinstance(trial, MultiObjectiveTrial) and trial.verdict is not None:
+        return f"{reason}: {trial.verdict}"
     return reason
