@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,11 @@ from hpsearch.attrs import (
     SLOT,
 )
 from hpsearch.errors import SpecError
-from hpsearch.search import budget_state, load_spec_file
-from hpsearch.search.runtime._pbt import explore, quantiles
+from hpsearch.search import budget_state, create_study, load_spec_file
+from hpsearch.search._study import UID_ATTR, load_study
+from hpsearch.search.runtime import _pbt
+from hpsearch.search.runtime._checkpoints import checkpoint_path
+from hpsearch.search.runtime._pbt import continue_members, explore, quantiles
 from hpsearch.search.spec._scheduler import PbtSchedule
 
 from ._support import study_toml
@@ -359,6 +363,60 @@ def test_a_population_trains_in_intervals_and_exploits_on_every_backend(
     assert "schedule:" in (tmp_path / "best.yaml").read_text()
     result = _run("train", "best.yaml", "--output", "model", cwd=tmp_path)
     assert f"(trial {best.number}: {best.value!r}, equal)" in result.stdout + result.stderr
+
+
+def test_a_worker_deciding_late_never_copies_weights_the_donor_trained_since(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers decide an interval at once. The one that read the queue before the other
+    enqueued copies last, when a donor's continuation may have trained on: that copy must not
+    land, or a member resumes from weights its curve never reported (the lost epochs)."""
+    url = f"sqlite:///{tmp_path / 'hpsearch.db'}"
+    create_study(load_spec_file(str(_write(tmp_path, "late"))), url)
+    loaded = load_study("late", url)
+    study, spec, uid = loaded.study, loaded.spec, str(loaded.study.user_attrs[UID_ATTR])
+    step = INTERVAL - 1
+    storage = study._storage
+    # Every member paused at the first interval's end; slot 0 is the best (minimize).
+    for trial in study.get_trials(states=(TrialState.WAITING,)):
+        slot = int(trial.system_attrs[SLOT])
+        storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING)
+        storage.set_trial_intermediate_value(trial._trial_id, step, float(slot))
+        storage.set_trial_system_attr(trial._trial_id, PAUSED, [trial.number, step])
+        storage.set_trial_state_values(trial._trial_id, TrialState.PRUNED)
+
+    def train(slots: Iterable[int], epochs: int) -> None:
+        for slot in slots:
+            path = Path(checkpoint_path(spec, slot, uid))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"slot {slot} after {epochs} epochs")
+
+    def exploiting() -> set[int]:
+        return {t.system_attrs[SLOT] for t in study.get_trials() if EXPLOIT_FROM in t.system_attrs}
+
+    train(range(POPULATION), INTERVAL)
+    checked_late: list[int] = []
+    enqueued = _pbt._enqueued
+
+    def read_before_the_other_worker_enqueued(study: optuna.Study, member: int, at: int) -> bool:
+        if checked_late:
+            return enqueued(study, member, at)
+        checked_late.append(member)
+        # Meanwhile the other worker decides and enqueues, and the members that kept their
+        # own weights (the donors among them) train on.
+        assert continue_members(study, loaded.storage, spec, uid, last=False)
+        train(set(range(POPULATION)) - exploiting(), INTERVAL + 1)
+        return False
+
+    monkeypatch.setattr(_pbt, "_enqueued", read_before_the_other_worker_enqueued)
+    assert not continue_members(study, loaded.storage, spec, uid, last=False)
+    exploits = [t for t in study.get_trials() if EXPLOIT_FROM in t.system_attrs]
+    assert checked_late and checked_late[0] in exploiting()
+    for trial in exploits:
+        donor, member = trial.system_attrs[EXPLOIT_FROM], trial.system_attrs[SLOT]
+        # Not the late worker's copy of the donor trained on: the decided version.
+        copied = Path(checkpoint_path(spec, member, uid)).read_text()
+        assert copied == f"slot {donor} after {INTERVAL} epochs", member
 
 
 @pytest.mark.slow

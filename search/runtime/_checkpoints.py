@@ -20,9 +20,9 @@ import stat
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -411,12 +411,22 @@ def _publish(study: optuna.Study, best: FrozenTrial) -> None:
         )
 
 
-def copy_checkpoint(spec: StudySpec, study_uid: str, source_slot: int, target_slot: int) -> bool:
+def copy_checkpoint(
+    spec: StudySpec,
+    study_uid: str,
+    source_slot: int,
+    target_slot: int,
+    *,
+    still_current: Callable[[], bool],
+) -> Literal["copied", "missing", "stale"]:
     """Replace the target slot's checkpoint with a copy of the source slot's (population-based
-    training's exploit); False when the source has none.
+    training's exploit): "copied", or "missing" when the source has none.
 
     The source's owner may be writing it meanwhile: the copy is of one version whole (every
     file is opened before any is read, see ``_opened``), and the target is replaced in one step.
+    ``still_current`` is asked once that version is pinned (opened, or downloaded), before
+    anything is written: False means it may be newer than the one the caller decided on, and
+    nothing is written ("stale").
     In a bucket, the source object is downloaded and uploaded under the target's key; the
     target's claimer then fetches it as any trial fetches its slot's checkpoint.
     """
@@ -428,21 +438,25 @@ def copy_checkpoint(spec: StudySpec, study_uid: str, source_slot: int, target_sl
         with tempfile.TemporaryDirectory(dir=_cache_root(target)) as scratch:
             local = os.path.join(scratch, "checkpoint.pt")
             if not store.download(_relative(spec, source_slot, study_uid), local):
-                return False
+                return "missing"
+            if not still_current():
+                return "stale"
             with _opened(local) as (_, opened):
                 key = _relative(spec, target_slot, study_uid)
                 if isinstance(opened, dict):
                     store.upload_folder(opened, key)
                 else:
                     store.upload_fileobj(opened, key)
-        return True
+        return "copied"
     try:
         with _opened(source) as (_, opened):
+            if not still_current():
+                return "stale"
             os.makedirs(os.path.dirname(target), exist_ok=True)
             _write_copy(opened, target)
     except FileNotFoundError:
-        return False
-    return True
+        return "missing"
+    return "copied"
 
 
 def _cache_root(path: str) -> str:

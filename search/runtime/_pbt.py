@@ -149,7 +149,7 @@ def continue_members(
         # is still the one it was ranked by (its own continuation is not queued yet).
         for trial, donor in decided:
             if donor is not None and not _enqueued(study, _slot(trial), step):
-                _copy(spec, study_uid, trial, donor, step)
+                _copy(spec, study_uid, study, trial, donor, step)
         for trial, donor in decided:
             source = latest[_slot(trial) if donor is None else donor]
             added = _enqueue(study, storage, schedule, seed, trial, step, source) or added
@@ -166,15 +166,33 @@ def _enqueued(study: optuna.Study, member: int, step: int) -> bool:
     return _key(member, step) in attrs
 
 
-def _copy(spec: StudySpec, study_uid: str, paused: FrozenTrial, donor: int, step: int) -> None:
-    if not copy_checkpoint(spec, study_uid, donor, _slot(paused)):
+def _copy(
+    spec: StudySpec,
+    study_uid: str,
+    study: optuna.Study,
+    paused: FrozenTrial,
+    donor: int,
+    step: int,
+) -> None:
+    member = _slot(paused)
+
+    def still_current() -> bool:
+        # Only a continuation writes a slot's checkpoint after its pause, and whoever enqueues
+        # continuations copies first. So while neither the donor's nor the member's is queued,
+        # the version this copy holds is the one the donor was ranked by, and nobody trains the
+        # member. Otherwise another worker decided (and copied) meanwhile: a late copy could
+        # take weights the donor trained since, under a curve that never reported them.
+        return not (_enqueued(study, donor, step) or _enqueued(study, member, step))
+
+    outcome = copy_checkpoint(spec, study_uid, donor, member, still_current=still_current)
+    if outcome == "missing":
         log.warning(
             "slot %d has no checkpoint for slot %d to take at epoch %d; slot %d goes on from "
             "its own",
             donor,
-            _slot(paused),
+            member,
             step + 1,
-            _slot(paused),
+            member,
         )
 
 
