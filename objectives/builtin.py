@@ -128,17 +128,28 @@ def train_builtin(
 class _CompressedReports:
     """The trial as training sees it in a pruned compression study: each epoch reports the
     compressed model's accuracy (``probe()``) in place of the trained model's; the rest is the
-    trial's."""
+    trial's. A prune names the value the pruner saw, not the trained model's."""
 
     def __init__(self, trial: TrialLike, probe: Callable[[], float]) -> None:
         self._trial = trial
         self._probe = probe
+        self._reported: tuple[int, float] | None = None
 
     def report(self, value: float, step: int) -> None:
-        self._trial.report(self._probe(), step)
+        self._reported = (step, self._probe())
+        self._trial.report(self._reported[1], step)
 
     def should_prune(self) -> bool:
-        return self._trial.should_prune()
+        if not self._trial.should_prune():
+            return False
+        if self._reported is None:
+            return True
+        import optuna
+
+        step, value = self._reported
+        raise optuna.TrialPruned(
+            f"pruned at epoch {step} with accuracy {value:.4g} compressed as the recipe says"
+        )
 
     def set_user_attr(self, key: str, value: Any) -> None:
         self._trial.set_user_attr(key, value)

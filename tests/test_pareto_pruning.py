@@ -13,12 +13,14 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch import attrs
 from hpsearch.errors import SpecError
+from hpsearch.objectives.builtin import _CompressedReports
 from hpsearch.objectives.compression import (
     CompressionRecipe,
     compress,
@@ -336,6 +338,22 @@ def test_a_pruned_compression_study_reports_the_compressed_models_accuracy(
         reported = curve(trial)
         assert sorted(reported) == [0, 1]
         assert reported[1] == pytest.approx(trial.values[0], abs=1e-9)
+
+
+def test_a_prune_on_a_compressed_report_names_the_compressed_accuracy() -> None:
+    """The trained model's accuracy never reaches the pruner, nor the log line of a prune."""
+    study = optuna.create_study(
+        direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.5)
+    )
+    trial = study.ask()
+    reports = _CompressedReports(trial, lambda: 0.3125)
+    reports.report(0.97, 0)
+    assert trial.storage.get_trial(trial._trial_id).intermediate_values == {0: 0.3125}
+    with pytest.raises(optuna.TrialPruned, match=r"epoch 0 with accuracy 0\.3125 compressed"):
+        reports.should_prune()
+    kept = _CompressedReports(study.ask(), lambda: 0.75)
+    kept.report(0.97, 0)
+    assert kept.should_prune() is False
 
 
 def test_compressed_accuracy_is_the_compressed_models_and_leaves_the_model_alone() -> None:
