@@ -37,7 +37,7 @@ from hpsearch.errors import SpecError
 from hpsearch.search import budget_state, create_study, load_spec_file
 from hpsearch.search._study import UID_ATTR, load_study
 from hpsearch.search.runtime import _pbt
-from hpsearch.search.runtime._checkpoints import checkpoint_path
+from hpsearch.search.runtime._checkpoints import checkpoint_path, copy_checkpoint
 from hpsearch.search.runtime._pbt import continue_members, explore, quantiles
 from hpsearch.search.spec._scheduler import PbtSchedule
 
@@ -417,6 +417,37 @@ def test_a_worker_deciding_late_never_copies_weights_the_donor_trained_since(
         # Not the late worker's copy of the donor trained on: the decided version.
         copied = Path(checkpoint_path(spec, member, uid)).read_text()
         assert copied == f"slot {donor} after {INTERVAL} epochs", member
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_an_exploit_copy_found_stale_leaves_the_target_as_it_was(
+    tmp_path: Path, sharded: bool
+) -> None:
+    spec = load_spec_file(str(_write(tmp_path, "copy")))
+    donor, member = Path(checkpoint_path(spec, 0, "u")), Path(checkpoint_path(spec, 1, "u"))
+    for path, text in ((donor, "donor"), (member, "member")):
+        path.parent.mkdir(parents=True)
+        if sharded:  # a folder of shards, as a sharded trial writes
+            (path / "shards").mkdir(parents=True)
+            (path / "shards" / "0.distcp").write_text(text)
+        else:
+            path.write_text(text)
+
+    def content(path: Path) -> str:
+        return (path / "shards" / "0.distcp" if sharded else path).read_text()
+
+    asked: list[bool] = []
+
+    def stale() -> bool:
+        asked.append(True)
+        return False
+
+    assert copy_checkpoint(spec, "u", 0, 1, still_current=stale) == "stale"
+    assert asked and content(member) == "member"
+    assert sorted(p.name for p in member.parent.iterdir()) == [member.name]  # no leftovers
+    assert copy_checkpoint(spec, "u", 0, 1, still_current=lambda: True) == "copied"
+    assert content(member) == "donor"
+    assert copy_checkpoint(spec, "u", 2, 1, still_current=lambda: True) == "missing"
 
 
 @pytest.mark.slow

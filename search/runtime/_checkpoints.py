@@ -424,9 +424,10 @@ def copy_checkpoint(
 
     The source's owner may be writing it meanwhile: the copy is of one version whole (every
     file is opened before any is read, see ``_opened``), and the target is replaced in one step.
-    ``still_current`` is asked once that version is pinned (opened, or downloaded), before
-    anything is written: False means it may be newer than the one the caller decided on, and
-    nothing is written ("stale").
+    ``still_current`` is asked once that version is pinned (opened, or downloaded) and, on a
+    file system, written beside the target, just before it replaces the target (in a bucket,
+    before the upload): False means the version may be newer than the one the caller decided
+    on, and the target is left as it was ("stale").
     In a bucket, the source object is downloaded and uploaded under the target's key; the
     target's claimer then fetches it as any trial fetches its slot's checkpoint.
     """
@@ -450,13 +451,17 @@ def copy_checkpoint(
         return "copied"
     try:
         with _opened(source) as (_, opened):
-            if not still_current():
-                return "stale"
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            _write_copy(opened, target)
+            _write_copy(opened, target, still_current)
     except FileNotFoundError:
         return "missing"
+    except _Stale:
+        return "stale"
     return "copied"
+
+
+class _Stale(Exception):
+    """A copy's source may be newer than the version decided on: the target stays as it was."""
 
 
 def _cache_root(path: str) -> str:
@@ -465,13 +470,20 @@ def _cache_root(path: str) -> str:
     return folder
 
 
-def _write_copy(opened: BinaryIO | dict[str, BinaryIO], target: str) -> None:
-    """Write an opened checkpoint (a file, or a folder's files) in place of ``target``."""
+def _write_copy(
+    opened: BinaryIO | dict[str, BinaryIO], target: str, still_current: Callable[[], bool]
+) -> None:
+    """Write an opened checkpoint (a file, or a folder's files) beside ``target``, then, if
+    ``still_current()``, in its place (else raise ``_Stale``): asked last, so that the moment
+    between the question and the swap is short however large the checkpoint."""
     if not isinstance(opened, dict):
-        if os.path.isdir(target):  # a file cannot replace a folder in one step
-            shutil.rmtree(target)
-        with replacing(target) as partial, open(partial, "wb") as out:
-            shutil.copyfileobj(opened, out)
+        with replacing(target) as partial:
+            with open(partial, "wb") as out:
+                shutil.copyfileobj(opened, out)
+            if not still_current():
+                raise _Stale
+            if os.path.isdir(target):  # a file cannot replace a folder in one step
+                shutil.rmtree(target)
         return
     staging = tempfile.mkdtemp(dir=os.path.dirname(target), prefix=".copy-")
     try:
@@ -480,8 +492,10 @@ def _write_copy(opened: BinaryIO | dict[str, BinaryIO], target: str) -> None:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as out:
                 shutil.copyfileobj(handle, out)
+        if not still_current():
+            raise _Stale
         # A folder cannot replace a file or a folder in one step: nobody trains this slot while
-        # its continuation waits to be claimed, and a copy cut short here is made again.
+        # its continuation is not queued, and a copy cut short here is made again.
         if os.path.isdir(target):
             shutil.rmtree(target)
         elif os.path.exists(target):
