@@ -419,6 +419,95 @@ def test_a_worker_deciding_late_never_copies_weights_the_donor_trained_since(
         assert copied == f"slot {donor} after {INTERVAL} epochs", member
 
 
+def _population_at_interval_end(tmp_path: Path, name: str, *, running: int | None = None) -> Any:
+    """A study whose members reported the first interval's end (slot ``s`` scoring ``s``: slot 0
+    is the best, minimized), each with its own ``lr`` and checkpoint; all paused but
+    ``running``, which has reported and not paused yet."""
+    url = f"sqlite:///{tmp_path / 'hpsearch.db'}"
+    create_study(load_spec_file(str(_write(tmp_path, name))), url)
+    loaded = load_study(name, url)
+    storage, step = loaded.study._storage, INTERVAL - 1
+    lr = FloatDistribution(1e-4, 1.0, log=True)
+    for trial in loaded.study.get_trials(states=(TrialState.WAITING,)):
+        slot = int(trial.system_attrs[SLOT])
+        storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING)
+        storage.set_trial_param(trial._trial_id, "lr", 0.001 * (slot + 1), lr)
+        storage.set_trial_intermediate_value(trial._trial_id, step, float(slot))
+        path = Path(checkpoint_path(loaded.spec, slot, str(loaded.study.user_attrs[UID_ATTR])))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"slot {slot}")
+        if slot != running:
+            storage.set_trial_system_attr(trial._trial_id, PAUSED, [trial.number, step])
+            storage.set_trial_state_values(trial._trial_id, TrialState.PRUNED)
+    return loaded
+
+
+def _continuations(study: optuna.Study) -> dict[int, FrozenTrial]:
+    return {
+        int(t.system_attrs[SLOT]): t for t in study.get_trials() if PROMOTED_FROM in t.system_attrs
+    }
+
+
+def test_no_member_is_decided_while_one_that_reported_the_interval_has_not_paused(
+    tmp_path: Path,
+) -> None:
+    """A member between its report and its pause (a loaded machine, a slow end) holds the
+    decision back: decided without it, its donor would be queued on, and the member, paused
+    later, could no longer take the weights it was ranked against (CI saw it start over)."""
+    worst = POPULATION - 1
+    loaded = _population_at_interval_end(tmp_path, "waits", running=worst)
+    study, spec, uid = loaded.study, loaded.spec, str(loaded.study.user_attrs[UID_ATTR])
+    assert not continue_members(study, loaded.storage, spec, uid, last=False)
+    assert not _continuations(study)
+    assert Path(checkpoint_path(spec, worst, uid)).read_text() == f"slot {worst}"
+    (running,) = study.get_trials(states=(TrialState.RUNNING,))
+    storage = study._storage
+    storage.set_trial_system_attr(running._trial_id, PAUSED, [running.number, INTERVAL - 1])
+    storage.set_trial_state_values(running._trial_id, TrialState.PRUNED)
+    assert continue_members(study, loaded.storage, spec, uid, last=False)
+    continuations = _continuations(study)
+    assert sorted(continuations) == list(range(POPULATION))
+    donor = continuations[worst].system_attrs[EXPLOIT_FROM]
+    assert Path(checkpoint_path(spec, worst, uid)).read_text() == f"slot {donor}"
+
+
+def test_a_member_paused_after_its_donor_went_on_keeps_its_own_weights_and_options(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The population was decided without a member (its worker died after the report; its
+    retry pauses later): no copy of the donor as it was can be made any more, so the member
+    goes on as it was, never with the donor's options over its own weights."""
+    worst = POPULATION - 1
+    loaded = _population_at_interval_end(tmp_path, "late", running=worst)
+    study, spec, uid = loaded.study, loaded.spec, str(loaded.study.user_attrs[UID_ATTR])
+    storage = study._storage
+    (dead,) = study.get_trials(states=(TrialState.RUNNING,))
+    storage.set_trial_state_values(dead._trial_id, TrialState.FAIL)
+    assert continue_members(study, loaded.storage, spec, uid, last=False)
+    assert sorted(_continuations(study)) == [s for s in range(POPULATION) if s != worst]
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=dead.params,
+            distributions=dead.distributions,
+            intermediate_values=dead.intermediate_values,
+            system_attrs={SLOT: worst, RETRY_OF: dead.number},
+        )
+    )
+    (retry,) = [t for t in study.get_trials() if RETRY_OF in t.system_attrs]
+    storage.set_trial_state_values(retry._trial_id, TrialState.RUNNING)
+    storage.set_trial_system_attr(retry._trial_id, PAUSED, [retry.number, INTERVAL - 1])
+    storage.set_trial_state_values(retry._trial_id, TrialState.PRUNED)
+    with caplog.at_level("WARNING", logger="hpsearch.worker"):
+        assert continue_members(study, loaded.storage, spec, uid, last=False)
+    continuation = _continuations(study)[worst]
+    assert continuation.system_attrs[PROMOTED_FROM] == retry.number
+    assert EXPLOIT_FROM not in continuation.system_attrs
+    assert continuation.params == dead.params
+    assert Path(checkpoint_path(spec, worst, uid)).read_text() == f"slot {worst}"
+    assert "goes on from its own weights and options" in caplog.text
+
+
 @pytest.mark.parametrize("sharded", [False, True])
 def test_an_exploit_copy_found_stale_leaves_the_target_as_it_was(
     tmp_path: Path, sharded: bool

@@ -4,7 +4,7 @@ A member is a budget slot: its configuration trains in intervals of ``interval_e
 end of each interval (as the engine reports that epoch, through the pruner seam) every member's
 trial ends as PRUNED, paused as an ASHA pause is (honest for Optuna, out of the samplers' way),
 and its worker takes other work: with fewer workers than members the population takes turns.
-Once every member has reported that epoch, any worker decides for all of them
+Once every member has reported that epoch and paused, any worker decides for all of them
 (:func:`continue_members`): the bottom ``quantile`` *exploits*, copying the checkpoint (weights,
 optimizer, schedule: a file, a folder of shards, in a folder or a bucket) of a member drawn from
 the top ``quantile`` over its own while every member of that epoch is still paused, and
@@ -116,7 +116,7 @@ def continue_members(
     *,
     last: bool,
 ) -> bool:
-    """Decide for the members paused at an interval's end once every member has reached it
+    """Decide for the members paused at an interval's end once every member has paused there
     (``last``: nothing else is left to run, so decide with those that did): the bottom
     ``quantile`` takes a top member's weights and explored options, the others go on as they
     were. Enqueues each decision's continuation, once however many workers decide at the same
@@ -137,8 +137,11 @@ def continue_members(
     added = False
     for step in sorted({step for _, step in paused}):
         values = rung_values(trials, step)
-        if len(values) < schedule.population and not last:
-            continue  # members still on their way to this epoch
+        if not last and (len(values) < schedule.population or _on_their_way(trials, step)):
+            # Members still on their way to this epoch's pause. Deciding without one that has
+            # reported but not paused yet would queue its donor on: by the time it paused, the
+            # donor's checkpoint would no longer be the one it was ranked by.
+            continue
         bottom, top = quantiles(values, schedule.quantile, maximize=maximize)
         decided = [
             (trial, _rng(seed, _slot(trial), step).choice(top) if _slot(trial) in bottom else None)
@@ -146,19 +149,44 @@ def continue_members(
             if at == step
         ]
         # The copies first, while every member of this epoch is paused: a donor's checkpoint
-        # is still the one it was ranked by (its own continuation is not queued yet).
-        for trial, donor in decided:
-            if donor is not None and not _enqueued(study, _slot(trial), step):
-                _copy(spec, study_uid, study, trial, donor, step)
+        # is still the one it was ranked by (its own continuation is not queued yet). A member
+        # whose copy cannot be made goes on as it was: its own weights, its own options.
+        decided = [
+            (trial, donor)
+            if donor is None
+            or _enqueued(study, _slot(trial), step)
+            or _copy(spec, study_uid, study, trial, donor, step)
+            else (trial, None)
+            for trial, donor in decided
+        ]
         for trial, donor in decided:
             source = latest[_slot(trial) if donor is None else donor]
             added = _enqueue(study, storage, schedule, seed, trial, step, source) or added
     return added
 
 
+def _on_their_way(trials: Sequence[FrozenTrial], step: int) -> bool:
+    """Whether a member has reported ``step`` and not paused there yet: its trial still runs
+    (between the report and its end), or its retry waits. A continuation after ``step`` starts
+    with that report, copied: it is on its way to the next interval."""
+    return any(
+        trial.state in (TrialState.RUNNING, TrialState.WAITING)
+        and trial.system_attrs.get(SLOT) is not None
+        and trial.last_step == step
+        and trial.system_attrs.get(EXPLOIT_STEP) != step
+        for trial in trials
+    )
+
+
 def _key(member: int, step: int) -> str:
     """The study attribute that marks a member's continuation after ``step`` as queued."""
     return f"{PROMOTED}{member}:pbt{step}"
+
+
+def _copied_key(member: int, step: int) -> str:
+    """The study attribute that marks the donor's weights as copied to a member after ``step``
+    (written before any continuation of that epoch is queued)."""
+    return f"{_key(member, step)}:copied"
 
 
 def _enqueued(study: optuna.Study, member: int, step: int) -> bool:
@@ -173,7 +201,9 @@ def _copy(
     paused: FrozenTrial,
     donor: int,
     step: int,
-) -> None:
+) -> bool:
+    """Copy the donor's checkpoint over the member's paused one; whether the member takes the
+    donor's weights (copied now or by another worker), else it goes on from its own."""
     member = _slot(paused)
 
     def still_current() -> bool:
@@ -185,15 +215,27 @@ def _copy(
         return not (_enqueued(study, donor, step) or _enqueued(study, member, step))
 
     outcome = copy_checkpoint(spec, study_uid, donor, member, still_current=still_current)
-    if outcome == "missing":
-        log.warning(
-            "slot %d has no checkpoint for slot %d to take at epoch %d; slot %d goes on from "
-            "its own",
-            donor,
-            member,
-            step + 1,
-            member,
-        )
+    storage = storage_of(study)
+    if outcome == "copied":
+        storage.set_study_system_attr(study_id_of(study), _copied_key(member, step), donor)
+        return True
+    if outcome == "stale" and _copied_key(member, step) in storage.get_study_system_attrs(
+        study_id_of(study)
+    ):
+        return True  # another worker copied first, and queues the member with the donor's
+    # No copy, and none will be made: the donor has no checkpoint, or it went on before this
+    # member paused (it was decided without it: a retry that came late).
+    why = "has no checkpoint" if outcome == "missing" else "went on before it paused"
+    log.warning(
+        "slot %d cannot take slot %d's weights at epoch %d (slot %d %s); it goes on from its "
+        "own weights and options",
+        member,
+        donor,
+        step + 1,
+        donor,
+        why,
+    )
+    return False
 
 
 def _enqueue(
