@@ -371,19 +371,9 @@ def test_a_worker_deciding_late_never_copies_weights_the_donor_trained_since(
     """Two workers decide an interval at once. The one that read the queue before the other
     enqueued copies last, when a donor's continuation may have trained on: that copy must not
     land, or a member resumes from weights its curve never reported (the lost epochs)."""
-    url = f"sqlite:///{tmp_path / 'hpsearch.db'}"
-    create_study(load_spec_file(str(_write(tmp_path, "late"))), url)
-    loaded = load_study("late", url)
-    study, spec, uid = loaded.study, loaded.spec, str(loaded.study.user_attrs[UID_ATTR])
-    step = INTERVAL - 1
-    storage = study._storage
     # Every member paused at the first interval's end; slot 0 is the best (minimize).
-    for trial in study.get_trials(states=(TrialState.WAITING,)):
-        slot = int(trial.system_attrs[SLOT])
-        storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING)
-        storage.set_trial_intermediate_value(trial._trial_id, step, float(slot))
-        storage.set_trial_system_attr(trial._trial_id, PAUSED, [trial.number, step])
-        storage.set_trial_state_values(trial._trial_id, TrialState.PRUNED)
+    loaded = _population_at_interval_end(tmp_path, "late")
+    study, spec, uid = loaded.study, loaded.spec, str(loaded.study.user_attrs[UID_ATTR])
 
     def train(slots: Iterable[int], epochs: int) -> None:
         for slot in slots:

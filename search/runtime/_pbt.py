@@ -151,14 +151,14 @@ def continue_members(
         # The copies first, while every member of this epoch is paused: a donor's checkpoint
         # is still the one it was ranked by (its own continuation is not queued yet). A member
         # whose copy cannot be made goes on as it was: its own weights, its own options.
-        decided = [
-            (trial, donor)
-            if donor is None
-            or _enqueued(study, _slot(trial), step)
-            or _copy(spec, study_uid, study, trial, donor, step)
-            else (trial, None)
-            for trial, donor in decided
-        ]
+        for index, (trial, donor) in enumerate(decided):
+            if (
+                donor is not None
+                and not _enqueued(study, _slot(trial), step)
+                and not _copy(spec, study_uid, study, trial, donor, step)
+            ):
+                decided[index] = (trial, None)
+        # Then the continuations.
         for trial, donor in decided:
             source = latest[_slot(trial) if donor is None else donor]
             added = _enqueue(study, storage, schedule, seed, trial, step, source) or added
@@ -189,9 +189,12 @@ def _copied_key(member: int, step: int) -> str:
     return f"{_key(member, step)}:copied"
 
 
+def _marked(study: optuna.Study, key: str) -> bool:
+    return key in storage_of(study).get_study_system_attrs(study_id_of(study))
+
+
 def _enqueued(study: optuna.Study, member: int, step: int) -> bool:
-    attrs = storage_of(study).get_study_system_attrs(study_id_of(study))
-    return _key(member, step) in attrs
+    return _marked(study, _key(member, step))
 
 
 def _copy(
@@ -215,13 +218,12 @@ def _copy(
         return not (_enqueued(study, donor, step) or _enqueued(study, member, step))
 
     outcome = copy_checkpoint(spec, study_uid, donor, member, still_current=still_current)
-    storage = storage_of(study)
     if outcome == "copied":
-        storage.set_study_system_attr(study_id_of(study), _copied_key(member, step), donor)
+        storage_of(study).set_study_system_attr(
+            study_id_of(study), _copied_key(member, step), donor
+        )
         return True
-    if outcome == "stale" and _copied_key(member, step) in storage.get_study_system_attrs(
-        study_id_of(study)
-    ):
+    if outcome == "stale" and _marked(study, _copied_key(member, step)):
         return True  # another worker copied first, and queues the member with the donor's
     # No copy, and none will be made: the donor has no checkpoint, or it went on before this
     # member paused (it was decided without it: a retry that came late).
