@@ -201,7 +201,32 @@ def create_schema(
                 raw.cursor().execute("PRAGMA journal_mode=WAL")
             finally:
                 raw.close()
+    elif dialect_of(url) == "mysql":
+        _keep_fractional_seconds(storage.engine, url)
     return storage
+
+
+# Optuna's schema declares trial times as DATETIME, which MySQL and MariaDB store to the whole
+# second: a trial's device-seconds (compute budgets, reports) would lose up to a second each,
+# and a trial's times would not read back as written. DATETIME(6) keeps microseconds; the
+# column stays a DATETIME to Optuna and its migrations. Rebuilt only once: altering the type
+# copies the table.
+_TRIAL_TIMES = ("datetime_start", "datetime_complete")
+
+
+def _keep_fractional_seconds(engine: sqlalchemy.engine.Engine, url: str) -> None:
+    with translate_errors(url), engine.begin() as connection:
+        coarse = connection.execute(
+            sqlalchemy.text(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+                "DATABASE() AND table_name = 'trials' AND column_name IN :names "
+                "AND COALESCE(datetime_precision, 0) < 6"
+            ).bindparams(sqlalchemy.bindparam("names", expanding=True)),
+            {"names": list(_TRIAL_TIMES)},
+        ).scalars()
+        changes = [f"MODIFY {name} DATETIME(6) NULL" for name in sorted(set(coarse))]
+        if changes:
+            connection.exec_driver_sql(f"ALTER TABLE trials {', '.join(changes)}")
 
 
 # SQLite, MySQL and PostgreSQL words for "the table is not there".

@@ -86,25 +86,6 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> ResilientRDBStora
     return _emptied(request.getfixturevalue("server_storages")[request.param])
 
 
-# Times on MySQL are stored to the second (Optuna's schema declares DATETIME without fractional
-# seconds), so these fail with Optuna's own RDBStorage on MariaDB as well: strict, so that the
-# marker goes when a schema change fixes them.
-SECOND_PRECISION_ON_MYSQL = {
-    "test_create_new_trial[mysql]",
-    "test_create_new_trial_with_template_trial[mysql-start_time0-complete_time0]",
-    "test_get_trial[mysql]",
-    "test_get_all_trials[mysql]",
-}
-
-
-@pytest.fixture(autouse=True)
-def _times_to_the_second_on_mysql(request: pytest.FixtureRequest) -> None:
-    if request.node.name in SECOND_PRECISION_ON_MYSQL:
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="MySQL DATETIME keeps whole seconds")
-        )
-
-
 class TestOptunasStorageContract(StorageTestCase):
     """Every test of Optuna's storage contract that involves trials, on each database. Study
     calls go through Optuna's own code unchanged: their tests are left to Optuna."""
@@ -161,3 +142,48 @@ def test_our_trial_reads_equal_optunas_own(storage: ResilientRDBStorage) -> None
     assert abs(ours.datetime_complete - dt.datetime.now()) < dt.timedelta(minutes=5), (
         "trial times are local time, as Optuna hands them out"
     )
+
+
+def test_trial_times_keep_microseconds_on_mysql_also_in_a_schema_optuna_created() -> None:
+    """Optuna declares trial times DATETIME, whole seconds on MySQL; ``create_schema`` widens
+    them (once) to DATETIME(6), also in a database whose schema Optuna's own storage made."""
+    admin = sqlalchemy.create_engine(SERVER_URLS["mysql"], isolation_level="AUTOCOMMIT")
+    name = f"{CONFORMANCE_DB}_times"
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        connection.exec_driver_sql(f"CREATE DATABASE {name}")
+    url = sqlalchemy.make_url(SERVER_URLS["mysql"]).set(database=name)
+    url_text = url.render_as_string(hide_password=False)
+
+    def precisions() -> dict[str, int]:
+        with admin.connect() as connection:
+            rows = connection.exec_driver_sql(
+                "SELECT column_name, datetime_precision FROM information_schema.columns "
+                f"WHERE table_schema = '{name}' AND table_name = 'trials' "
+                "AND column_name LIKE 'datetime_%%'"
+            )
+            return {str(column): int(precision) for column, precision in rows}
+
+    try:
+        optuna.storages.RDBStorage(url_text).engine.dispose()
+        assert precisions() == {"datetime_start": 0, "datetime_complete": 0}
+        for _ in range(2):  # the second call finds nothing to widen
+            storage = create_schema(url_text)
+            assert precisions() == {"datetime_start": 6, "datetime_complete": 6}
+        study_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE])
+        start = dt.datetime(2026, 1, 2, 3, 4, 5, 678901)
+        trial = optuna.trial.create_trial(
+            state=TrialState.COMPLETE, value=1.0, params={}, distributions={}
+        )
+        trial.datetime_start, trial.datetime_complete = start, start + dt.timedelta(seconds=0.25)
+        trial_id = storage.create_new_trial(study_id, template_trial=trial)
+        read = storage.get_trial(trial_id)
+        assert (read.datetime_start, read.datetime_complete) == (
+            start,
+            start + dt.timedelta(seconds=0.25),
+        )
+        storage.engine.dispose()
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        admin.dispose()
