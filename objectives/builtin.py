@@ -86,17 +86,18 @@ def train_builtin(
     context = current_context()
     trained = trial
     built: list[nn.Module] = []
+    amp = TrainConfig.from_options(options).amp
     if context.prunes and len(context.metrics) > 1:
-        # The Pareto pruner compares the size and latency the recipe fixes from the first epoch,
-        amp = TrainConfig.from_options(options).amp
+        # The Pareto pruner compares the size and latency the recipe fixes from the first epoch.
         untrained = build_model(model_kind, data, options).to(device)
         report_fixed(trial, fixed_measurements(untrained, data, recipe, amp=amp))
-        if recipe != CompressionRecipe() and distributed_rank()[1] == 1:
-            # and the accuracy the model would have compressed now (on one device: a DDP
-            # trial's ranks report the uncompressed accuracy).
-            trained = _CompressedReports(
-                trial, lambda: compressed_accuracy(built[-1], data, recipe, amp=amp)
-            )
+    if context.prunes and recipe != CompressionRecipe() and distributed_rank()[1] == 1:
+        # Any pruner (or schedule) of a compression study compares the accuracy the model
+        # would have compressed now, as the study's value is the compressed model's (on one
+        # device: a DDP trial's ranks report the uncompressed accuracy).
+        trained = _CompressedReports(
+            trial, lambda: compressed_accuracy(built[-1], data, recipe, amp=amp)
+        )
 
     def model(o: Mapping[str, Any]) -> nn.Module:
         built.append(build_model(model_kind, data, o))

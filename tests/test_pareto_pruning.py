@@ -317,14 +317,23 @@ def _volume(points: list[tuple[float, float]], every: list[tuple[float, float]])
     return hypervolume(scaled, [1.1, 1.1])
 
 
+@pytest.mark.parametrize(
+    ("metrics", "pruner"),
+    [
+        ('["val_accuracy", "size_bytes", "latency_ms"]', "pareto"),
+        # One metric: the median pruner, like ASHA, ranks trials by the compressed accuracy.
+        ('["val_accuracy"]', "median"),
+    ],
+)
 def test_a_pruned_compression_study_reports_the_compressed_models_accuracy(
-    tmp_path: Path,
+    tmp_path: Path, metrics: str, pruner: str
 ) -> None:
     """The built-in's reports in a pruned compression study are the accuracy of the model
     compressed at that epoch: a trial without fine-tuning ends with its last report."""
     text = (ROOT / "studies" / "digits-compress.toml").read_text()
     text = text.replace("n_trials = 60", "n_trials = 6").replace("epochs = 6", "epochs = 2")
-    text = text.replace('name = "none"                 # Optuna', 'name = "pareto"  # Optuna')
+    text = text.replace('["val_accuracy", "size_bytes", "latency_ms"]', metrics)
+    text = text.replace('name = "none"                 # Optuna', f'name = "{pruner}"  # Optuna')
     head, _, tail = text.partition("[space.finetune_epochs]")
     text = head + tail.partition("[space.quantize]")[1] + tail.partition("[space.quantize]")[2]
     path = tmp_path / "compress.toml"
@@ -335,7 +344,7 @@ def test_a_pruned_compression_study_reports_the_compressed_models_accuracy(
     compressed = [t for t in complete if t.params["prune_structured"] > 0.2]
     assert compressed, "no trial compressed its model much: the test proves nothing"
     for trial in complete:
-        reported = curve(trial)
+        reported = curve(trial) if pruner == "pareto" else trial.intermediate_values
         assert sorted(reported) == [0, 1]
         assert reported[1] == pytest.approx(trial.values[0], abs=1e-9)
 
