@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
 import warnings
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from hpsearch.errors import HpsearchError, MissingSchemaError, StorageError
 from hpsearch.storage._hot_path import READ_ONLY
 from hpsearch.storage._resilient import ResilientRDBStorage
 from hpsearch.storage._url import ENV_VAR, dialect_of, is_proxy_url, redact_text, redact_url
+
+log = logging.getLogger("hpsearch.storage")
 
 SUPPORTED = "sqlite:///FILE, postgresql+psycopg://USER:PW@HOST/DB, mysql+pymysql://USER:PW@HOST/DB"
 
@@ -212,21 +215,36 @@ def create_schema(
 # column stays a DATETIME to Optuna and its migrations. Rebuilt only once: altering the type
 # copies the table.
 _TRIAL_TIMES = ("datetime_start", "datetime_complete")
+_ALTER_DENIED = 1142  # MySQL's and MariaDB's ER_TABLEACCESS_DENIED_ERROR
 
 
 def _keep_fractional_seconds(engine: sqlalchemy.engine.Engine, url: str) -> None:
-    with translate_errors(url), engine.begin() as connection:
-        coarse = connection.execute(
-            sqlalchemy.text(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = "
-                "DATABASE() AND table_name = 'trials' AND column_name IN :names "
-                "AND COALESCE(datetime_precision, 0) < 6"
-            ).bindparams(sqlalchemy.bindparam("names", expanding=True)),
-            {"names": list(_TRIAL_TIMES)},
-        ).scalars()
-        changes = [f"MODIFY {name} DATETIME(6) NULL" for name in sorted(set(coarse))]
-        if changes:
-            connection.exec_driver_sql(f"ALTER TABLE trials {', '.join(changes)}")
+    with translate_errors(url):
+        with engine.connect() as connection:
+            coarse = connection.execute(
+                sqlalchemy.text(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+                    "DATABASE() AND table_name = 'trials' AND column_name IN :names "
+                    "AND COALESCE(datetime_precision, 0) < 6"
+                ).bindparams(sqlalchemy.bindparam("names", expanding=True)),
+                {"names": list(_TRIAL_TIMES)},
+            ).scalars()
+            changes = [f"MODIFY {name} DATETIME(6) NULL" for name in sorted(set(coarse))]
+        if not changes:
+            return
+        try:
+            with engine.begin() as connection:  # DDL: MySQL commits it by itself
+                connection.exec_driver_sql(f"ALTER TABLE trials {', '.join(changes)}")
+        except sqlalchemy.exc.DBAPIError as err:
+            if getattr(err.orig, "args", (None,))[0] != _ALTER_DENIED:
+                raise
+            # A user without ALTER on a schema an administrator made still creates studies.
+            log.warning(
+                "trial times on %s stay whole seconds (Optuna's DATETIME): this database user "
+                "may not ALTER the trials table; an administrator can run: ALTER TABLE trials %s",
+                redact_url(url),
+                ", ".join(changes),
+            )
 
 
 # SQLite, MySQL and PostgreSQL words for "the table is not there".

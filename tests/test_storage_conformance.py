@@ -187,3 +187,39 @@ def test_trial_times_keep_microseconds_on_mysql_also_in_a_schema_optuna_created(
         with admin.connect() as connection:
             connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
         admin.dispose()
+
+
+def test_a_database_user_without_alter_still_creates_studies_on_mysql(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Widening the trial times needs ALTER: a user without it, on a schema an administrator
+    made with Optuna, creates its study all the same and is told what an administrator can run
+    (its password never shown)."""
+    admin = sqlalchemy.create_engine(SERVER_URLS["mysql"], isolation_level="AUTOCOMMIT")
+    name, user, secret = f"{CONFORMANCE_DB}_noalter", "hpsearch_noalter", "s3cret-pw"
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        connection.exec_driver_sql(f"CREATE DATABASE {name}")
+        connection.exec_driver_sql(f"DROP USER IF EXISTS '{user}'@'%%'")
+        connection.exec_driver_sql(f"CREATE USER '{user}'@'%%' IDENTIFIED BY '{secret}'")
+        connection.exec_driver_sql(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {name}.* TO '{user}'@'%%'"
+        )
+    owner = sqlalchemy.make_url(SERVER_URLS["mysql"]).set(database=name)
+    limited = owner.set(username=user, password=secret).render_as_string(hide_password=False)
+    try:
+        optuna.storages.RDBStorage(owner.render_as_string(hide_password=False)).engine.dispose()
+        with caplog.at_level("WARNING", logger="hpsearch.storage"):
+            storage = create_schema(limited)
+        study_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "s")
+        assert storage.get_study_id_from_name("s") == study_id
+        storage.engine.dispose()
+        [warning] = [r.getMessage() for r in caplog.records if r.name == "hpsearch.storage"]
+        assert "stay whole seconds" in warning
+        assert "ALTER TABLE trials MODIFY datetime_complete DATETIME(6) NULL" in warning
+        assert secret not in warning and "***" in warning
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+            connection.exec_driver_sql(f"DROP USER IF EXISTS '{user}'@'%%'")
+        admin.dispose()
