@@ -287,6 +287,12 @@ def describe_driver_error(url: str, err: BaseException) -> str:
             f"The database refused the credentials in {where} ({first_line}); "
             "check the user and password (e.g. in $HPSEARCH_STORAGE)."
         )
+    if "command denied" in lowered or "permission denied" in lowered:
+        return (
+            f"The database user in {where} lacks a privilege this needs ({first_line}); grant it "
+            "(hpsearch create makes tables: CREATE, ALTER; workers read and write rows), or "
+            "use a user that has it."
+        )
     if "unknown database" in lowered or ("database" in lowered and "does not exist" in lowered):
         return f"The database in {where} does not exist ({first_line}); create it first."
     if _is_missing_schema(err):

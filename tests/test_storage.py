@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import sqlalchemy
 
@@ -13,6 +15,9 @@ from hpsearch.storage import (
     redact_url,
     resolve_storage_url,
 )
+from tests.conftest import SERVER_URLS
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_resolution_order(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,3 +122,52 @@ def test_a_missing_dependency_is_named_as_an_install_problem() -> None:
     message = describe_driver_error("postgresql+psycopg://hp:s3cret@127.0.0.1/hpo", err)
     assert "'optuna_dashboard', which hpsearch needs, is missing" in message
     assert "pip install" in message and "s3cret" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])
+def test_a_user_without_the_privilege_to_make_tables_is_told_so_in_one_line(
+    capsys: pytest.CaptureFixture[str], backend: str
+) -> None:
+    """Not "cannot reach the database": the server answered, and refused the statement."""
+    admin = sqlalchemy.create_engine(SERVER_URLS[backend], isolation_level="AUTOCOMMIT")
+    name, user, secret = "hpsearch_unprivileged", "hpsearch_reader", "s3cret"
+    statements = {
+        "postgresql": [
+            f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
+            f"DROP ROLE IF EXISTS {user}",
+            f"CREATE DATABASE {name}",
+            f"CREATE ROLE {user} LOGIN PASSWORD '{secret}'",  # no CREATE on schema public
+        ],
+        "mysql": [
+            f"DROP DATABASE IF EXISTS {name}",
+            f"DROP USER IF EXISTS '{user}'@'%%'",
+            f"CREATE DATABASE {name}",
+            f"CREATE USER '{user}'@'%%' IDENTIFIED BY '{secret}'",
+            f"GRANT SELECT ON {name}.* TO '{user}'@'%%'",
+        ],
+    }[backend]
+    with admin.connect() as connection:
+        for statement in statements:
+            connection.exec_driver_sql(statement)
+    url = sqlalchemy.make_url(SERVER_URLS[backend]).set(
+        database=name, username=user, password=secret
+    )
+    try:
+        code = main(
+            [
+                "create",
+                str(ROOT / "studies" / "digits.toml"),
+                "--storage",
+                url.render_as_string(hide_password=False),
+            ]
+        )
+        out, err = capsys.readouterr()
+        assert code == 2
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert "lacks a privilege" in err and f"{user}:***@" in err, err
+        assert secret not in err + out
+    finally:
+        with admin.connect() as connection:
+            for statement in statements[:2]:
+                connection.exec_driver_sql(statement)
+        admin.dispose()
