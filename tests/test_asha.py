@@ -361,6 +361,8 @@ def test_a_study_pauses_promotes_and_keeps_its_budget_on_every_backend(
         paused = by_number[promoted_from(continuation)]  # type: ignore[index]
         assert paused.state == TrialState.PRUNED and paused_rung(paused) is not None
         assert continuation.params == paused.params
+        # Its log line names the paused trial it resumes.
+        assert f"trial {continuation.number} (resumes trial {paused.number}) " in log
         # The continuation holds the curve so far and goes on from its rung's checkpoint.
         rung_epoch = max(paused.intermediate_values) + 1
         assert {k: v for k, v in continuation.intermediate_values.items() if k < rung_epoch} == (

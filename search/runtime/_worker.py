@@ -246,23 +246,21 @@ def run_trial(
         took = time.monotonic() - started
         if rung is not None and isinstance(spec.scheduler, PbtSchedule):
             log.info(
-                "trial %d ends its interval at epoch %d in %.1fs: it waits for the population",
-                frozen.number,
+                "%s ends its interval at epoch %d in %.1fs: it waits for the population",
+                _label(frozen),
                 rung + 1,
                 took,
             )
         elif rung is not None:
             log.info(
-                "trial %d paused at rung %d (epoch %d) in %.1fs",
-                frozen.number,
+                "%s paused at rung %d (epoch %d) in %.1fs",
+                _label(frozen),
                 rung,
                 (frozen.last_step or 0) + 1,
                 took,
             )
         elif state == TrialState.PRUNED:
-            log.info(
-                "trial %d pruned in %.1fs: %s", frozen.number, took, reason or _pruned_at(frozen)
-            )
+            log.info("%s pruned in %.1fs: %s", _label(frozen), took, reason or _pruned_at(frozen))
         else:
             shown = (
                 ""
@@ -271,8 +269,15 @@ def run_trial(
                     f"{m}={v:.6g}" for m, v in zip(spec.metrics, frozen.values, strict=True)
                 )
             )
-            log.info("trial %d %s %s in %.1fs", frozen.number, state.name.lower(), shown, took)
+            log.info("%s %s %s in %.1fs", _label(frozen), state.name.lower(), shown, took)
     return Outcome(state, error)
+
+
+def _label(trial: FrozenTrial) -> str:
+    """``trial N``; a continuation names the paused trial it resumes, so that a configuration's
+    log lines read as one story across its pauses."""
+    resumed = promoted_from(trial)
+    return f"trial {trial.number}" + ("" if resumed is None else f" (resumes trial {resumed})")
 
 
 def _pruned_at(trial: FrozenTrial) -> str:
