@@ -219,6 +219,7 @@ def study_summaries(url: str) -> list[dict[str, Any]]:
                     "failed": state.failed,
                     "running": state.running,
                     "waiting": state.waiting,
+                    "paused": state.paused,  # at a rung (ASHA) or between intervals (PBT)
                     "best_value": best,
                 }
             )

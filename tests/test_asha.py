@@ -407,6 +407,18 @@ def test_a_study_pauses_promotes_and_keeps_its_budget_on_every_backend(
         assert (
             f"{n_trials}/{n_trials} trials (0 pruned, 0 failed, {len(still_paused)} paused)" in line
         )
+    # studies: a paused configuration's slot is done, and counted as paused.
+    listing = subprocess.run(
+        [*hpsearch_command(), "studies", "--storage", storage_url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert listing[0].split() == [
+        "study", "objective", "done", "pruned", "paused", "failed", "running", "best"
+    ]  # fmt: skip
+    [row] = [line.split() for line in listing[1:] if line.split()[0] == study_name]
+    assert row[2:7] == [f"{n_trials}/{n_trials}", "0", str(len(still_paused)), "0", "0"], row
 
 
 @pytest.mark.slow

@@ -213,14 +213,22 @@ def cmd_studies(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no studies in {redact_url(url)}")
         return 0
-    header = f"{'study':<28} {'objective':<20} {'done':>9} {'pruned':>6} {'failed':>6} {'running':>7}  best"
-    print(header)
+    # Columns as wide as their longest entry: a module path names many objectives.
+    names = max(len("study"), *(len(row["study"]) for row in rows))
+    objectives = max(len("objective"), *(len(str(row["objective"] or "-")) for row in rows))
+    print(
+        f"{'study':<{names}}  {'objective':<{objectives}} {'done':>9} {'pruned':>6} "
+        f"{'paused':>6} {'failed':>6} {'running':>7}  best"
+    )
     for row in rows:
-        done = f"{row['complete'] + row['pruned'] + row['failed']}/{row['budget']}"
+        # A slot is done once its configuration ended: complete, pruned, failed, or paused
+        # and never promoted (the study's budget counts it so too).
+        used = row["complete"] + row["pruned"] + row["paused"] + row["failed"]
+        done = f"{used}/{row['budget']}"
         best = "-" if row["best_value"] is None else f"{row['best_value']:.6g}"
         print(
-            f"{row['study']:<28} {row['objective'] or '-'!s:<20} {done:>9} {row['pruned']:>6} "
-            f"{row['failed']:>6} {row['running']:>7}  {best}"
+            f"{row['study']:<{names}}  {row['objective'] or '-'!s:<{objectives}} {done:>9} "
+            f"{row['pruned']:>6} {row['paused']:>6} {row['failed']:>6} {row['running']:>7}  {best}"
         )
     return 0
 
