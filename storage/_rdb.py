@@ -236,7 +236,7 @@ def _keep_fractional_seconds(engine: sqlalchemy.engine.Engine, url: str) -> None
             with engine.begin() as connection:  # DDL: MySQL commits it by itself
                 connection.exec_driver_sql(f"ALTER TABLE trials {', '.join(changes)}")
         except sqlalchemy.exc.DBAPIError as err:
-            if getattr(err.orig, "args", (None,))[0] != _ALTER_DENIED:
+            if getattr(err.orig, "args", ())[:1] != (_ALTER_DENIED,):
                 raise
             # A user without ALTER on a schema an administrator made still creates studies.
             log.warning(
