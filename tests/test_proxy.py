@@ -133,10 +133,19 @@ def test_heartbeats_pass_through_and_the_proxy_requeues_a_dead_workers_trial(
     while direct.get_trial(trial_id).state == TrialState.RUNNING:
         assert time.monotonic() < deadline, "the proxy never failed the stale trial"
         time.sleep(0.5)
-    trials = optuna.load_study(study_name=name, storage=postgres_url).get_trials()
     dead = direct.get_trial(trial_id)
     assert dead.state == TrialState.FAIL
-    retries = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    # Optuna's reaper marks the trial FAIL, then queues its retry in a call of its own: a read
+    # in between (a loaded machine) finds no retry yet.
+    while not (
+        retries := [
+            t
+            for t in optuna.load_study(study_name=name, storage=postgres_url).get_trials()
+            if t.system_attrs.get("failed_trial") == dead.number
+        ]
+    ):
+        assert time.monotonic() < deadline, "the proxy failed the stale trial but never retried it"
+        time.sleep(0.5)
     assert [t.state for t in retries] == [TrialState.WAITING]
     assert retries[0].system_attrs[SLOT] == dead.system_attrs[SLOT]
 
