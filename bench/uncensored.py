@@ -8,7 +8,12 @@ the study), so the larger run is the capped one continued: its epochs to target 
 run's, measured instead of bounded. The other seeds keep their stored figures
 (``bench/results/latest.json``, the schedules section).
 
-    .venv/bin/python -m bench.uncensored --task charlm --factor 3
+    .venv/bin/python -m bench.uncensored --task charlm --factor 3 > default.json
+    .venv/bin/python -m bench.uncensored --task charlm --method "tpe + asha (pausing)" > asha.json
+    .venv/bin/python -m bench.uncensored --compare asha.json default.json
+
+``--compare`` prints the ratio of the first method's median to the second's, with the same 95%
+percentile-bootstrap interval as the schedules table.
 """
 
 from __future__ import annotations
@@ -62,12 +67,29 @@ def uncensor(task_name: str, method_name: str, factor: int) -> dict[str, Any]:
     }
 
 
+def compare(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """median(first) / median(second), with a 95% bootstrap interval over their seeds."""
+    low, high = schedules.ratio_interval(first["epochs_to_target"], second["epochs_to_target"])
+    return {
+        "task": first["task"],
+        "methods": [first["method"], second["method"]],
+        "medians": [first["median"], second["median"]],
+        "ratio": first["median"] / second["median"],
+        "interval_95": [low, high],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="charlm", choices=[t.name for t in schedules.TASKS])
     parser.add_argument("--method", default=schedules.DEFAULT)
     parser.add_argument("--factor", type=int, default=3, help="budget multiple for the reruns")
+    parser.add_argument("--compare", nargs=2, metavar="JSON", help="two outputs of this script")
     args = parser.parse_args()
+    if args.compare:
+        first, second = (json.loads(Path(path).read_text()) for path in args.compare)
+        print(json.dumps(compare(first, second), indent=2))
+        return
     print(json.dumps(uncensor(args.task, args.method, args.factor), indent=2))
 
 
