@@ -195,7 +195,8 @@ def create_schema(
 ) -> optuna.storages.RDBStorage:
     """Create Optuna's tables (once, at study creation) and tune the database for many writers."""
     storage = open_storage(url, settings=settings, create_tables=True)
-    if dialect_of(url) == "sqlite":
+    dialect = dialect_of(url)
+    if dialect == "sqlite":
         # WAL lets workers read the study while another one writes; the mode persists in the file.
         # It must run outside a transaction, so on the raw (autocommit) driver connection.
         with translate_errors(url):
@@ -204,7 +205,7 @@ def create_schema(
                 raw.cursor().execute("PRAGMA journal_mode=WAL")
             finally:
                 raw.close()
-    elif dialect_of(url) == "mysql":
+    elif dialect == "mysql":
         _keep_fractional_seconds(storage.engine, url)
     return storage
 

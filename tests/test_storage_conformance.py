@@ -8,6 +8,7 @@ written in SQLAlchemy Core (storage/_hot_path.py) rather than through Optuna's O
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import shutil
@@ -144,28 +145,52 @@ def test_our_trial_reads_equal_optunas_own(storage: ResilientRDBStorage) -> None
     )
 
 
+@contextlib.contextmanager
+def _mysql_database(
+    name: str, *, user: tuple[str, str] | None = None
+) -> Iterator[tuple[sqlalchemy.Engine, sqlalchemy.URL]]:
+    """A MariaDB database of its own whose schema Optuna's own storage made (no hpsearch
+    widening); ``user``: (name, password) of a user who may only read and write its rows.
+    Dropped at the end, with the user."""
+    admin = sqlalchemy.create_engine(SERVER_URLS["mysql"], isolation_level="AUTOCOMMIT")
+    setup = [f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}"]
+    if user is not None:
+        setup += [
+            f"DROP USER IF EXISTS '{user[0]}'@'%%'",
+            f"CREATE USER '{user[0]}'@'%%' IDENTIFIED BY '{user[1]}'",
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {name}.* TO '{user[0]}'@'%%'",
+        ]
+    with admin.connect() as connection:
+        for statement in setup:
+            connection.exec_driver_sql(statement)
+    url = sqlalchemy.make_url(SERVER_URLS["mysql"]).set(database=name)
+    try:
+        optuna.storages.RDBStorage(url.render_as_string(hide_password=False)).engine.dispose()
+        yield admin, url
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+            if user is not None:
+                connection.exec_driver_sql(f"DROP USER IF EXISTS '{user[0]}'@'%%'")
+        admin.dispose()
+
+
 def test_trial_times_keep_microseconds_on_mysql_also_in_a_schema_optuna_created() -> None:
     """Optuna declares trial times DATETIME, whole seconds on MySQL; ``create_schema`` widens
     them (once) to DATETIME(6), also in a database whose schema Optuna's own storage made."""
-    admin = sqlalchemy.create_engine(SERVER_URLS["mysql"], isolation_level="AUTOCOMMIT")
     name = f"{CONFORMANCE_DB}_times"
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-        connection.exec_driver_sql(f"CREATE DATABASE {name}")
-    url = sqlalchemy.make_url(SERVER_URLS["mysql"]).set(database=name)
-    url_text = url.render_as_string(hide_password=False)
+    with _mysql_database(name) as (admin, url):
+        url_text = url.render_as_string(hide_password=False)
 
-    def precisions() -> dict[str, int]:
-        with admin.connect() as connection:
-            rows = connection.exec_driver_sql(
-                "SELECT column_name, datetime_precision FROM information_schema.columns "
-                f"WHERE table_schema = '{name}' AND table_name = 'trials' "
-                "AND column_name LIKE 'datetime_%%'"
-            )
-            return {str(column): int(precision) for column, precision in rows}
+        def precisions() -> dict[str, int]:
+            with admin.connect() as connection:
+                rows = connection.exec_driver_sql(
+                    "SELECT column_name, datetime_precision FROM information_schema.columns "
+                    f"WHERE table_schema = '{name}' AND table_name = 'trials' "
+                    "AND column_name LIKE 'datetime_%%'"
+                )
+                return {str(column): int(precision) for column, precision in rows}
 
-    try:
-        optuna.storages.RDBStorage(url_text).engine.dispose()
         assert precisions() == {"datetime_start": 0, "datetime_complete": 0}
         for _ in range(2):  # the second call finds nothing to widen
             storage = create_schema(url_text)
@@ -183,10 +208,6 @@ def test_trial_times_keep_microseconds_on_mysql_also_in_a_schema_optuna_created(
             start + dt.timedelta(seconds=0.25),
         )
         storage.engine.dispose()
-    finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-        admin.dispose()
 
 
 def test_a_database_user_without_alter_still_creates_studies_on_mysql(
@@ -195,20 +216,9 @@ def test_a_database_user_without_alter_still_creates_studies_on_mysql(
     """Widening the trial times needs ALTER: a user without it, on a schema an administrator
     made with Optuna, creates its study all the same and is told what an administrator can run
     (its password never shown)."""
-    admin = sqlalchemy.create_engine(SERVER_URLS["mysql"], isolation_level="AUTOCOMMIT")
     name, user, secret = f"{CONFORMANCE_DB}_noalter", "hpsearch_noalter", "s3cret-pw"
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-        connection.exec_driver_sql(f"CREATE DATABASE {name}")
-        connection.exec_driver_sql(f"DROP USER IF EXISTS '{user}'@'%%'")
-        connection.exec_driver_sql(f"CREATE USER '{user}'@'%%' IDENTIFIED BY '{secret}'")
-        connection.exec_driver_sql(
-            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {name}.* TO '{user}'@'%%'"
-        )
-    owner = sqlalchemy.make_url(SERVER_URLS["mysql"]).set(database=name)
-    limited = owner.set(username=user, password=secret).render_as_string(hide_password=False)
-    try:
-        optuna.storages.RDBStorage(owner.render_as_string(hide_password=False)).engine.dispose()
+    with _mysql_database(name, user=(user, secret)) as (_, owner):
+        limited = owner.set(username=user, password=secret).render_as_string(hide_password=False)
         with caplog.at_level("WARNING", logger="hpsearch.storage"):
             storage = create_schema(limited)
         study_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "s")
@@ -218,8 +228,3 @@ def test_a_database_user_without_alter_still_creates_studies_on_mysql(
         assert "stay whole seconds" in warning
         assert "ALTER TABLE trials MODIFY datetime_complete DATETIME(6) NULL" in warning
         assert secret not in warning and "***" in warning
-    finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-            connection.exec_driver_sql(f"DROP USER IF EXISTS '{user}'@'%%'")
-        admin.dispose()
