@@ -21,6 +21,8 @@ HEARTBEAT = "hpsearch:heartbeat"  # never stored: the proxy turns its write into
 # Set by Optuna's RetryHeartbeatStaleTrialCallback on the retry of a dead worker's trial (the
 # failed trial's number); retries are claimed before fresh slots.
 RETRY_OF = "failed_trial"
+# Optuna's too: the failed trials' numbers a retry follows, the one it replaces last.
+RETRY_HISTORY = "retry_history"
 
 # Trial user attributes.
 WORKER = "worker"  # {"host", "pid", "devices"} of the worker that ran the trial

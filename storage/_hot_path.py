@@ -57,6 +57,14 @@ class HotPath(Protocol):
         """Write ``attrs`` on the trial in the transaction that finishes it."""
         ...
 
+    def retry_of(self, trial: FrozenTrial) -> FrozenTrial | None:
+        """The WAITING retry of the failed ``trial``; None if it has no retry left."""
+        ...
+
+    def requeue_once(self, study_id: int, trial: FrozenTrial) -> bool:
+        """Queue the failed ``trial``'s retry unless it is queued; whether this call did."""
+        ...
+
 
 def hot_path_of(storage: object) -> HotPath | None:
     """``storage`` when it has the fast path, else None."""

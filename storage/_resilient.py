@@ -9,6 +9,7 @@ once. Optuna's cache wraps this class like any RDBStorage, so reads stay increme
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -302,18 +303,33 @@ class ResilientRDBStorage(optuna.storages.RDBStorage, hot_path.HotPath):
         Two workers' reapers can both fail one stale trial (a retried update after a lost
         acknowledgement reads as a success), and each would queue a retry: one slot, two trials.
         """
-        retry = super().get_heartbeat_stale_trial_callback()
-        if retry is None:
+        if super().get_heartbeat_stale_trial_callback() is None:
             return None
-        callback = retry
 
         def requeue_once(study: optuna.Study, trial: FrozenTrial) -> None:
-            made = _TrialsAdded()
-            callback(made, trial)  # type: ignore[arg-type]  # Optuna's template, its max_retry
-            if made.trials:
-                self.enqueue_once(study_id_of(study), f"{REQUEUED}{trial.number}", made.trials)
+            self.requeue_once(study_id_of(study), trial)
 
         return requeue_once
+
+    def retry_of(self, trial: FrozenTrial) -> FrozenTrial | None:
+        """The WAITING retry Optuna's callback makes of the failed ``trial`` (its template, its
+        ``max_retry``); None when retries are off or ``trial`` used its last one."""
+        callback = super().get_heartbeat_stale_trial_callback()
+        if callback is None:
+            return None
+        made = _TrialsAdded()
+        # A copy: the callback appends to the trial's own retry history list, and ``trial`` may
+        # be the study's cached one.
+        callback(made, copy.deepcopy(trial))  # type: ignore[arg-type]
+        return made.trials[0] if made.trials else None
+
+    def requeue_once(self, study_id: int, trial: FrozenTrial) -> bool:
+        """Queue the failed ``trial``'s retry unless any process did already (or it has no
+        retry left); whether this call queued it."""
+        retry = self.retry_of(trial)
+        if retry is None:
+            return False
+        return self.enqueue_once(study_id, f"{REQUEUED}{trial.number}", [retry])
 
     def waiting_trial_ids(self, study_id: int, limit: int) -> list[int]:
         """The ids of the study's WAITING trials in the order workers claim them: retries of

@@ -394,16 +394,56 @@ def test_a_batch_whose_duty_was_lost_is_enqueued_by_a_worker(
 ) -> None:
     """Slot 0 carries the duty to enqueue slots 8-15. Its trial fails for good without a retry
     (its worker died ``max_retry`` times): the workers still fill the rest of the budget."""
-    spec = load_spec_file(str(_study(tmp_path, study_name, n_trials=20)))
+    path = _study(tmp_path, study_name, n_trials=20, resources={"max_retry": 1})
+    spec = load_spec_file(str(path))
     create_study(spec, storage_url)
     loaded = load_study(spec.name, storage_url)
-    lost = claim_slot(loaded.study, loaded.storage)
-    assert lost is not None and lost.system_attrs[SLOT] == 0
-    loaded.storage.set_trial_state_values(lost._trial_id, TrialState.FAIL)  # no retry queued
+    requeue = loaded.storage.get_heartbeat_stale_trial_callback()
+    assert requeue is not None
+    first = claim_slot(loaded.study, loaded.storage)
+    assert first is not None and first.system_attrs[SLOT] == 0
+    loaded.storage.set_trial_state_values(first._trial_id, TrialState.FAIL)
+    requeue(loaded.study, loaded.study._storage.get_trial(first._trial_id))
+    lost = claim_slot(loaded.study, loaded.storage)  # the retry; its worker dies too
+    assert lost is not None and lost.system_attrs.get(RETRY_OF) == first.number
+    loaded.storage.set_trial_state_values(lost._trial_id, TrialState.FAIL)
+    requeue(loaded.study, loaded.study._storage.get_trial(lost._trial_id))  # no retry left
     for process in start_workers(spec.name, storage_url, workers=1, timeout=None, log_trials=False):
         process.join(timeout=300)
         assert process.exitcode == 0
     trials = optuna.load_study(study_name=spec.name, storage=storage_url).get_trials()
     complete = sorted(t.system_attrs[SLOT] for t in trials if t.state == TrialState.COMPLETE)
     assert complete == list(range(1, 20))
-    assert len(trials) == 20
+    assert len(trials) == 21
+
+
+@pytest.mark.slow
+def test_a_trial_failed_by_a_process_that_died_before_its_retry_is_retried(
+    storage_url: str, tmp_path: Path, study_name: str
+) -> None:
+    """A reaper fails a stale trial, then queues its retry in another call (a worker stopped
+    by SIGTERM does the same with its own trial). Killed in between, the process takes the
+    retry with it: a worker queues it once the failure is a grace period old, exactly once."""
+    spec = load_spec_file(str(_study(tmp_path, study_name, n_trials=4)))
+    create_study(spec, storage_url)
+    loaded = load_study(spec.name, storage_url)
+    lost = claim_slot(loaded.study, loaded.storage)
+    assert lost is not None and lost.system_attrs[SLOT] == 0
+    loaded.storage.set_trial_state_values(lost._trial_id, TrialState.FAIL)  # then it dies
+    commands = [
+        start_workers(spec.name, storage_url, workers=1, timeout=None, log_trials=False)
+        for _ in range(2)
+    ]
+    for process in [p for command in commands for p in command]:
+        process.join(timeout=300)
+        assert process.exitcode == 0
+    # The failing process was only frozen: its callback, run late, adds nothing.
+    requeue = loaded.storage.get_heartbeat_stale_trial_callback()
+    assert requeue is not None
+    requeue(loaded.study, loaded.study._storage.get_trial(lost._trial_id))
+    trials = optuna.load_study(study_name=spec.name, storage=storage_url).get_trials()
+    (retry,) = [t for t in trials if t.system_attrs.get(RETRY_OF) == lost.number]
+    assert retry.state == TrialState.COMPLETE and retry.system_attrs[SLOT] == 0
+    complete = sorted(t.system_attrs[SLOT] for t in trials if t.state == TrialState.COMPLETE)
+    assert complete == [0, 1, 2, 3]
+    assert len(trials) == 5

@@ -14,14 +14,24 @@ one worker that claims it enqueues that range. A stale trial's retry copies its 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.attrs import ENQUEUED, ERROR, PROMOTED_FROM, REFILL, RETRY_OF, SLOT, WORKER
+from hpsearch.attrs import (
+    ENQUEUED,
+    ERROR,
+    PROMOTED_FROM,
+    REFILL,
+    RETRY_HISTORY,
+    RETRY_OF,
+    SLOT,
+    WORKER,
+)
 from hpsearch.search.runtime._scheduler import paused_rung, paused_trials
 from hpsearch.storage import hot_path_of
 from hpsearch.storage._optuna_internals import (
@@ -102,6 +112,55 @@ def repair_queue(study: optuna.Study, storage: object, state: BudgetState) -> bo
             added = enqueue_batch(study, storage, start, state.n_trials) or added
     if added:
         log.warning("re-queued budget slots that were never enqueued")
+    return added
+
+
+def unqueued_retries(trials: Iterable[FrozenTrial], storage: object) -> list[FrozenTrial]:
+    """Failed trials whose retry is due but not in the study.
+
+    A process fails a trial and queues its retry in two calls (Optuna's ``fail_stale_trials``
+    fails every stale trial first, a worker stopped by SIGTERM tells FAIL first): killed in
+    between, it takes the retry with it, and the study would end a configuration short. Only on
+    storages that enqueue at most once, where a repair can never queue a second retry.
+    """
+    fast = hot_path_of(storage)
+    if fast is None:
+        return []
+    trials = list(trials)
+    retried = {history[-1] for t in trials if (history := t.system_attrs.get(RETRY_HISTORY))}
+    return [
+        trial
+        for trial in trials
+        if trial.state == TrialState.FAIL
+        and ERROR not in trial.user_attrs  # the objective's own failure used its slot
+        and trial.number not in retried
+        and fast.retry_of(trial) is not None  # retries are on and it has one left
+    ]
+
+
+def requeue_lost_retries(
+    study: optuna.Study,
+    storage: object,
+    unqueued: Sequence[FrozenTrial],
+    grace_s: float,
+) -> bool:
+    """Queue the retries in ``unqueued`` of trials failed over ``grace_s`` ago: a live process
+    queues its retry right after the failure (and, if it still does, finds it queued). Returns
+    whether a retry was queued."""
+    fast = hot_path_of(storage)
+    if fast is None:
+        return False
+    # Optuna writes datetime_complete with the failing process's clock, naive local time.
+    oldest = datetime.now() - timedelta(seconds=grace_s)
+    added = False
+    for trial in unqueued:
+        due = trial.datetime_complete is None or trial.datetime_complete < oldest
+        if due and fast.requeue_once(study_id_of(study), trial):
+            log.warning(
+                "trial %d failed without its retry (the process that failed it died): re-queued",
+                trial.number,
+            )
+            added = True
     return added
 
 

@@ -33,7 +33,9 @@ from hpsearch.search.runtime._budget import (
     claim_slot,
     refill,
     repair_queue,
+    requeue_lost_retries,
     slot_seed,
+    unqueued_retries,
 )
 from hpsearch.search.runtime._checkpoints import (
     CheckpointSync,
@@ -450,7 +452,16 @@ def work(args: WorkerArgs, *, schema_checked: bool = False) -> None:
             promote_now(last=False)
             claimed = claim_slot(study, loaded.storage, claim_attrs)
             if claimed is None:
-                state = budget_state(study.get_trials(deepcopy=False), spec.n_trials)
+                trials = study.get_trials(deepcopy=False)
+                unqueued = unqueued_retries(trials, loaded.storage)
+                if unqueued:
+                    # Their retries are due: queued by the process that failed them within a
+                    # moment, or by this worker once that process is past its grace period.
+                    grace = spec.resources.grace_period
+                    if not requeue_lost_retries(study, loaded.storage, unqueued, grace):
+                        time.sleep(0.5)
+                    continue
+                state = budget_state(trials, spec.n_trials)
                 if (
                     state.finished
                     and not repair_queue(study, loaded.storage, state)
