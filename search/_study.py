@@ -214,6 +214,7 @@ def study_summaries(url: str) -> list[dict[str, Any]]:
                     "objective": spec_data["study"]["objective"] if spec_data else None,
                     "directions": [d.name.lower() for d in frozen.directions],
                     "budget": n_trials,
+                    "used": state.used,  # slots whose configuration ended, as the budget counts
                     "complete": state.complete,
                     "pruned": state.pruned,
                     "failed": state.failed,

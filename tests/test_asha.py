@@ -26,6 +26,7 @@ import torch
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+import hpsearch
 from hpsearch.attrs import PAUSED, PAUSED_AT_RUNG, PROMOTED_FROM, RETRY_OF, SLOT, WORKER
 from hpsearch.errors import SpecError
 from hpsearch.search import budget_state, create_study, load_spec_file
@@ -419,6 +420,8 @@ def test_a_study_pauses_promotes_and_keeps_its_budget_on_every_backend(
     ]  # fmt: skip
     [row] = [line.split() for line in listing[1:] if line.split()[0] == study_name]
     assert row[2:7] == [f"{n_trials}/{n_trials}", "0", str(len(still_paused)), "0", "0"], row
+    [summary] = [r for r in hpsearch.studies(storage=storage_url) if r["study"] == study_name]
+    assert (summary["used"], summary["paused"]) == (n_trials, len(still_paused))
 
 
 @pytest.mark.slow

@@ -221,10 +221,7 @@ def cmd_studies(args: argparse.Namespace) -> int:
         f"{'paused':>6} {'failed':>6} {'running':>7}  best"
     )
     for row in rows:
-        # A slot is done once its configuration ended: complete, pruned, failed, or paused
-        # and never promoted (the study's budget counts it so too).
-        used = row["complete"] + row["pruned"] + row["paused"] + row["failed"]
-        done = f"{used}/{row['budget']}"
+        done = f"{row['used']}/{row['budget']}"
         best = "-" if row["best_value"] is None else f"{row['best_value']:.6g}"
         print(
             f"{row['study']:<{names}}  {row['objective'] or '-'!s:<{objectives}} {done:>9} "
