@@ -778,8 +778,9 @@ def test_a_sharded_trial_killed_on_one_node_resumes_on_another_from_the_bucket(
 def test_a_population_takes_its_donors_weights_through_the_bucket(
     s3_endpoint: str, bucket: str, tmp_path: Path, study_name: str
 ) -> None:
-    """PBT's exploit in a bucket: the donor's object is copied under the member's key, and the
-    member's continuation (its node's copy gone) fetches and resumes the donor's weights."""
+    """PBT's exploit in a bucket: the donor's object is copied beside the member's, under the
+    decision's name, and the member's continuation (its node's copy gone) takes it (downloads
+    it, stores it under its own key, deletes the copy) and resumes the donor's weights."""
     from .test_pbt import CURVES, PBT, SPACE, assert_exploits_copy_the_donor, assert_population_done
 
     path = tmp_path / "pbt.toml"
@@ -812,4 +813,9 @@ def test_a_population_takes_its_donors_weights_through_the_bucket(
     exploits = assert_exploits_copy_the_donor(trials)
     for trial in exploits:
         assert trial.user_attrs[CHECKPOINT].startswith(f"s3://{bucket}/run/")
+    # Each copy (under its decision's name, beside the member's object) was taken, then gone.
+    listed = _client(s3_endpoint).list_objects_v2(Bucket=bucket, Prefix="run/")["Contents"]
+    keys = [entry["Key"] for entry in listed]
+    assert any("/slot-" in key for key in keys)
+    assert not [key for key in keys if "/exploit-" in key]
     assert not list((tmp_path / "hpsearch-artifacts-cache").rglob("checkpoint.pt"))

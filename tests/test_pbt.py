@@ -37,8 +37,19 @@ from hpsearch.errors import SpecError
 from hpsearch.search import budget_state, create_study, load_spec_file
 from hpsearch.search._study import UID_ATTR, load_study
 from hpsearch.search.runtime import _pbt
-from hpsearch.search.runtime._checkpoints import checkpoint_path, copy_checkpoint
-from hpsearch.search.runtime._pbt import continue_members, explore, quantiles
+from hpsearch.search.runtime._checkpoints import (
+    CheckpointSync,
+    checkpoint_path,
+    copy_checkpoint,
+    exploit_copy,
+    take_copy,
+)
+from hpsearch.search.runtime._pbt import (
+    continue_members,
+    explore,
+    quantiles,
+    take_exploited_weights,
+)
 from hpsearch.search.spec._scheduler import PbtSchedule
 
 from ._support import study_toml
@@ -338,6 +349,8 @@ def assert_exploits_copy_the_donor(trials: list[FrozenTrial]) -> list[FrozenTria
         for step in range(epoch):
             assert trial.intermediate_values[step] == donor_pause.intermediate_values[step]
         schedule = trial.user_attrs[PARAM_SCHEDULE]
+        # The checkpoint it resumed is the donor's: the schedule behind its weights too.
+        assert schedule[:-1] == donor_pause.user_attrs[PARAM_SCHEDULE]
         assert schedule[-1][0] == epoch
         explored = {name: trial.params[name] for name in ("lr", "l2")}
         assert schedule[-1][1] == explored
@@ -403,10 +416,17 @@ def test_a_worker_deciding_late_never_copies_weights_the_donor_trained_since(
     exploits = [t for t in study.get_trials() if EXPLOIT_FROM in t.system_attrs]
     assert checked_late and checked_late[0] in exploiting()
     for trial in exploits:
-        donor, member = trial.system_attrs[EXPLOIT_FROM], trial.system_attrs[SLOT]
+        donor = trial.system_attrs[EXPLOIT_FROM]
         # Not the late worker's copy of the donor trained on: the decided version.
-        copied = Path(checkpoint_path(spec, member, uid)).read_text()
-        assert copied == f"slot {donor} after {INTERVAL} epochs", member
+        assert _taken(loaded, trial) == f"slot {donor} after {INTERVAL} epochs", trial.number
+
+
+def _taken(loaded: Any, continuation: FrozenTrial) -> str:
+    """The member's checkpoint once its continuation, claimed, took what was copied for it."""
+    uid = str(loaded.study.user_attrs[UID_ATTR])
+    sync = CheckpointSync(None, "", "")  # artifacts in a folder
+    take_exploited_weights(loaded.study, loaded.spec, uid, continuation, sync)
+    return Path(checkpoint_path(loaded.spec, continuation.system_attrs[SLOT], uid)).read_text()
 
 
 def _population_at_interval_end(tmp_path: Path, name: str, *, running: int | None = None) -> Any:
@@ -458,7 +478,7 @@ def test_no_member_is_decided_while_one_that_reported_the_interval_has_not_pause
     continuations = _continuations(study)
     assert sorted(continuations) == list(range(POPULATION))
     donor = continuations[worst].system_attrs[EXPLOIT_FROM]
-    assert Path(checkpoint_path(spec, worst, uid)).read_text() == f"slot {donor}"
+    assert _taken(loaded, continuations[worst]) == f"slot {donor}"
 
 
 def test_a_member_paused_after_its_donor_went_on_keeps_its_own_weights_and_options(
@@ -498,10 +518,51 @@ def test_a_member_paused_after_its_donor_went_on_keeps_its_own_weights_and_optio
     assert "goes on from its own weights and options" in caplog.text
 
 
+def test_a_copy_that_lands_after_its_member_trained_on_is_never_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker found its copy still current, then stalled before the copy landed (a long
+    upload, a paused machine). Meanwhile another worker decided, each member took that one's
+    copy and trained its next interval. The late copy must not replace what a member trained:
+    its next interval would resume from the donor's old weights under a curve that went on."""
+    loaded = _population_at_interval_end(tmp_path, "stalled")
+    study, spec, uid = loaded.study, loaded.spec, str(loaded.study.user_attrs[UID_ATTR])
+    stalled: list[bool] = []
+    copy = _pbt.copy_checkpoint
+
+    def train_on() -> None:
+        for continuation in _continuations(study).values():
+            _taken(loaded, continuation)
+            slot = continuation.system_attrs[SLOT]
+            Path(checkpoint_path(spec, slot, uid)).write_text(f"slot {slot} trained on")
+
+    def stalling_copy(*args: Any, still_current: Any, **kwargs: Any) -> Any:
+        def current_then_stall() -> bool:
+            answer = bool(still_current())
+            if answer and not stalled:
+                stalled.append(True)
+                assert continue_members(study, loaded.storage, spec, uid, last=False)
+                train_on()
+            return answer
+
+        return copy(*args, still_current=current_then_stall, **kwargs)
+
+    monkeypatch.setattr(_pbt, "copy_checkpoint", stalling_copy)
+    assert not continue_members(study, loaded.storage, spec, uid, last=False)
+    assert stalled
+    for slot, continuation in _continuations(study).items():
+        # What the member trained, also for a retry of its continuation (it takes nothing).
+        assert _taken(loaded, continuation) == f"slot {slot} trained on"
+    assert len(_continuations(study)) == POPULATION
+
+
 @pytest.mark.parametrize("sharded", [False, True])
-def test_an_exploit_copy_found_stale_leaves_the_target_as_it_was(
+def test_an_exploit_copy_becomes_the_members_checkpoint_only_when_taken(
     tmp_path: Path, sharded: bool
 ) -> None:
+    """The copy lies under its decision's name in the member's folder: one found stale is not
+    written; one made, by one worker or two, replaces the member's checkpoint (a file, or a
+    folder of shards, whole) once the member's continuation takes it, and only then."""
     spec = load_spec_file(str(_write(tmp_path, "copy")))
     donor, member = Path(checkpoint_path(spec, 0, "u")), Path(checkpoint_path(spec, 1, "u"))
     for path, text in ((donor, "donor"), (member, "member")):
@@ -521,12 +582,21 @@ def test_an_exploit_copy_found_stale_leaves_the_target_as_it_was(
         asked.append(True)
         return False
 
-    assert copy_checkpoint(spec, "u", 0, 1, still_current=stale) == "stale"
+    copy, sync = exploit_copy(2, 0), CheckpointSync(None, "", "")
+    assert copy_checkpoint(spec, "u", 0, 1, copy=copy, still_current=stale) == "stale"
     assert asked and content(member) == "member"
+    assert not take_copy(spec, "u", 1, copy, sync)
     assert sorted(p.name for p in member.parent.iterdir()) == [member.name]  # no leftovers
-    assert copy_checkpoint(spec, "u", 0, 1, still_current=lambda: True) == "copied"
+    for _ in range(2):  # two workers that decided alike
+        assert copy_checkpoint(spec, "u", 0, 1, copy=copy, still_current=lambda: True) == "copied"
+    assert content(member) == "member"
+    assert take_copy(spec, "u", 1, copy, sync)
     assert content(member) == "donor"
-    assert copy_checkpoint(spec, "u", 2, 1, still_current=lambda: True) == "missing"
+    assert sorted(p.name for p in member.parent.iterdir()) == [member.name]
+    assert not take_copy(spec, "u", 1, copy, sync)  # taken again after a kill: the slot keeps it
+    assert content(member) == "donor"
+    missing = copy_checkpoint(spec, "u", 2, 1, copy=exploit_copy(2, 2), still_current=lambda: True)
+    assert missing == "missing"
 
 
 @pytest.mark.slow

@@ -29,7 +29,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.attrs import CHECKPOINT as ATTR
 from hpsearch.attrs import ERROR
-from hpsearch.files import replacing
 from hpsearch.search.results._export import best_trials
 from hpsearch.search.spec._study_file import StudySpec
 from hpsearch.storage import (
@@ -49,17 +48,30 @@ CACHE_FOLDER = "hpsearch-artifacts-cache"
 CHECKPOINT_MIMETYPE = "application/octet-stream"
 
 
-def _relative(spec: StudySpec, slot: int, study_uid: str) -> str:
-    return f"{spec.name}-{study_uid}/slot-{slot:06d}/checkpoint.pt"
+def _relative(spec: StudySpec, slot: int, study_uid: str, copy: str = "") -> str:
+    """The slot's checkpoint, or with ``copy`` (see ``exploit_copy``) a copy waiting in the
+    slot's folder for the trial that takes it."""
+    return f"{spec.name}-{study_uid}/slot-{slot:06d}/{copy + '/' if copy else ''}checkpoint.pt"
+
+
+def _local(spec: StudySpec, relative: str) -> str:
+    artifacts = spec.resources.artifacts
+    folder = os.path.abspath(CACHE_FOLDER if is_object_store_url(artifacts) else artifacts)
+    return os.path.join(folder, *relative.split("/"))
 
 
 def checkpoint_path(spec: StudySpec, slot: int, study_uid: str) -> str:
     """``ARTIFACTS/NAME-UID/slot-N/checkpoint.pt``: the uid keeps a re-created study of the same
     name from resuming an old study's checkpoints. With an ``s3://`` artifacts URL, the same
     path under the node's cache folder: the local copy the objective reads and writes."""
-    artifacts = spec.resources.artifacts
-    folder = os.path.abspath(CACHE_FOLDER if is_object_store_url(artifacts) else artifacts)
-    return os.path.join(folder, *_relative(spec, slot, study_uid).split("/"))
+    return _local(spec, _relative(spec, slot, study_uid))
+
+
+def exploit_copy(step: int, donor: int) -> str:
+    """The name of population-based training's copy of ``donor``'s checkpoint as it was at the
+    report ``step``, in the member's slot folder: one name per decision, so that a copy landing
+    late (its worker stalled) is never taken for another decision's, nor after it was taken."""
+    return f"exploit-{step:06d}-from-{donor:06d}"
 
 
 @functools.cache
@@ -97,8 +109,27 @@ class CheckpointSync:
         self._finished = False
 
     @property
+    def store(self) -> ObjectStore | None:
+        return self._store
+
+    @property
     def url(self) -> str:
         return "" if self._store is None else self._store.location.url(self.key)
+
+    def take(self, key: str) -> bool:
+        """The object at ``key`` (a copy made for this slot) becomes the trial's checkpoint:
+        downloaded into the local file, uploaded under the slot's key, then deleted; whether
+        there was one. ``fetch`` is not needed after it."""
+        assert self._store is not None
+        with self._lock:
+            if not self._store.download(key, self.local):
+                return False
+            with _opened(self.local) as (version, opened):
+                _upload(self._store, opened, self.key)
+                self._stored = version
+        self._store.delete_prefix(posixpath.dirname(key))
+        log.info("resuming from the checkpoint copied to %s", self.url)
+        return True
 
     def fetch(self) -> None:
         if self._store is None:
@@ -153,10 +184,7 @@ class CheckpointSync:
             try:
                 with _opened(self.local) as (version, opened):
                     if version != self._stored:
-                        if isinstance(opened, dict):
-                            self._store.upload_folder(opened, self.key)
-                        else:
-                            self._store.upload_fileobj(opened, self.key)
+                        _upload(self._store, opened, self.key)
                         self._stored = version
             except FileNotFoundError:
                 return self._stored is not None
@@ -212,6 +240,14 @@ class CheckpointSync:
         self._stop_uploader()
         if self._finished:
             shutil.rmtree(os.path.dirname(self.local), ignore_errors=True)
+
+
+def _upload(store: ObjectStore, opened: BinaryIO | dict[str, BinaryIO], key: str) -> None:
+    """An opened checkpoint (see ``_opened``) to the object ``key``: a folder whole."""
+    if isinstance(opened, dict):
+        store.upload_folder(opened, key)
+    else:
+        store.upload_fileobj(opened, key)
 
 
 def _version(stat: os.stat_result) -> tuple[int, int, int]:
@@ -417,41 +453,40 @@ def copy_checkpoint(
     source_slot: int,
     target_slot: int,
     *,
+    copy: str,
     still_current: Callable[[], bool],
 ) -> Literal["copied", "missing", "stale"]:
-    """Replace the target slot's checkpoint with a copy of the source slot's (population-based
-    training's exploit): "copied", or "missing" when the source has none.
+    """Copy the source slot's checkpoint into the target slot's folder under the name ``copy``
+    (population-based training's exploit; ``take_copy`` makes it the target's checkpoint):
+    "copied", or "missing" when the source has none.
 
     The source's owner may be writing it meanwhile: the copy is of one version whole (every
-    file is opened before any is read, see ``_opened``), and the target is replaced in one step.
+    file is opened before any is read, see ``_opened``), and it appears in one step.
     ``still_current`` is asked once that version is pinned (opened, or downloaded) and, on a
-    file system, written beside the target, just before it replaces the target (in a bucket,
+    file system, written beside the copy's place, just before it takes that place (in a bucket,
     before the upload): False means the version may be newer than the one the caller decided
-    on, and the target is left as it was ("stale").
-    In a bucket, the source object is downloaded and uploaded under the target's key; the
-    target's claimer then fetches it as any trial fetches its slot's checkpoint.
+    on, and no copy is made ("stale"). A worker that stalls after that question lands its copy
+    under the same name, with the same version: never over a checkpoint a trial trains.
+    In a bucket, the source object is downloaded and uploaded under the copy's key.
     """
     source = checkpoint_path(spec, source_slot, study_uid)
-    target = checkpoint_path(spec, target_slot, study_uid)
+    target = _local(spec, _relative(spec, target_slot, study_uid, copy))
     artifacts = spec.resources.artifacts
     if is_object_store_url(artifacts):
         store = _object_store(artifacts)
-        with tempfile.TemporaryDirectory(dir=_cache_root(target)) as scratch:
+        slot = checkpoint_path(spec, target_slot, study_uid)
+        with tempfile.TemporaryDirectory(dir=_cache_root(slot)) as scratch:
             local = os.path.join(scratch, "checkpoint.pt")
             if not store.download(_relative(spec, source_slot, study_uid), local):
                 return "missing"
             if not still_current():
                 return "stale"
             with _opened(local) as (_, opened):
-                key = _relative(spec, target_slot, study_uid)
-                if isinstance(opened, dict):
-                    store.upload_folder(opened, key)
-                else:
-                    store.upload_fileobj(opened, key)
+                _upload(store, opened, _relative(spec, target_slot, study_uid, copy))
         return "copied"
     try:
         with _opened(source) as (_, opened):
-            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.makedirs(os.path.dirname(os.path.dirname(target)), exist_ok=True)
             _write_copy(opened, target, still_current)
     except FileNotFoundError:
         return "missing"
@@ -473,33 +508,50 @@ def _cache_root(path: str) -> str:
 def _write_copy(
     opened: BinaryIO | dict[str, BinaryIO], target: str, still_current: Callable[[], bool]
 ) -> None:
-    """Write an opened checkpoint (a file, or a folder's files) beside ``target``, then, if
-    ``still_current()``, in its place (else raise ``_Stale``): asked last, so that the moment
-    between the question and the swap is short however large the checkpoint."""
-    if not isinstance(opened, dict):
-        with replacing(target) as partial:
-            with open(partial, "wb") as out:
-                shutil.copyfileobj(opened, out)
-            if not still_current():
-                raise _Stale
-            if os.path.isdir(target):  # a file cannot replace a folder in one step
-                shutil.rmtree(target)
-        return
-    staging = tempfile.mkdtemp(dir=os.path.dirname(target), prefix=".copy-")
+    """Write an opened checkpoint (a file, or a folder's files) in a folder beside ``target``'s,
+    then, if ``still_current()``, make it ``target``'s folder in one step (else raise
+    ``_Stale``): asked last, so that the moment between the question and the swap is short
+    however large the checkpoint. ``target`` names one decision's copy: a folder already there
+    is another worker's copy of the same version, and stays."""
+    folder = os.path.dirname(target)
+    staging = tempfile.mkdtemp(dir=os.path.dirname(folder), prefix=".copy-")
     try:
-        for relative, handle in opened.items():
-            path = os.path.join(staging, *relative.split("/"))
+        written = os.path.join(staging, os.path.basename(target))
+        files = opened if isinstance(opened, dict) else {"": opened}
+        for relative, handle in files.items():
+            path = os.path.join(written, *relative.split("/")) if relative else written
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as out:
                 shutil.copyfileobj(handle, out)
         if not still_current():
             raise _Stale
-        # A folder cannot replace a file or a folder in one step: nobody trains this slot while
-        # its continuation is not queued, and a copy cut short here is made again.
+        try:
+            os.rename(staging, folder)
+        except OSError:
+            if not os.path.isdir(folder):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def take_copy(spec: StudySpec, study_uid: str, slot: int, copy: str, sync: CheckpointSync) -> bool:
+    """Make the slot's copy named ``copy`` (see ``copy_checkpoint``) the slot's checkpoint,
+    before its trial trains: whether there was one to take. In a bucket it is downloaded into
+    the trial's local file and uploaded under the slot's key (``sync``, the trial's, then holds
+    that version: no second download). Taken again after a kill part-way, it gives the same
+    checkpoint, and the slot's own is not written before the caller marks the copy taken.
+    """
+    if sync.store is not None:
+        return sync.take(_relative(spec, slot, study_uid, copy))
+    target = checkpoint_path(spec, slot, study_uid)
+    source = _local(spec, _relative(spec, slot, study_uid, copy))
+    if not os.path.exists(source):
+        return False
+    if os.path.isdir(target) or os.path.isdir(source):  # no one-step swap of a folder
         if os.path.isdir(target):
             shutil.rmtree(target)
         elif os.path.exists(target):
             os.unlink(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    os.replace(source, target)
+    shutil.rmtree(os.path.dirname(source), ignore_errors=True)
+    return True

@@ -7,11 +7,12 @@ and its worker takes other work: with fewer workers than members the population 
 Once every member has reported that epoch and paused, any worker decides for all of them
 (:func:`continue_members`): the bottom ``quantile`` *exploits*, copying the checkpoint (weights,
 optimizer, schedule: a file, a folder of shards, in a folder or a bucket) of a member drawn from
-the top ``quantile`` over its own while every member of that epoch is still paused, and
-*explores*: floats and ints multiplied by a perturbation factor, or resampled from their
-``[space]`` entry. Each member then gets one WAITING continuation in its slot (its own options, or
-the donor's explored), which any worker resumes from the slot's checkpoint. Only a member's last
-interval, trained to ``max_epochs``, ends COMPLETE.
+the top ``quantile`` while every member of that epoch is still paused, and *explores*: floats and
+ints multiplied by a perturbation factor, or resampled from their ``[space]`` entry. Each member
+then gets one WAITING continuation in its slot (its own options, or the donor's explored), which
+any worker resumes from the slot's checkpoint; an exploiting one first takes the copy, kept
+under the decision's own name in its slot's folder (:func:`take_exploited_weights`). Only a
+member's last interval, trained to ``max_epochs``, ends COMPLETE.
 
 A checkpoint carries the history of the live options that trained it, so a member's
 ``param_schedule`` is the whole schedule behind its weights, donors' intervals included.
@@ -44,7 +45,12 @@ from hpsearch.attrs import (
     PROMOTED_FROM,
     SLOT,
 )
-from hpsearch.search.runtime._checkpoints import copy_checkpoint
+from hpsearch.search.runtime._checkpoints import (
+    CheckpointSync,
+    copy_checkpoint,
+    exploit_copy,
+    take_copy,
+)
 from hpsearch.search.runtime._scheduler import (
     enqueue_once,
     paused_trials,
@@ -189,6 +195,12 @@ def _copied_key(member: int, step: int) -> str:
     return f"{_key(member, step)}:copied"
 
 
+def _taken_key(member: int, step: int) -> str:
+    """The study attribute that marks the copy made for a member after ``step`` as taken: its
+    continuation (or that one's retry) trains the slot's checkpoint from then on."""
+    return f"{_key(member, step)}:taken"
+
+
 def _marked(study: optuna.Study, key: str) -> bool:
     return key in storage_of(study).get_study_system_attrs(study_id_of(study))
 
@@ -211,13 +223,21 @@ def _copy(
 
     def still_current() -> bool:
         # Only a continuation writes a slot's checkpoint after its pause, and whoever enqueues
-        # continuations copies first. So while neither the donor's nor the member's is queued,
-        # the version this copy holds is the one the donor was ranked by, and nobody trains the
-        # member. Otherwise another worker decided (and copied) meanwhile: a late copy could
-        # take weights the donor trained since, under a curve that never reported them.
+        # continuations copies first. So while the donor's is not queued, the version this copy
+        # holds is the one the donor was ranked by. Otherwise another worker decided (and
+        # copied) meanwhile: a late copy could hold weights the donor trained since, under a
+        # curve that never reported them. (A copy that lands after this answer, its worker
+        # stalled, lands under this decision's name: taken once, or never read.)
         return not (_enqueued(study, donor, step) or _enqueued(study, member, step))
 
-    outcome = copy_checkpoint(spec, study_uid, donor, member, still_current=still_current)
+    outcome = copy_checkpoint(
+        spec,
+        study_uid,
+        donor,
+        member,
+        copy=exploit_copy(step, donor),
+        still_current=still_current,
+    )
     if outcome == "copied":
         storage_of(study).set_study_system_attr(
             study_id_of(study), _copied_key(member, step), donor
@@ -238,6 +258,26 @@ def _copy(
         why,
     )
     return False
+
+
+def take_exploited_weights(
+    study: optuna.Study, spec: StudySpec, study_uid: str, trial: FrozenTrial, sync: CheckpointSync
+) -> bool:
+    """Before an exploiting continuation trains: the copy of its donor's checkpoint made at the
+    decision becomes its slot's checkpoint, once (a retry after it trained keeps what it
+    trained); whether it was taken now (then the slot's object in a bucket is already fetched).
+    """
+    donor, step = trial.system_attrs.get(EXPLOIT_FROM), trial.system_attrs.get(EXPLOIT_STEP)
+    if donor is None or step is None:
+        return False
+    member, taken = _slot(trial), _taken_key(_slot(trial), int(step))
+    if _marked(study, taken):
+        return False
+    # Killed between the take and the mark, a retry takes it again, or finds it gone (a file
+    # system's move): the slot then holds it, as nothing trained in between.
+    took = take_copy(spec, study_uid, member, exploit_copy(int(step), int(donor)), sync)
+    storage_of(study).set_study_system_attr(study_id_of(study), taken, int(donor))
+    return took
 
 
 def _enqueue(

@@ -45,7 +45,7 @@ from hpsearch.search.runtime._checkpoints import (
 )
 from hpsearch.search.runtime._compute import ComputeBudget, ComputeMeter, budget_stop_reason
 from hpsearch.search.runtime._heartbeat import Heartbeat, Reaper
-from hpsearch.search.runtime._pbt import PbtPruner, continue_members
+from hpsearch.search.runtime._pbt import PbtPruner, continue_members, take_exploited_weights
 from hpsearch.search.runtime._preflight import warm_up
 from hpsearch.search.runtime._scheduler import (
     AshaPruner,
@@ -141,6 +141,7 @@ def run_trial(
     objective: Objective,
     *,
     log_trials: bool,
+    study_uid: str,
     reap: Callable[[], None] = lambda: None,
     checkpoints: CheckpointSync | None = None,
     context: TrialContext | None = None,
@@ -152,7 +153,8 @@ def run_trial(
     ``checkpoints`` keeps the trial's checkpoint file in step with an object store (s3://
     artifacts): fetched before the objective starts, uploaded on each heartbeat it changed by,
     and once more before the trial is told. ``compute``: the study's compute budget, which
-    counts the trial's epochs and stops it at a report once spent.
+    counts the trial's epochs and stops it at a report once spent. ``study_uid``: the study's
+    uid, which names its checkpoints' folder.
     """
     study, spec, trial_id = loaded.study, loaded.spec, trial_id_of(claimed)
     state, values, error, reason = TrialState.FAIL, None, None, ""
@@ -172,7 +174,10 @@ def run_trial(
         reap()
 
     with sync, Heartbeat(loaded.storage, trial_id, beat_now=not first_beat_done, on_beat=on_beat):
-        sync.fetch()  # inside the heartbeat: a long download never makes the trial look dead
+        # Inside the heartbeat: a long download never makes the trial look dead. A PBT member
+        # that exploits takes the copy of its donor's checkpoint first (then it is fetched).
+        if not take_exploited_weights(study, spec, study_uid, claimed, sync):
+            sync.fetch()
         # Before the objective: a failure here is the database's, never the objective's.
         refill(study, loaded.storage, claimed, spec.n_trials)
         trial = (
@@ -480,6 +485,7 @@ def work(args: WorkerArgs, *, schema_checked: bool = False) -> None:
                     log_trials=args.log_trials,
                     reap=reap,
                     checkpoints=checkpoint_sync(spec, claimed.system_attrs.get(SLOT), uid),
+                    study_uid=uid,
                     context=context_of(claimed),
                     compute=compute,
                     tracking=tracking,
