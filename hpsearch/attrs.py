@@ -18,6 +18,9 @@ REFILL = "hpsearch:refill"  # the next batch of slots this trial's claimer enque
 # retry copies its parent's attributes: the number tells the retry's own count from the copy.
 EPOCHS = "hpsearch:epochs"
 HEARTBEAT = "hpsearch:heartbeat"  # never stored: the proxy turns its write into a heartbeat
+# Never stored: the proxy turns its write on a failed trial (the value: [study id, max_retry])
+# into the retry's enqueue, marked as REQUEUED: once, however late a frozen worker asks.
+REQUEUE = "hpsearch:requeue"
 # Set by Optuna's RetryHeartbeatStaleTrialCallback on the retry of a dead worker's trial (the
 # failed trial's number); retries are claimed before fresh slots.
 RETRY_OF = "failed_trial"

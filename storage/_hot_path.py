@@ -66,6 +66,16 @@ class HotPath(Protocol):
         ...
 
 
+@runtime_checkable
+class RetryTemplates(Protocol):
+    """A storage that tells a failed trial's retry (our RDB storage, an ``hpsearch proxy``
+    client): both queue retries at most once per failed trial."""
+
+    def retry_of(self, trial: FrozenTrial) -> FrozenTrial | None:
+        """The WAITING retry of the failed ``trial``; None if it has no retry left."""
+        ...
+
+
 def hot_path_of(storage: object) -> HotPath | None:
     """``storage`` when it has the fast path, else None."""
     return storage if isinstance(storage, HotPath) else None

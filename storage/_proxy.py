@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial
 
 from hpsearch import attrs
 from hpsearch.errors import StorageError
-from hpsearch.storage._optuna_internals import make_grpc_server
+from hpsearch.storage._optuna_internals import make_grpc_server, study_id_of, trial_id_of
 from hpsearch.storage._rdb import (
     StorageSettings,
     _check_sqlite_path,
@@ -32,7 +32,7 @@ from hpsearch.storage._rdb import (
     retry_callback,
     translate_errors,
 )
-from hpsearch.storage._resilient import ResilientRDBStorage
+from hpsearch.storage._resilient import ResilientRDBStorage, retry_template
 from hpsearch.storage._url import dialect_of, is_proxy_url, proxy_address, redact_url
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 # Never stored: the proxy turns a write of this attribute into ``record_heartbeat``.
 HEARTBEAT_ATTR = attrs.HEARTBEAT
+REQUEUE_ATTR = attrs.REQUEUE
 DEFAULT_PROXY_THREADS = 16
 
 
@@ -81,8 +82,19 @@ class ProxyStorage(GrpcStorageProxy):
     def get_heartbeat_stale_trial_callback(
         self,
     ) -> Callable[[optuna.Study, FrozenTrial], None]:
-        # Used when a worker is interrupted: its trial is re-queued at once, as with RDBStorage.
-        return retry_callback(self._settings)
+        """Used when a worker is interrupted: its trial is re-queued at once, by the proxy, at
+        most once (as a directly connected worker's is): a late call of a worker that froze
+        between its trial's end and this call, after the proxy repaired the retry, adds none."""
+
+        def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+            request = [study_id_of(study), self._settings.max_retry]
+            self.set_trial_system_attr(trial_id_of(trial), REQUEUE_ATTR, request)
+
+        return requeue
+
+    def retry_of(self, trial: FrozenTrial) -> FrozenTrial | None:
+        """The retry the study's settings make of the failed ``trial``; None with none left."""
+        return retry_template(retry_callback(self._settings), trial)
 
 
 class _HeartbeatRelayStorage(ResilientRDBStorage):
@@ -91,6 +103,14 @@ class _HeartbeatRelayStorage(ResilientRDBStorage):
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         if key == HEARTBEAT_ATTR:
             self.record_heartbeat(trial_id)
+            return
+        if key == REQUEUE_ATTR:
+            # The client's settings (its study's max_retry) make the retry, not the proxy's.
+            study_id, max_retry = value
+            trial = self.get_trial(trial_id)
+            retry = retry_template(retry_callback(StorageSettings(max_retry=max_retry)), trial)
+            if retry is not None:
+                self.requeue_once(study_id, trial, retry)
             return
         super().set_trial_system_attr(trial_id, key, value)
 

@@ -315,18 +315,15 @@ class ResilientRDBStorage(optuna.storages.RDBStorage, hot_path.HotPath):
         """The WAITING retry Optuna's callback makes of the failed ``trial`` (its template, its
         ``max_retry``); None when retries are off or ``trial`` used its last one."""
         callback = super().get_heartbeat_stale_trial_callback()
-        if callback is None:
-            return None
-        made = _TrialsAdded()
-        # A copy: the callback appends to the trial's own retry history list, and ``trial`` may
-        # be the study's cached one.
-        callback(made, copy.deepcopy(trial))  # type: ignore[arg-type]
-        return made.trials[0] if made.trials else None
+        return None if callback is None else retry_template(callback, trial)
 
-    def requeue_once(self, study_id: int, trial: FrozenTrial) -> bool:
-        """Queue the failed ``trial``'s retry unless any process did already (or it has no
-        retry left); whether this call queued it."""
-        retry = self.retry_of(trial)
+    def requeue_once(
+        self, study_id: int, trial: FrozenTrial, retry: FrozenTrial | None = None
+    ) -> bool:
+        """Queue the failed ``trial``'s retry (``retry``, or the one this storage's settings
+        make) unless any process did already (or it has no retry left); whether this call
+        queued it."""
+        retry = retry or self.retry_of(trial)
         if retry is None:
             return False
         return self.enqueue_once(study_id, f"{REQUEUED}{trial.number}", [retry])
@@ -372,6 +369,18 @@ class ResilientRDBStorage(optuna.storages.RDBStorage, hot_path.HotPath):
                     stale.add(int(trial.trial_id))
         self.scoped_session.remove()
         return sorted(stale)
+
+
+def retry_template(
+    callback: Callable[[optuna.Study, FrozenTrial], None], trial: FrozenTrial
+) -> FrozenTrial | None:
+    """The WAITING retry Optuna's retry ``callback`` makes of the failed ``trial``; None when
+    ``trial`` used its last retry."""
+    made = _TrialsAdded()
+    # A copy: the callback appends to the trial's own retry history list, and ``trial`` may be
+    # the study's cached one.
+    callback(made, copy.deepcopy(trial))  # type: ignore[arg-type]
+    return made.trials[0] if made.trials else None
 
 
 class _TrialsAdded:

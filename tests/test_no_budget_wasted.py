@@ -447,3 +447,29 @@ def test_a_trial_failed_by_a_process_that_died_before_its_retry_is_retried(
     complete = sorted(t.system_attrs[SLOT] for t in trials if t.state == TrialState.COMPLETE)
     assert complete == [0, 1, 2, 3]
     assert len(trials) == 5
+
+
+def test_hpsearch_reap_queues_a_retry_a_dead_process_took_with_it(tmp_path: Path) -> None:
+    """`hpsearch reap` does what a worker's reaper does, the lost-retry repair included: once
+    the failure is a grace period old, the retry is queued, once."""
+    url = f"sqlite:///{tmp_path / 'reap.db'}"
+    spec = load_spec_file(str(_study(tmp_path, "reap", n_trials=3)))
+    create_study(spec, url)
+    loaded = load_study(spec.name, url)
+    lost = claim_slot(loaded.study, loaded.storage)
+    assert lost is not None
+    loaded.storage.set_trial_state_values(lost._trial_id, TrialState.FAIL)  # then it dies
+
+    def retries() -> list[optuna.trial.FrozenTrial]:
+        trials = optuna.load_study(study_name=spec.name, storage=url).get_trials()
+        return [t for t in trials if t.system_attrs.get(RETRY_OF) == lost.number]
+
+    deadline = time.monotonic() + 60
+    while not retries():  # not before the failure is a grace period old
+        assert time.monotonic() < deadline, "hpsearch reap never queued the lost retry"
+        result = _run(["reap", "--study", spec.name, "--storage", url], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    assert "re-queued" in result.stderr
+    _run(["reap", "--study", spec.name, "--storage", url], cwd=tmp_path)
+    (retry,) = retries()
+    assert retry.state == TrialState.WAITING and retry.system_attrs[SLOT] == 0

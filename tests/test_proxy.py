@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpsearch.attrs import SLOT
+from hpsearch.attrs import REQUEUE, RETRY_OF, SLOT
 from hpsearch.search import budget_state, load_spec_file
 from hpsearch.search._study import load_study
 from hpsearch.search.runtime._budget import claim_slot
@@ -159,3 +159,52 @@ def test_study_creation_needs_the_database_not_the_proxy(proxy: str, write_study
     )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "not a database" in result.stderr
+
+
+def test_a_proxy_workers_hand_back_queues_one_retry_however_late(
+    proxy: str, postgres_url: str, write_study: Any
+) -> None:
+    """A worker behind the proxy, stopped, tells its trial FAIL and asks for its retry: the
+    proxy queues it once, marked as a direct worker's is. Asked again (a worker that froze
+    between the two calls, after the proxy repaired the retry), it adds none."""
+    name = _create(write_study(n_trials=3), postgres_url)
+    loaded = load_study(name, proxy)
+    claimed = claim_slot(loaded.study, loaded.storage)
+    assert claimed is not None
+    loaded.storage.set_trial_state_values(claimed._trial_id, TrialState.FAIL)
+    requeue = loaded.storage.get_heartbeat_stale_trial_callback()
+    failed = loaded.storage.get_trial(claimed._trial_id)
+    for _ in range(2):
+        requeue(loaded.study, failed)
+    trials = optuna.load_study(study_name=name, storage=postgres_url).get_trials()
+    (retry,) = [t for t in trials if t.system_attrs.get(RETRY_OF) == claimed.number]
+    assert retry.state == TrialState.WAITING and retry.system_attrs[SLOT] == 0
+    assert REQUEUE not in failed.system_attrs
+
+
+def test_the_proxy_queues_a_retry_that_a_dead_process_took_with_it(
+    proxy: str, postgres_url: str, write_study: Any, tmp_path: Path
+) -> None:
+    """A process behind the proxy failed its trial and died before it asked for the retry:
+    the proxy's reaper queues it once the failure is a grace period old, and the workers (which
+    cannot repair it themselves) wait for it rather than end one configuration short."""
+    body = "[resources]\nheartbeat_interval = 1\ngrace_period = 2\n"
+    name = _create(write_study(n_trials=4, body=body), postgres_url)
+    loaded = load_study(name, proxy)
+    lost = claim_slot(loaded.study, loaded.storage)
+    assert lost is not None and lost.system_attrs[SLOT] == 0
+    loaded.storage.set_trial_state_values(lost._trial_id, TrialState.FAIL)  # then it dies
+    worker = subprocess.run(
+        [*hpsearch_command(), "worker", "--study", name, "--storage", proxy],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert worker.returncode == 0, worker.stderr[-3000:]
+    trials = optuna.load_study(study_name=name, storage=postgres_url).get_trials()
+    (retry,) = [t for t in trials if t.system_attrs.get(RETRY_OF) == lost.number]
+    assert retry.state == TrialState.COMPLETE and retry.system_attrs[SLOT] == 0
+    complete = sorted(t.system_attrs[SLOT] for t in trials if t.state == TrialState.COMPLETE)
+    assert complete == [0, 1, 2, 3]
+    assert len(trials) == 5

@@ -122,7 +122,7 @@ def cmd_reap(args: argparse.Namespace) -> int:
 
     url = resolve_storage_url(args.storage)
     loaded = load_study(args.study, url)
-    reaped = reap_stale_trials(loaded.study)
+    reaped = reap_stale_trials(loaded.study, loaded.storage)
     print(
         f"failed {len(reaped)} stale trial(s) of {args.study!r}"
         + (f" ({', '.join(map(str, reaped))}); they are back in the queue" if reaped else "")

@@ -34,6 +34,7 @@ from hpsearch.attrs import (
 )
 from hpsearch.search.runtime._scheduler import paused_rung, paused_trials
 from hpsearch.storage import hot_path_of
+from hpsearch.storage._hot_path import RetryTemplates
 from hpsearch.storage._optuna_internals import (
     add_claimed_trial_to_cache,
     storage_of,
@@ -121,10 +122,9 @@ def unqueued_retries(trials: Iterable[FrozenTrial], storage: object) -> list[Fro
     A process fails a trial and queues its retry in two calls (Optuna's ``fail_stale_trials``
     fails every stale trial first, a worker stopped by SIGTERM tells FAIL first): killed in
     between, it takes the retry with it, and the study would end a configuration short. Only on
-    storages that enqueue at most once, where a repair can never queue a second retry.
+    storages that enqueue retries at most once, where a repair can never queue a second one.
     """
-    fast = hot_path_of(storage)
-    if fast is None:
+    if not isinstance(storage, RetryTemplates):
         return []
     trials = list(trials)
     retried = {history[-1] for t in trials if (history := t.system_attrs.get(RETRY_HISTORY))}
@@ -134,7 +134,7 @@ def unqueued_retries(trials: Iterable[FrozenTrial], storage: object) -> list[Fro
         if trial.state == TrialState.FAIL
         and ERROR not in trial.user_attrs  # the objective's own failure used its slot
         and trial.number not in retried
-        and fast.retry_of(trial) is not None  # retries are on and it has one left
+        and storage.retry_of(trial) is not None  # retries are on and it has one left
     ]
 
 
@@ -270,12 +270,20 @@ def budget_state(trials: Iterable[FrozenTrial], n_trials: int) -> BudgetState:
     return BudgetState(n_trials=n_trials, enqueued=len(slots), slots=frozenset(slots), **counts)
 
 
-def reap_stale_trials(study: optuna.Study) -> list[int]:
+def reap_stale_trials(study: optuna.Study, storage: object) -> list[int]:
     """Fail RUNNING trials whose heartbeat is older than the grace period; their retries are
-    queued by the storage's retry callback. Returns the failed trials' numbers."""
+    queued by the storage's retry callback. The retries that a process killed between a trial's
+    failure and its retry took with it are queued too, once the failure is a grace period old
+    (see ``unqueued_retries``). ``storage``: the study's, as opened (not Optuna's cache around
+    it). Returns the failed trials' numbers."""
     running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     optuna.storages.fail_stale_trials(study)
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    grace = getattr(storage, "grace_period", None)
+    # Every trial is read only while a failure not of the objective's own is in the study.
+    if grace is not None and any(ERROR not in trial.user_attrs for trial in failed):
+        unqueued = unqueued_retries(study.get_trials(deepcopy=False), storage)
+        requeue_lost_retries(study, storage, unqueued, grace)
     return sorted(t.number for t in failed if t.number in running)
 
 

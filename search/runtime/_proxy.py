@@ -2,7 +2,8 @@
 
 Workers behind the proxy cannot read the heartbeat table, so the proxy process fails their dead
 trials itself (each study with its own grace period and retry count) and the retry callback puts
-them back in the queue, as a directly connected worker would.
+them back in the queue, as a directly connected worker would; it also queues the retries that a
+process killed between a trial's failure and its retry took with it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 import optuna
 
 from hpsearch.search._study import SPEC_ATTR, settings_from
+from hpsearch.search.runtime._budget import reap_stale_trials
 from hpsearch.search.spec._study_file import StudySpec
 from hpsearch.storage import (
     StorageSettings,
@@ -57,10 +59,9 @@ class StaleTrialReaper:
                     continue  # not an hpsearch study: its owner decides about stale trials
                 settings = settings_from(StudySpec(data))
                 intervals.append(settings.heartbeat_interval)
-                study = optuna.load_study(
-                    study_name=frozen.study_name, storage=self._storage(settings)
-                )
-                optuna.storages.fail_stale_trials(study)
+                storage = self._storage(settings)
+                study = optuna.load_study(study_name=frozen.study_name, storage=storage)
+                reap_stale_trials(study, storage)
             self.interval = float(min(intervals))
 
     def close(self) -> None:

@@ -461,7 +461,8 @@ def work(args: WorkerArgs, *, schema_checked: bool = False) -> None:
                 unqueued = unqueued_retries(trials, loaded.storage)
                 if unqueued:
                     # Their retries are due: queued by the process that failed them within a
-                    # moment, or by this worker once that process is past its grace period.
+                    # moment, or by this worker once that process is past its grace period (a
+                    # worker behind `hpsearch proxy` waits: the proxy's reaper queues them).
                     grace = spec.resources.grace_period
                     if not requeue_lost_retries(study, loaded.storage, unqueued, grace):
                         time.sleep(0.5)
