@@ -302,6 +302,25 @@ def describe_driver_error(url: str, err: BaseException) -> str:
             "create a study first with `hpsearch create STUDY.toml --storage ...`."
         )
     if isinstance(err, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+        # The server (or the SQLite file) answered, and said why it would not do the work.
+        if "too many connections" in lowered or "connection slots are reserved" in lowered:
+            return (
+                f"The database at {where} has no connection left for this user ({first_line}); "
+                "raise its connection limit, or put `hpsearch proxy` in front of it: the "
+                "workers then share its pooled connections."
+            )
+        if "readonly database" in lowered or "read-only" in lowered:
+            return (
+                f"The database at {where} is read-only ({first_line}); hpsearch writes trials: "
+                "give it a database (or SQLite file) it may write."
+            )
+        if "database is locked" in lowered:
+            return (
+                f"The SQLite file at {where} stayed locked by another process ({first_line}); "
+                "for many workers at once use PostgreSQL or MySQL (docs/deploy.md)."
+            )
+        if "disk is full" in lowered or "no space left" in lowered:
+            return f"The database at {where} is out of disk space ({first_line}); free some."
         return (
             f"Cannot reach the database at {where} ({first_line}); check that the server "
             "runs and that host, port and database are right."

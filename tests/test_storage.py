@@ -171,3 +171,47 @@ def test_a_user_without_the_privilege_to_make_tables_is_told_so_in_one_line(
             for statement in statements[:2]:
                 connection.exec_driver_sql(statement)
         admin.dispose()
+
+
+def test_a_read_only_sqlite_file_is_named_as_such_not_as_unreachable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The file answered and refused the write: "cannot reach the database" would send the
+    user looking at a server that is fine."""
+    study = str(ROOT / "studies" / "digits.toml")
+    database = tmp_path / "hpsearch.db"
+    assert main(["create", study, "--storage", f"sqlite:///{database}"]) == 0
+    capsys.readouterr()
+    # SQLite's own URI option opens the file read-only.
+    read_only = f"sqlite:///file:{database}?mode=ro&uri=true"
+    code = main(["create", str(ROOT / "studies" / "curves.toml"), "--storage", read_only])
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "is read-only" in err and "Cannot reach" not in err, err
+
+
+def test_a_user_out_of_connections_is_told_so_not_that_the_server_is_unreachable(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """PostgreSQL answers "too many connections" (here a role limited to none): the fix is
+    the limit, or hpsearch proxy's pooled connections, not the server's address."""
+    admin = sqlalchemy.create_engine(SERVER_URLS["postgresql"], isolation_level="AUTOCOMMIT")
+    user, secret = "hpsearch_no_connections", "s3cret"
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"DROP ROLE IF EXISTS {user}")
+        connection.exec_driver_sql(
+            f"CREATE ROLE {user} LOGIN PASSWORD '{secret}' CONNECTION LIMIT 0"
+        )
+    url = sqlalchemy.make_url(SERVER_URLS["postgresql"]).set(username=user, password=secret)
+    try:
+        code = main(["studies", "--storage", url.render_as_string(hide_password=False)])
+        out, err = capsys.readouterr()
+        assert code == 2
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert "no connection left" in err and "hpsearch proxy" in err, err
+        assert secret not in err + out
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"DROP ROLE IF EXISTS {user}")
+        admin.dispose()
