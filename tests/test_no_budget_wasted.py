@@ -57,6 +57,16 @@ def _study(
     )
 
 
+def _run_worker_commands(name: str, url: str, *, commands: int = 1) -> None:
+    """``commands`` worker commands of one worker each, side by side, run to their end."""
+    started = [
+        start_workers(name, url, workers=1, timeout=None, log_trials=False) for _ in range(commands)
+    ]
+    for process in [p for command in started for p in command]:
+        process.join(timeout=300)
+        assert process.exitcode == 0
+
+
 def _params_by_slot(url: str, name: str) -> dict[int, dict[str, Any]]:
     trials = optuna.load_study(study_name=name, storage=url).get_trials()
     return {t.system_attrs[SLOT]: t.params for t in trials if t.state == TrialState.COMPLETE}
@@ -74,16 +84,9 @@ def test_a_seeded_study_proposes_per_slot_whoever_claims_it(
     spec = load_spec_file(str(path))
     alone = f"sqlite:///{tmp_path / 'alone.db'}"
     create_study(spec, alone)
-    for process in start_workers(spec.name, alone, workers=1, timeout=None, log_trials=False):
-        process.join(timeout=300)
+    _run_worker_commands(spec.name, alone)
     create_study(spec, postgres_url)
-    commands = [
-        start_workers(spec.name, postgres_url, workers=1, timeout=None, log_trials=False)
-        for _ in range(2)
-    ]
-    for process in [p for command in commands for p in command]:
-        process.join(timeout=300)
-        assert process.exitcode == 0
+    _run_worker_commands(spec.name, postgres_url, commands=2)
     assert_exact_budget(postgres_url, spec.name, n_trials)
     shared = _params_by_slot(postgres_url, spec.name)
     assert shared == _params_by_slot(alone, spec.name)
@@ -408,9 +411,7 @@ def test_a_batch_whose_duty_was_lost_is_enqueued_by_a_worker(
     assert lost is not None and lost.system_attrs.get(RETRY_OF) == first.number
     loaded.storage.set_trial_state_values(lost._trial_id, TrialState.FAIL)
     requeue(loaded.study, loaded.study._storage.get_trial(lost._trial_id))  # no retry left
-    for process in start_workers(spec.name, storage_url, workers=1, timeout=None, log_trials=False):
-        process.join(timeout=300)
-        assert process.exitcode == 0
+    _run_worker_commands(spec.name, storage_url)
     trials = optuna.load_study(study_name=spec.name, storage=storage_url).get_trials()
     complete = sorted(t.system_attrs[SLOT] for t in trials if t.state == TrialState.COMPLETE)
     assert complete == list(range(1, 20))
@@ -430,13 +431,7 @@ def test_a_trial_failed_by_a_process_that_died_before_its_retry_is_retried(
     lost = claim_slot(loaded.study, loaded.storage)
     assert lost is not None and lost.system_attrs[SLOT] == 0
     loaded.storage.set_trial_state_values(lost._trial_id, TrialState.FAIL)  # then it dies
-    commands = [
-        start_workers(spec.name, storage_url, workers=1, timeout=None, log_trials=False)
-        for _ in range(2)
-    ]
-    for process in [p for command in commands for p in command]:
-        process.join(timeout=300)
-        assert process.exitcode == 0
+    _run_worker_commands(spec.name, storage_url, commands=2)
     # The failing process was only frozen: its callback, run late, adds nothing.
     requeue = loaded.storage.get_heartbeat_stale_trial_callback()
     assert requeue is not None
