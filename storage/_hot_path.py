@@ -32,7 +32,17 @@ READ_ONLY = "hpsearch_read_only"
 
 
 @runtime_checkable
-class HotPath(Protocol):
+class RetryTemplates(Protocol):
+    """A storage that tells a failed trial's retry (our RDB storage, an ``hpsearch proxy``
+    client): both queue retries at most once per failed trial."""
+
+    def retry_of(self, trial: FrozenTrial) -> FrozenTrial | None:
+        """The WAITING retry of the failed ``trial``; None if it has no retry left."""
+        ...
+
+
+@runtime_checkable
+class HotPath(RetryTemplates, Protocol):
     """A storage with the worker's fast path: the calls below in one transaction each.
     ``ResilientRDBStorage`` implements it; the worker runtime falls back to Optuna's own calls
     on any other storage (an ``hpsearch proxy``, a journal)."""
@@ -57,22 +67,11 @@ class HotPath(Protocol):
         """Write ``attrs`` on the trial in the transaction that finishes it."""
         ...
 
-    def retry_of(self, trial: FrozenTrial) -> FrozenTrial | None:
-        """The WAITING retry of the failed ``trial``; None if it has no retry left."""
-        ...
-
-    def requeue_once(self, study_id: int, trial: FrozenTrial) -> bool:
-        """Queue the failed ``trial``'s retry unless it is queued; whether this call did."""
-        ...
-
-
-@runtime_checkable
-class RetryTemplates(Protocol):
-    """A storage that tells a failed trial's retry (our RDB storage, an ``hpsearch proxy``
-    client): both queue retries at most once per failed trial."""
-
-    def retry_of(self, trial: FrozenTrial) -> FrozenTrial | None:
-        """The WAITING retry of the failed ``trial``; None if it has no retry left."""
+    def requeue_once(
+        self, study_id: int, trial: FrozenTrial, retry: FrozenTrial | None = None
+    ) -> bool:
+        """Queue the failed ``trial``'s retry (``retry``, when the caller made it already)
+        unless it is queued; whether this call did."""
         ...
 
 

@@ -116,8 +116,10 @@ def repair_queue(study: optuna.Study, storage: object, state: BudgetState) -> bo
     return added
 
 
-def unqueued_retries(trials: Iterable[FrozenTrial], storage: object) -> list[FrozenTrial]:
-    """Failed trials whose retry is due but not in the study.
+def unqueued_retries(
+    trials: Iterable[FrozenTrial], storage: object
+) -> list[tuple[FrozenTrial, FrozenTrial]]:
+    """Failed trials whose retry is due but not in the study, each with that retry.
 
     A process fails a trial and queues its retry in two calls (Optuna's ``fail_stale_trials``
     fails every stale trial first, a worker stopped by SIGTERM tells FAIL first): killed in
@@ -129,19 +131,19 @@ def unqueued_retries(trials: Iterable[FrozenTrial], storage: object) -> list[Fro
     trials = list(trials)
     retried = {history[-1] for t in trials if (history := t.system_attrs.get(RETRY_HISTORY))}
     return [
-        trial
+        (trial, retry)
         for trial in trials
         if trial.state == TrialState.FAIL
         and ERROR not in trial.user_attrs  # the objective's own failure used its slot
         and trial.number not in retried
-        and storage.retry_of(trial) is not None  # retries are on and it has one left
+        and (retry := storage.retry_of(trial)) is not None  # retries are on, one is left
     ]
 
 
 def requeue_lost_retries(
     study: optuna.Study,
     storage: object,
-    unqueued: Sequence[FrozenTrial],
+    unqueued: Sequence[tuple[FrozenTrial, FrozenTrial]],
     grace_s: float,
 ) -> bool:
     """Queue the retries in ``unqueued`` of trials failed over ``grace_s`` ago: a live process
@@ -153,9 +155,9 @@ def requeue_lost_retries(
     # Optuna writes datetime_complete with the failing process's clock, naive local time.
     oldest = datetime.now() - timedelta(seconds=grace_s)
     added = False
-    for trial in unqueued:
+    for trial, retry in unqueued:
         due = trial.datetime_complete is None or trial.datetime_complete < oldest
-        if due and fast.requeue_once(study_id_of(study), trial):
+        if due and fast.requeue_once(study_id_of(study), trial, retry):
             log.warning(
                 "trial %d failed without its retry (the process that failed it died): re-queued",
                 trial.number,

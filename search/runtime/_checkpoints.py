@@ -547,11 +547,11 @@ def take_copy(spec: StudySpec, study_uid: str, slot: int, copy: str, sync: Check
     source = _local(spec, _relative(spec, slot, study_uid, copy))
     if not os.path.exists(source):
         return False
-    if os.path.isdir(target) or os.path.isdir(source):  # no one-step swap of a folder
-        if os.path.isdir(target):
-            shutil.rmtree(target)
-        elif os.path.exists(target):
-            os.unlink(target)
+    # A folder is never swapped in one step (nor a file for a folder): remove the old first.
+    if os.path.isdir(target):
+        shutil.rmtree(target)
+    elif os.path.isdir(source) and os.path.exists(target):
+        os.unlink(target)
     os.replace(source, target)
     shutil.rmtree(os.path.dirname(source), ignore_errors=True)
     return True
