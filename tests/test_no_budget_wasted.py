@@ -17,9 +17,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpsearch.attrs import RETRY_OF, SLOT
+from hpsearch.attrs import RETRY_HISTORY, RETRY_OF, SLOT
 from hpsearch.search import create_study, load_spec_file, load_study, start_workers
-from hpsearch.search.runtime._budget import claim_slot, enqueue_batch
+from hpsearch.search.runtime._budget import claim_slot, enqueue_batch, reap_stale_trials
 
 from ._support import write_study_file
 from .conftest import hpsearch_command
@@ -389,6 +389,74 @@ def test_a_batch_and_a_retry_are_enqueued_once_however_often_asked(
     assert sorted(slots) == list(range(16)), slots
     (retry,) = [t for t in trials if t.system_attrs.get(RETRY_OF) == dead.number]
     assert retry.state == TrialState.WAITING and retry.system_attrs[SLOT] == dead.system_attrs[SLOT]
+
+
+def test_a_reaper_pass_reads_the_running_and_failed_trials_not_every_trial(
+    storage_url: str, tmp_path: Path, study_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The proxy's reaper loads every study afresh each pass (every heartbeat interval): a
+    pass that read every trial took seconds on a study of a few thousand. It reads the RUNNING
+    and FAIL trials; every trial only while a crashed trial's retry may be lost, which it then
+    queues."""
+    # A grace period that the first pass comes well within, however loaded the machine.
+    spec = load_spec_file(str(_study(tmp_path, study_name, n_trials=4, grace=5)))
+    create_study(spec, storage_url)
+    loaded = load_study(spec.name, storage_url)
+    distributions = {"x": optuna.distributions.FloatDistribution(-10.0, 10.0)}
+    for value in range(12):
+        loaded.study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": 1.0},
+                distributions=distributions,
+                value=float(value),
+                intermediate_values={step: float(step) for step in range(5)},
+            )
+        )
+    crashed = claim_slot(loaded.study, loaded.storage)
+    assert crashed is not None
+    loaded.storage.set_trial_state_values(crashed._trial_id, TrialState.FAIL)
+    requeue = loaded.storage.get_heartbeat_stale_trial_callback()
+    assert requeue is not None
+    requeue(loaded.study, loaded.study._storage.get_trial(crashed._trial_id))  # retry queued
+    lost = claim_slot(loaded.study, loaded.storage)  # claims the retry
+    assert lost is not None and lost.system_attrs.get(RETRY_OF) == crashed.number
+
+    built: list[int] = []  # trials each read built: Optuna's reads all go through _get_trials
+    read = loaded.storage._get_trials
+
+    def counted(*args: Any, **kwargs: Any) -> list[optuna.trial.FrozenTrial]:
+        trials = read(*args, **kwargs)
+        built.append(len(trials))
+        return trials
+
+    monkeypatch.setattr(loaded.storage, "_get_trials", counted)
+
+    def reap() -> list[int]:
+        built.clear()
+        fresh = optuna.load_study(study_name=spec.name, storage=loaded.storage)  # as the proxy
+        return reap_stale_trials(fresh, loaded.storage)
+
+    assert reap() == []
+    assert sum(built) <= 2, built  # the RUNNING trial and the FAIL one, of 17
+    # The retry's process dies between failing it and queueing its retry: a pass now reads
+    # every trial, and queues the retry once the failure is a grace period old.
+    loaded.storage.set_trial_state_values(lost._trial_id, TrialState.FAIL)
+    deadline = time.monotonic() + 60
+    while not _retries(storage_url, spec.name, lost.number):
+        assert time.monotonic() < deadline, "the reaper never queued the lost retry"
+        reap()
+        assert max(built) == 17, built
+        time.sleep(0.2)
+    reap()
+    assert sum(built) <= 2, built  # the FAIL trials: the retry has its mark, a cheap pass again
+    (retry,) = _retries(storage_url, spec.name, lost.number)
+    assert retry.state == TrialState.WAITING
+
+
+def _retries(url: str, name: str, number: int) -> list[optuna.trial.FrozenTrial]:
+    """The retries of trial ``number`` (the last trial in their retry history)."""
+    trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+    return [t for t in trials if t.system_attrs.get(RETRY_HISTORY, [None])[-1] == number]
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ from hpsearch.attrs import (
     ERROR,
     PROMOTED_FROM,
     REFILL,
+    REQUEUED,
     RETRY_HISTORY,
     RETRY_OF,
     SLOT,
@@ -272,21 +273,45 @@ def budget_state(trials: Iterable[FrozenTrial], n_trials: int) -> BudgetState:
     return BudgetState(n_trials=n_trials, enqueued=len(slots), slots=frozenset(slots), **counts)
 
 
-def reap_stale_trials(study: optuna.Study, storage: object) -> list[int]:
+def reap_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:
     """Fail RUNNING trials whose heartbeat is older than the grace period; their retries are
     queued by the storage's retry callback. The retries that a process killed between a trial's
     failure and its retry took with it are queued too, once the failure is a grace period old
     (see ``unqueued_retries``). ``storage``: the study's, as opened (not Optuna's cache around
-    it). Returns the failed trials' numbers."""
-    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    it). Returns the failed trials' numbers.
+
+    Reads the RUNNING and FAIL trials alone, through ``storage``: the proxy's reaper loads each
+    study afresh every pass, and a fresh study's cache reads every trial of the study (seconds
+    a pass on a study of a few thousand trials). Every trial is read only while a failed
+    trial's retry may be lost (see ``_retry_may_be_lost``).
+    """
+    study_id = study_id_of(study)
+    running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
     optuna.storages.fail_stale_trials(study)
-    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    failed = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.FAIL,))
     grace = getattr(storage, "grace_period", None)
-    # Every trial is read only while a failure not of the objective's own is in the study.
-    if grace is not None and any(ERROR not in trial.user_attrs for trial in failed):
-        unqueued = unqueued_retries(study.get_trials(deepcopy=False), storage)
-        requeue_lost_retries(study, storage, unqueued, grace)
-    return sorted(t.number for t in failed if t.number in running)
+    if grace is not None and _retry_may_be_lost(study_id, storage, failed):
+        everything = storage.get_all_trials(study_id, deepcopy=False)
+        requeue_lost_retries(study, storage, unqueued_retries(everything, storage), grace)
+    numbers = {t.number for t in running}
+    return sorted(t.number for t in failed if t.number in numbers)
+
+
+def _retry_may_be_lost(
+    study_id: int, storage: optuna.storages.BaseStorage, failed: Sequence[FrozenTrial]
+) -> bool:
+    """Whether a failed trial not of the objective's own may lack its retry: one with a retry
+    left whose queueing left no mark (``REQUEUED``; our storage queues every retry with its
+    mark, in one transaction). Cheap: the study's marks, not its trials."""
+    if not isinstance(storage, RetryTemplates):
+        return False
+    crashed = [t for t in failed if ERROR not in t.user_attrs]
+    if not crashed:
+        return False
+    marks = storage.get_study_system_attrs(study_id)
+    return any(
+        f"{REQUEUED}{t.number}" not in marks and storage.retry_of(t) is not None for t in crashed
+    )
 
 
 def slot_seed(study_seed: int, slot: int) -> int:
