@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import math
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +37,8 @@ def server_storages() -> Iterator[dict[str, ResilientRDBStorage]]:
     storages = {}
     for backend, admin_url in SERVER_URLS.items():
         admin = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        name = f"{CONFORMANCE_DB}_{abs(hash(admin_url)) % 10_000}"
+        # Of this process: test processes side by side (pytest -n, other sessions) never share it.
+        name = f"{CONFORMANCE_DB}_{os.getpid()}"
         force = " WITH (FORCE)" if backend == "postgresql" else ""
         with admin.connect() as connection:
             connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{force}")
