@@ -135,10 +135,15 @@ def unqueued_retries(
         (trial, retry)
         for trial in trials
         if trial.state == TrialState.FAIL
-        and ERROR not in trial.user_attrs  # the objective's own failure used its slot
         and trial.number not in retried
-        and (retry := storage.retry_of(trial)) is not None  # retries are on, one is left
+        and (retry := _retry_due(trial, storage)) is not None
     ]
+
+
+def _retry_due(trial: FrozenTrial, storage: RetryTemplates) -> FrozenTrial | None:
+    """The retry a failed trial is owed, or None: the objective's own failure used its slot,
+    and retries may be off or spent."""
+    return None if ERROR in trial.user_attrs else storage.retry_of(trial)
 
 
 def requeue_lost_retries(
@@ -303,14 +308,11 @@ def _retry_may_be_lost(
     """Whether a failed trial not of the objective's own may lack its retry: one with a retry
     left whose queueing left no mark (``REQUEUED``; our storage queues every retry with its
     mark, in one transaction). Cheap: the study's marks, not its trials."""
-    if not isinstance(storage, RetryTemplates):
-        return False
-    crashed = [t for t in failed if ERROR not in t.user_attrs]
-    if not crashed:
+    if not isinstance(storage, RetryTemplates) or all(ERROR in t.user_attrs for t in failed):
         return False
     marks = storage.get_study_system_attrs(study_id)
     return any(
-        f"{REQUEUED}{t.number}" not in marks and storage.retry_of(t) is not None for t in crashed
+        f"{REQUEUED}{t.number}" not in marks and _retry_due(t, storage) is not None for t in failed
     )
 
 
