@@ -17,9 +17,16 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.attrs import RETRY_OF
 from hpsearch.errors import SpecError
+from hpsearch.objectives import interrupt
 from hpsearch.search import create_study, load_spec_file
+from hpsearch.search._study import UID_ATTR, load_study
 from hpsearch.search.cli import main
+from hpsearch.search.runtime._budget import claim_slot
+from hpsearch.search.runtime._tracking import Tracking
+from hpsearch.search.runtime._worker import run_trial
+from hpsearch.storage._optuna_internals import study_id_of
 
 from .test_engine import run_worker, start_and_wait
 from .test_engine import write_study as write_engine_study
@@ -240,3 +247,47 @@ def test_a_trial_handed_back_and_retried_continues_its_wandb_run(
     assert dict((step, v["mse"]) for step, v in run.history) == retry.intermediate_values
     assert run.summary["hpsearch.trial"] == retry.number  # the retry took it over
     assert run.summary["hpsearch.state"] == "COMPLETE"
+
+
+def test_a_handed_back_trial_is_requeued_before_the_trackers_are_told(
+    write_study: Any, tmp_path: Path, study_name: str
+) -> None:
+    """A stopped worker's trial goes back to the queue before any tracker is called: a tracker
+    that blocks (W&B finishing its run over a slow network) must not hold the retry until the
+    supervisor's kill -9 after its grace period. ``run_trial`` runs in this process, its
+    objective interrupted as a stop signal interrupts it; the trackers' seam records what the
+    study held when it was told."""
+    path = write_study(n_trials=1)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    create_study(load_spec_file(str(path)), url)
+    loaded = load_study(study_name, url)
+    claimed = claim_slot(loaded.study, loaded.storage)
+    assert claimed is not None
+    retries_when_told: list[list[int]] = []
+
+    class Observed(Tracking):
+        def __init__(self) -> None:
+            self.trackers = []
+
+        def handed_back(self, frozen: FrozenTrial) -> None:
+            trials = loaded.storage.get_all_trials(study_id_of(loaded.study))
+            retries_when_told.append(
+                [t.number for t in trials if t.system_attrs.get(RETRY_OF) == frozen.number]
+            )
+
+    def stopped(trial: optuna.Trial, params: dict[str, Any]) -> float:
+        trial.report(1.0, 0)
+        raise interrupt.TrialInterrupted("stop requested")
+
+    with pytest.raises(interrupt.TrialInterrupted):
+        run_trial(
+            loaded,
+            claimed,
+            stopped,
+            log_trials=False,
+            study_uid=str(loaded.study.user_attrs[UID_ATTR]),
+            tracking=Observed(),
+        )
+    (retry,) = [t for t in _trials(url, study_name) if t.number != claimed.number]
+    assert retry.state == TrialState.WAITING
+    assert retries_when_told == [[retry.number]]

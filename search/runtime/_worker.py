@@ -230,11 +230,13 @@ def run_trial(
                 # checkpoint with the values reported so far.
                 sync.finish(trial)
                 frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-                if tracking is not None:
-                    tracking.handed_back(frozen)
                 retry = loaded.storage.get_heartbeat_stale_trial_callback()
                 if retry is not None:
                     retry(study, frozen)
+                # The retry is queued first: a tracker may block (W&B finishing its run over a
+                # slow network) until the supervisor's kill -9 ends the grace period.
+                if tracking is not None:
+                    tracking.handed_back(frozen)
                 if isinstance(err, Exception):
                     raise interrupt.TrialInterrupted("stop requested") from err
                 raise
