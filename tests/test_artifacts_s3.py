@@ -33,7 +33,13 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.attrs import CHECKPOINT, SLOT, UID
 from hpsearch.errors import HpsearchError, StorageError
 from hpsearch.search import create_study, load_spec_file
-from hpsearch.search.runtime._checkpoints import CheckpointSync, _publish, _remove_all
+from hpsearch.search.runtime._checkpoints import (
+    CheckpointSync,
+    _publish,
+    _remove_all,
+    exploit_copy,
+    remove_old_copies,
+)
 from hpsearch.search.runtime._preflight import check_node
 from hpsearch.storage import open_object_store
 
@@ -181,6 +187,35 @@ def test_the_store_uploads_downloads_and_deletes_one_folder(
         "s/slot-0000010/checkpoint.pt",
         "s/slot-000002/checkpoint.pt",
     ]
+
+
+def test_a_members_old_exploit_copies_are_removed_from_the_bucket(
+    s3_env: dict[str, str], bucket: str, tmp_path: Path
+) -> None:
+    """As a member's continuation after report step 5 starts, its slot's copies of decisions at
+    step 5 or before go (a sharded copy's versions too); a later decision's copy, its own
+    checkpoint and another slot's keys stay."""
+    path = tmp_path / "study.toml"
+    path.write_text(_study_toml("copies", f"s3://{bucket}/run"))
+    spec = load_spec_file(str(path))
+    store = open_object_store(f"s3://{bucket}/run")
+    local = tmp_path / "checkpoint.pt"
+    local.write_bytes(b"weights")
+    slot, other = "copies-u/slot-000001", "copies-u/slot-0000010"
+    stays = [
+        f"{slot}/checkpoint.pt",
+        f"{slot}/{exploit_copy(8, 0)}/checkpoint.pt",
+        f"{other}/{exploit_copy(2, 0)}/checkpoint.pt",
+    ]
+    goes = [
+        f"{slot}/{exploit_copy(2, 0)}/checkpoint.pt",
+        f"{slot}/{exploit_copy(5, 3)}/checkpoint.pt.versions/v1/shards/0.distcp",
+        f"{slot}/{exploit_copy(5, 3)}/checkpoint.pt",
+    ]
+    for key in stays + goes:
+        store.upload(str(local), key)
+    remove_old_copies(spec, "u", 1, through_step=5)
+    assert sorted(_keys(s3_env["AWS_ENDPOINT_URL"], bucket)) == sorted(f"run/{k}" for k in stays)
 
 
 # --- (1) a study to its budget, with its checkpoints in the bucket -----------------------------

@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.attrs import (
     EXPLOIT_FROM,
+    EXPLOIT_STEP,
     EXPLOITED,
     PARAM_SCHEDULE,
     PAUSED,
@@ -554,6 +555,43 @@ def test_a_copy_that_lands_after_its_member_trained_on_is_never_taken(
         # What the member trained, also for a retry of its continuation (it takes nothing).
         assert _taken(loaded, continuation) == f"slot {slot} trained on"
     assert len(_continuations(study)) == POPULATION
+
+
+def test_a_copy_that_landed_late_is_removed_when_its_member_next_resumes(tmp_path: Path) -> None:
+    """Copies that land after their member took its own (a copier that stalled past its "still
+    current" check; another decision's) are never read, and the member's next continuation
+    removes them: before, they stayed in the slot's folder for the member's whole run. A copy
+    of a later decision, and the member's checkpoint, stay."""
+    loaded = _population_at_interval_end(tmp_path, "late-copies")
+    study, spec, uid = loaded.study, loaded.spec, str(loaded.study.user_attrs[UID_ATTR])
+    step = INTERVAL - 1
+    assert continue_members(study, loaded.storage, spec, uid, last=False)
+    exploiting = {
+        slot: t for slot, t in _continuations(study).items() if EXPLOIT_FROM in t.system_attrs
+    }
+    assert exploiting
+    member, continuation = next(iter(exploiting.items()))
+    donor = continuation.system_attrs[EXPLOIT_FROM]
+    assert _taken(loaded, continuation) == f"slot {donor}"
+    folder = Path(checkpoint_path(spec, member, uid)).parent
+    late = [exploit_copy(step, donor), exploit_copy(step, (donor + 1) % POPULATION)]
+    for copy in late:  # landing now, after the take
+        made = copy_checkpoint(spec, uid, donor, member, copy=copy, still_current=lambda: True)
+        assert made == "copied"
+    next_step = step + INTERVAL
+    later = folder / exploit_copy(next_step + INTERVAL, donor)
+    later.mkdir()
+    assert {p.name for p in folder.iterdir()} >= set(late)
+    Path(checkpoint_path(spec, member, uid)).write_text(f"slot {member} trained on")
+    # The member's next interval: a continuation that keeps its own weights.
+    own = optuna.trial.create_trial(
+        state=TrialState.WAITING,
+        system_attrs={SLOT: member, PROMOTED_FROM: continuation.number, EXPLOIT_STEP: next_step},
+    )
+    sync = CheckpointSync(None, "", "")
+    assert not take_exploited_weights(study, spec, uid, own, sync)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["checkpoint.pt", later.name])
+    assert Path(checkpoint_path(spec, member, uid)).read_text() == f"slot {member} trained on"
 
 
 @pytest.mark.parametrize("sharded", [False, True])

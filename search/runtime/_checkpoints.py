@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import posixpath
+import re
 import shutil
 import stat
 import tempfile
@@ -72,6 +73,38 @@ def exploit_copy(step: int, donor: int) -> str:
     report ``step``, in the member's slot folder: one name per decision, so that a copy landing
     late (its worker stalled) is never taken for another decision's, nor after it was taken."""
     return f"exploit-{step:06d}-from-{donor:06d}"
+
+
+_EXPLOIT_COPY = re.compile(r"exploit-(\d+)-from-\d+")
+
+
+def remove_old_copies(spec: StudySpec, study_uid: str, slot: int, *, through_step: int) -> None:
+    """Delete the slot's exploit copies (see ``exploit_copy``) of decisions at report
+    ``through_step`` or before, as the member's continuation after that step starts: a copy is
+    only ever taken by the continuation its decision queued, which has taken it by then. A copy
+    that landed after it was taken, or that another decision made (its copier stalled past the
+    "still current" check), would otherwise stay in the slot's folder for the member's whole
+    run. Never fatal: a failure costs disk space, not the trial."""
+    folder = posixpath.dirname(_relative(spec, slot, study_uid))
+
+    def old(name: str) -> bool:
+        match = _EXPLOIT_COPY.fullmatch(name)
+        return match is not None and int(match.group(1)) <= through_step
+
+    artifacts = spec.resources.artifacts
+    try:
+        if is_object_store_url(artifacts):
+            store = _object_store(artifacts)
+            keys = [k for k in store.keys(folder) if old(k[len(folder) + 1 :].split("/")[0])]
+            if keys:
+                store.delete(keys)
+            return
+        local = _local(spec, folder)
+        for name in os.listdir(local) if os.path.isdir(local) else []:
+            if old(name):
+                shutil.rmtree(os.path.join(local, name), ignore_errors=True)
+    except (StorageError, OSError) as err:
+        log.warning("could not remove the old exploit copies of slot %d: %s", slot, err)
 
 
 @functools.cache

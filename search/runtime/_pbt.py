@@ -49,6 +49,7 @@ from hpsearch.search.runtime._checkpoints import (
     CheckpointSync,
     copy_checkpoint,
     exploit_copy,
+    remove_old_copies,
     take_copy,
 )
 from hpsearch.search.runtime._scheduler import (
@@ -266,17 +267,20 @@ def take_exploited_weights(
     """Before an exploiting continuation trains: the copy of its donor's checkpoint made at the
     decision becomes its slot's checkpoint, once (a retry after it trained keeps what it
     trained); whether it was taken now (then the slot's object in a bucket is already fetched).
+    Every continuation of a member then removes its slot's copies of decisions up to its own
+    (``remove_old_copies``): one that landed late does not stay for the member's whole run.
     """
     donor, step = trial.system_attrs.get(EXPLOIT_FROM), trial.system_attrs.get(EXPLOIT_STEP)
-    if donor is None or step is None:
-        return False
+    if step is None:
+        return False  # not a member's continuation
     member, taken = _slot(trial), _taken_key(_slot(trial), int(step))
-    if _marked(study, taken):
-        return False
-    # Killed between the take and the mark, a retry takes it again, or finds it gone (a file
-    # system's move): the slot then holds it, as nothing trained in between.
-    took = take_copy(spec, study_uid, member, exploit_copy(int(step), int(donor)), sync)
-    storage_of(study).set_study_system_attr(study_id_of(study), taken, int(donor))
+    took = False
+    if donor is not None and not _marked(study, taken):
+        # Killed between the take and the mark, a retry takes it again, or finds it gone (a
+        # file system's move): the slot then holds it, as nothing trained in between.
+        took = take_copy(spec, study_uid, member, exploit_copy(int(step), int(donor)), sync)
+        storage_of(study).set_study_system_attr(study_id_of(study), taken, int(donor))
+    remove_old_copies(spec, study_uid, member, through_step=int(step))
     return took
 
 
