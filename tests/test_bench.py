@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -397,3 +398,20 @@ def test_warm_start_counts_trials_until_the_target_regret() -> None:
 
     assert _to_reach([0.3, 0.2, 0.05, 0.01], 0.05) == 3
     assert _to_reach([0.3, 0.2], 0.05) == 2  # never: every trial, a lower bound
+
+
+@pytest.mark.slow
+def test_asha_settings_measures_a_setting_and_refuses_a_malformed_one() -> None:
+    """One seed of one setting through the real path: its rungs and figures; a malformed
+    setting is refused in one line naming the form."""
+    from bench import asha_settings
+
+    figures = asha_settings.measure([(3, 3)], seeds=1)
+    (row,) = figures["settings"]
+    assert row["rungs"] == [3, 9]
+    assert row["median_epochs_to_target"] > 0
+    assert row["reached"] in ("0/1", "1/1")
+    assert figures["default_median_epochs"] > 0
+    for bad in ("3", "3,1", "a,b"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"MIN_EPOCHS|min_epochs"):
+            asha_settings.setting(bad)
