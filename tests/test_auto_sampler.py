@@ -164,29 +164,67 @@ def test_where_gp_does_not_suit_auto_proposes_what_plain_tpe_does() -> None:
     assert {t.user_attrs[SAMPLER] for t in auto.trials} == {"tpe"}
 
 
+def _run_and_export(tmp_path: Path, url: str) -> dict[str, Any]:
+    """``hpsearch run`` of the study file ``_spec`` wrote, then its ``export`` as JSON."""
+    for args in (
+        ["-q", "run", str(tmp_path / "auto.toml"), "--storage", url],
+        ["export", "--study", "auto", "--storage", url, "--format", "json"],
+    ):
+        result = subprocess.run(
+            [*hpsearch_command(), *args], capture_output=True, text=True, cwd=tmp_path, timeout=300
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
 def test_export_and_the_dashboard_note_say_which_sampler_proposed(tmp_path: Path) -> None:
-    spec_path = tmp_path / "auto.toml"
     _spec(tmp_path, CONTINUOUS, n_trials=4)
     url = f"sqlite:///{tmp_path / 'auto.db'}"
-    run = subprocess.run(
-        [*hpsearch_command(), "-q", "run", str(spec_path), "--storage", url],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr
-    exported = subprocess.run(
-        [*hpsearch_command(), "export", "--study", "auto", "--storage", url, "--format", "json"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert exported.returncode == 0, exported.stderr
-    assert json.loads(exported.stdout)["sampler"] == "gp"
+    assert _run_and_export(tmp_path, url)["sampler"] == "gp"
     study = optuna.load_study(study_name="auto", storage=url)
     assert {t.user_attrs[SAMPLER] for t in study.trials} == {"gp"}
     system_attrs = study._storage.get_study_system_attrs(study._study_id)
     note = get_note_from_system_attrs(system_attrs, None)["body"]
     assert "Sampler auto: Optuna's GP sampler proposes the first 100 trials" in note
+
+
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        {"name": "asha", "min_epochs": 1, "max_epochs": 9, "reduction_factor": 3},
+        {"name": "pbt", "population": 4, "interval_epochs": 1, "max_epochs": 4},
+    ],
+    ids=["asha", "pbt"],
+)
+def test_a_continuation_names_the_sampler_that_proposed_its_params(
+    scheduler: dict[str, Any], tmp_path: Path
+) -> None:
+    """A paused configuration's continuation is enqueued, proposed by no sampler: it names the
+    one that proposed the params it goes on with (a PBT member's explored params: none), so
+    that export of a promoted best says which sampler found it."""
+    space = {**CONTINUOUS, "l2": {"type": "float", "low": 1e-6, "high": 1e-1, "log": True}}
+    _spec(
+        tmp_path,
+        space,
+        n_trials=4 if scheduler["name"] == "pbt" else 8,
+        objective="hpsearch.objectives.curves:learning_curve",
+        scheduler=scheduler,
+        resources={"artifacts": str(tmp_path / "artifacts")},
+    )
+    url = f"sqlite:///{tmp_path / 'auto.db'}"
+    exported = _run_and_export(tmp_path, url)
+    trials = optuna.load_study(study_name="auto", storage=url).get_trials()
+    by_number = {t.number: t for t in trials}
+    continuations = [t for t in trials if "promoted_from" in t.user_attrs]
+    assert continuations, "nothing was paused and resumed"
+    for trial in continuations:
+        source = by_number[trial.user_attrs["promoted_from"]]
+        if trial.params == source.params:  # PBT: unless explored after an exploit
+            assert trial.user_attrs.get(SAMPLER) == source.user_attrs.get(SAMPLER)
+        else:
+            assert SAMPLER not in trial.user_attrs
+    assert "tpe" in {t.user_attrs.get(SAMPLER) for t in continuations}
+    best = optuna.load_study(study_name="auto", storage=url).best_trial
+    assert exported["sampler"] == best.user_attrs.get(SAMPLER)
+    if scheduler["name"] == "asha":
+        assert best.user_attrs[SAMPLER] == "tpe"

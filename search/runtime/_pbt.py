@@ -55,6 +55,7 @@ from hpsearch.search.runtime._checkpoints import (
 from hpsearch.search.runtime._scheduler import (
     enqueue_once,
     paused_trials,
+    proposer,
     rung_values,
 )
 from hpsearch.search.spec._scheduler import PbtSchedule
@@ -306,6 +307,8 @@ def _enqueue(
         )
         user_attrs[EXPLOITED] = {"from_slot": source, "at_epoch": step + 1, "changed": changed}
         system_attrs[EXPLOIT_FROM] = source
+    else:
+        user_attrs.update(proposer(donor))  # its own params, as its sampler proposed them
     continuation = optuna.trial.create_trial(
         state=TrialState.WAITING,
         params=params,

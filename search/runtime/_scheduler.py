@@ -32,6 +32,7 @@ from hpsearch.attrs import (
     PROMOTED_FROM,
     PROMOTED_RUNG,
     RESUMED_AT_RUNG,
+    SAMPLER,
     SLOT,
 )
 from hpsearch.search.spec._scheduler import Schedule
@@ -54,6 +55,14 @@ def promoted_from(trial: FrozenTrial) -> int | None:
     """The paused trial a continuation (or its retry) resumes."""
     number = trial.system_attrs.get(PROMOTED_FROM)
     return None if number is None else int(number)
+
+
+def proposer(trial: FrozenTrial) -> dict[str, str]:
+    """The user attribute naming the sampler that proposed ``trial``'s params (the auto
+    sampler records it), for a continuation that goes on with the same params: enqueued, it is
+    proposed by no sampler, and without it ``export`` of a promoted best would name none."""
+    name = trial.user_attrs.get(SAMPLER)
+    return {SAMPLER: name} if name is not None else {}
 
 
 def _configuration(trial: FrozenTrial) -> int:
@@ -190,7 +199,7 @@ def _enqueue_continuation(
         distributions=paused.distributions,
         # The curve so far: the COMPLETE trial holds the configuration's whole curve.
         intermediate_values=paused.intermediate_values,
-        user_attrs={RESUMED_AT_RUNG: rung, "promoted_from": paused.number},
+        user_attrs={RESUMED_AT_RUNG: rung, "promoted_from": paused.number, **proposer(paused)},
         system_attrs={
             SLOT: slot,
             PROMOTED_FROM: paused.number,

@@ -6,7 +6,7 @@ search/runtime/_pbt.py (``pbt``).
 
     [scheduler]
     name = "asha"
-    min_epochs = 1        # the first rung
+    min_epochs = 3        # the first rung (docs/scheduler.md: choosing the rungs)
     max_epochs = 27       # a promoted configuration trains this long ([training] epochs)
     reduction_factor = 3  # the top 1/3 of a rung goes on to the next
 
@@ -52,7 +52,7 @@ _KEYS: dict[str, tuple[str, ...]] = {
 _REQUIRED = {"asha": 4, "pbt": 4}
 SCHEDULER_KEYS = tuple(dict.fromkeys(key for keys in _KEYS.values() for key in keys))
 _EXAMPLES = {
-    "asha": 'name = "asha", min_epochs = 1, max_epochs = 27, reduction_factor = 3',
+    "asha": 'name = "asha", min_epochs = 3, max_epochs = 27, reduction_factor = 3',
     "pbt": 'name = "pbt", population = 8, interval_epochs = 3, max_epochs = 27',
 }
 PBT_DEFAULTS: dict[str, Any] = {
