@@ -153,6 +153,17 @@ def test_the_cli_refuses_a_misspelt_budget_in_one_line_and_creates_nothing(
     assert not db.exists()
 
 
+def test_a_compute_budget_without_n_trials_is_refused_with_the_fix(write_study: Any) -> None:
+    path = write_study()
+    path.write_text(path.read_text().replace("n_trials = 12\n", "epochs = 100\n", 1))
+    with pytest.raises(SpecError) as err:
+        load_spec_file(str(path))
+    assert str(err.value).endswith(
+        "[budget]: n_trials is required: the number of trials across all workers (beside epochs, "
+        "it bounds the configurations tried); add e.g. n_trials = 100."
+    )
+
+
 def test_a_compute_budget_is_stored_and_a_study_without_one_is_unchanged(write_study: Any) -> None:
     path = write_study()
     plain = load_spec_file(str(path))

@@ -514,7 +514,17 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
     scheduler_raw = c.table(raw, "scheduler", "")
     pbt = scheduler_raw.get("name") == "pbt"
     if "n_trials" not in budget_raw and not pbt:
-        raise c.fail("budget", "n_trials is required: the number of trials across all workers.")
+        beside = [key for key in ("epochs", "device_hours") if key in budget_raw]
+        raise c.fail(
+            "budget",
+            "n_trials is required: the number of trials across all workers"
+            + (
+                f" (beside {' and '.join(beside)}, it bounds the configurations tried)"
+                if beside
+                else ""
+            )
+            + "; add e.g. n_trials = 100.",
+        )
     # A population's members are its configurations: [scheduler] population is the budget.
     n_trials = scheduler_raw.get("population") if pbt else None
     budget: dict[str, Any] = {
