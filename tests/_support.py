@@ -53,6 +53,17 @@ def study_toml(
     return tomli_w.dumps(document)
 
 
+# Small schedules that pause configurations and resume them from their checkpoints (the
+# learning-curve simulator's), for ``@pytest.mark.parametrize("scheduler", **RESUMING)``.
+RESUMING: dict[str, Any] = {
+    "argvalues": [
+        {"name": "asha", "min_epochs": 1, "max_epochs": 9, "reduction_factor": 3},
+        {"name": "pbt", "population": 4, "interval_epochs": 1, "max_epochs": 4},
+    ],
+    "ids": ["asha", "pbt"],
+}
+
+
 def write_study_file(path: Path, **study: Any) -> Path:
     """``study_toml(**study)`` written to ``path`` (its folder made); returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)

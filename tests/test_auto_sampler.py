@@ -17,7 +17,7 @@ from hpsearch.search import SpecError, load_spec_file
 from hpsearch.search.spec._auto import GP_TRIALS, AutoSampler, space_kind, why_not_gp
 from hpsearch.search.spec._samplers import build_sampler
 
-from ._support import study_toml
+from ._support import RESUMING, study_toml
 from .conftest import hpsearch_command
 
 CONTINUOUS = {
@@ -188,14 +188,7 @@ def test_export_and_the_dashboard_note_say_which_sampler_proposed(tmp_path: Path
     assert "Sampler auto: Optuna's GP sampler proposes the first 100 trials" in note
 
 
-@pytest.mark.parametrize(
-    "scheduler",
-    [
-        {"name": "asha", "min_epochs": 1, "max_epochs": 9, "reduction_factor": 3},
-        {"name": "pbt", "population": 4, "interval_epochs": 1, "max_epochs": 4},
-    ],
-    ids=["asha", "pbt"],
-)
+@pytest.mark.parametrize("scheduler", **RESUMING)
 def test_a_continuation_names_the_sampler_that_proposed_its_params(
     scheduler: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -21,7 +21,7 @@ from hpsearch.search import create_study, load_spec_file, load_study, start_work
 from hpsearch.search.results._progress import progress_line
 from hpsearch.search.runtime._compute import spent
 
-from ._support import study_toml
+from ._support import RESUMING, study_toml
 from .conftest import hpsearch_command
 
 WORKERS = 3
@@ -202,6 +202,47 @@ def test_an_epochs_budget_ends_the_study_within_its_bound(
     assert stopped and all(t.state == TrialState.PRUNED for t in stopped)
     assert all(t.value is not None for t in stopped), "a stopped trial keeps its last value"
     _assert_shown(storage_url, spec.name, "epochs", budget, counted)
+
+
+@pytest.mark.parametrize("scheduler", **RESUMING)
+def test_a_resumed_configuration_counts_each_epoch_it_trained_once(
+    scheduler: dict[str, Any], tmp_path: Path
+) -> None:
+    """A continuation resumes from its checkpoint and reports the restored epoch again (a
+    decision a kill interrupted is made): the epochs budget counts what was trained, not that."""
+    text = study_toml(
+        name="resumed",
+        objective="hpsearch.objectives.curves:learning_curve",
+        n_trials=scheduler.get("population", 8),
+        metric="val_loss",
+        space={
+            "lr": {"type": "float", "low": 1e-3, "high": 1.0, "log": True},
+            "l2": {"type": "float", "low": 1e-6, "high": 1e-1, "log": True},
+        },
+        scheduler=scheduler,
+        resources={"artifacts": str(tmp_path / "artifacts")},
+    ).replace("[budget]\n", "[budget]\nepochs = 1000\n", 1)  # never reached
+    (tmp_path / "resumed.toml").write_text(text)
+    url = f"sqlite:///{tmp_path / 'resumed.db'}"
+    result = subprocess.run(
+        [*hpsearch_command(), "-q", "run", str(tmp_path / "resumed.toml"), "--storage", url],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = _trials(url, "resumed")
+    assert [t for t in trials if "resumed_from_epoch" in t.user_attrs], "nothing resumed"
+    if scheduler["name"] == "pbt":
+        trained = scheduler["population"] * scheduler["max_epochs"]  # every member, to the end
+    else:  # each configuration's curve, as far as it got, trained once
+        furthest: dict[int, int] = {}
+        for trial in trials:
+            slot = trial.system_attrs["hpsearch:slot"]
+            furthest[slot] = max(furthest.get(slot, 0), len(trial.intermediate_values))
+        trained = sum(furthest.values())
+    assert spent(trials).epochs == trained
 
 
 @pytest.mark.slow

@@ -2,10 +2,13 @@
 
 What is spent is read from what trials record, so every worker on every node sees the same sum:
 
-- **epochs**: the evaluations a trial reported itself (``trial.report``, one per epoch). A retry
-  resumed from a checkpoint reports only the epochs it trains, so a restored epoch is never
-  counted twice. The count is stored with the trial's number (attribute ``EPOCHS``): a retry
-  copies its parent's attributes, and the number tells the copy from its own count.
+- **epochs**: the evaluations a trial reported itself (``trial.report``, one per epoch). A trial
+  resumed from a checkpoint (a retry, a paused configuration's continuation, a PBT member) first
+  reports the checkpoint's last epoch again, so that a decision a kill interrupted is made; that
+  report is not counted when the epoch's first report is in its curve already (the trial that
+  trained it counted it), so a restored epoch is never counted twice. The count is stored with
+  the trial's number (attribute ``EPOCHS``): a retry copies its parent's attributes, and the
+  number tells the copy from its own count.
 - **device-seconds**: each trial's wall time (start to end, or to now while it runs) times its
   devices. A dead worker's trial counts until it is reaped (its grace period), so lost work is
   included, and over-counted rather than under-counted.
@@ -27,7 +30,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from hpsearch.attrs import BUDGET_STOP, EPOCHS, WORKER
+from hpsearch.attrs import BUDGET_STOP, EPOCHS, RESUMED_FROM_EPOCH, WORKER
 from hpsearch.search.results._multi_objective import MultiObjectiveTrial
 from hpsearch.search.spec._study_file import StudySpec
 from hpsearch.storage._optuna_internals import storage_of
@@ -163,13 +166,16 @@ class _Watch:
         self.epochs = 0
         self.stopped: str | None = None  # the budget found spent at a report
         self.recorded = False
+        self.restored: int | None = None  # the epoch of the checkpoint the trial resumed from
 
-    def reported(self) -> None:
-        self.epochs += 1
-        if self.meter.budget.epochs is not None:
-            storage_of(self.meter.study).set_trial_system_attr(
-                self.trial_id, EPOCHS, [self.number, self.epochs]
-            )
+    def reported(self, *, again: bool) -> None:
+        """A report; ``again``: the restored epoch's, whose training was counted already."""
+        if not again:
+            self.epochs += 1
+            if self.meter.budget.epochs is not None:
+                storage_of(self.meter.study).set_trial_system_attr(
+                    self.trial_id, EPOCHS, [self.number, self.epochs]
+                )
         if self.stopped is not None:
             # The objective trained on without asking should_prune (or despite its answer).
             self.stop()
@@ -192,9 +198,21 @@ class _Metered(optuna.Trial):
         super().__init__(study, trial_id)
         self.watch = _Watch(meter, trial_id, self.number)
 
+    def set_user_attr(self, key: str, value: Any) -> None:
+        super().set_user_attr(key, value)
+        if key == RESUMED_FROM_EPOCH and isinstance(value, int) and value >= 1:
+            # Every resuming objective says so just before it reports that epoch again.
+            self.watch.restored = value - 1
+
     def report(self, value: float, step: int) -> None:
+        again = step == self.watch.restored and self._has_report(step)
+        if step == self.watch.restored:
+            self.watch.restored = None
         super().report(value, step)
-        self.watch.reported()
+        self.watch.reported(again=again)
+
+    def _has_report(self, step: int) -> bool:
+        return int(step) in self._cached_frozen_trial.intermediate_values
 
     def should_prune(self) -> bool:
         if self.watch.stopped is not None:
@@ -204,7 +222,8 @@ class _Metered(optuna.Trial):
 
 
 class _MeteredMultiObjectiveTrial(_Metered, MultiObjectiveTrial):
-    pass
+    def _has_report(self, step: int) -> bool:
+        return int(step) in self._curve
 
 
 def budget_stop_reason(trial: optuna.Trial) -> str | None:
