@@ -90,6 +90,7 @@ def run(
 
     Returns the Optuna study (``study.best_trial``, ``study.trials_dataframe()``, ...); raises
     ``HpsearchError`` when a worker failed. A study whose budget is used returns at once.
+    ``progress=False``: no progress, and the workers log only warnings and errors (``-q``).
     """
     spec = _spec(study_file)
     if spec.resources.nodes_per_trial > 1:

@@ -10,10 +10,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import optuna
 import pytest
 
 from hpsearch.search.cli import build_parser
-from tests._support import write_study_file
+from tests._support import study_toml, write_study_file
 from tests.conftest import hpsearch_command
 
 HEAVY = ("torch", "sklearn", "plotly", "grpc")
@@ -145,6 +146,32 @@ def test_quiet_prints_only_what_was_asked(finished_study: tuple[Path, str, str])
     )
     assert result.returncode == 0, result.stderr
     assert (result.stdout, result.stderr) == ("", "")
+
+
+def test_quiet_workers_log_no_progress_of_their_own(tmp_path: Path) -> None:
+    """A run that pauses, promotes and resumes (lines the workers log as they go) is silent."""
+    path = tmp_path / "quiet.toml"
+    path.write_text(
+        study_toml(
+            name="quiet",
+            objective="hpsearch.objectives.curves:learning_curve",
+            n_trials=6,
+            space={"lr": {"type": "float", "low": 1e-3, "high": 1.0, "log": True}},
+            scheduler={"name": "asha", "min_epochs": 1, "max_epochs": 9, "reduction_factor": 3},
+            resources={"artifacts": str(tmp_path / "artifacts")},
+        )
+    )
+    url = f"sqlite:///{tmp_path / 'quiet.db'}"
+    result = subprocess.run(
+        [*hpsearch_command(), "run", "-q", str(path), "--storage", url],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout, result.stderr) == ("", "")
+    trials = optuna.load_study(study_name="quiet", storage=url).trials
+    assert any("resumed_from_epoch" in t.user_attrs for t in trials), "nothing was resumed"
 
 
 def _commands(parser: argparse.ArgumentParser, prefix: list[str]) -> list[list[str]]:

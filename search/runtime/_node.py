@@ -84,6 +84,7 @@ class NodeWorkers:
             url,
             timeout=timeout,
             log_trials=show_progress and not self._live,
+            quiet=not show_progress,  # `-q`: the workers' log keeps warnings and errors
             assignments=assignments,
             group=group,
             gate=self._gate,

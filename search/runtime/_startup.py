@@ -52,7 +52,7 @@ def _configure_process(args: WorkerArgs) -> None:
     ignore_our_experimental_warnings()  # an objective's own stay the user's to see
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.basicConfig(
-        level=logging.INFO,
+        level=logging.WARNING if args.quiet else logging.INFO,
         format=f"%(asctime)s [worker {args.index} pid %(process)d] %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,

@@ -19,6 +19,7 @@ class WorkerArgs:
     timeout: float | None  # seconds, from when the worker is ready, after which no trial starts
     parent: int  # the pid of the process that started the worker: the worker dies with it
     log_trials: bool  # one line per finished trial (off when a live display runs)
+    quiet: bool = False  # only warnings and errors in the log (`hpsearch -q`)
     devices_per_trial: int = 1  # > 1: each trial runs as a DDP group of this many ranks
     devices: str = "cpu"  # recorded on each trial: the CUDA_VISIBLE_DEVICES of this worker
     nodes_per_trial: int = 1  # > 1: the workers of this many nodes form each trial's group
