@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 import os
@@ -15,10 +16,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpsearch.attrs import BUDGET_STOP, RETRY_OF
+from hpsearch.attrs import BUDGET_STOP, EPOCHS, RETRY_OF
 from hpsearch.errors import SpecError
 from hpsearch.search import create_study, load_spec_file, load_study, start_workers
 from hpsearch.search.results._progress import progress_line
+from hpsearch.search.results._status import status_document
 from hpsearch.search.runtime._compute import spent
 
 from ._support import RESUMING, study_toml
@@ -243,6 +245,37 @@ def test_a_resumed_configuration_counts_each_epoch_it_trained_once(
             furthest[slot] = max(furthest.get(slot, 0), len(trial.intermediate_values))
         trained = sum(furthest.values())
     assert spent(trials).epochs == trained
+
+
+def test_the_eta_is_the_first_budget_reached_at_the_rate_it_is_spent(
+    write_study: Any, tmp_path: Path
+) -> None:
+    spec = _study(write_study, tmp_path, "epochs = 40", epochs=4, seconds=0.05)  # 200 trials
+    url = f"sqlite:///{tmp_path / 'eta.db'}"
+    create_study(spec, url)
+    study = optuna.load_study(study_name=spec.name, storage=url)
+    began = dt.datetime.now() - dt.timedelta(hours=1)
+    for i in range(5):  # the last hour: 5 trials of 2 epochs, one after the other
+        number = len(study.trials)
+        study.add_trial(
+            optuna.trial.FrozenTrial(
+                number=number,
+                trial_id=number,
+                state=TrialState.COMPLETE,
+                value=1.0,
+                datetime_start=began + dt.timedelta(minutes=12 * i),
+                datetime_complete=began + dt.timedelta(minutes=12 * (i + 1)),
+                params={},
+                distributions={},
+                user_attrs={},
+                system_attrs={EPOCHS: [number, 2]},
+                intermediate_values={0: 1.0, 1: 1.0},
+            )
+        )
+    document = status_document(study, spec)
+    assert document["trials_per_hour"] == pytest.approx(5)
+    # 195 trials left at 5 an hour would be 39 hours; 30 epochs left at 10 an hour end it in 3.
+    assert document["eta_seconds"] == pytest.approx(3 * 3600, rel=0.01)
 
 
 @pytest.mark.slow

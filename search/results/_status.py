@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.objectives.command import describe_objective
 from hpsearch.search.results._export import best_trials
@@ -17,6 +17,23 @@ from hpsearch.search.spec._scheduler import PbtSchedule
 from hpsearch.search.spec._study_file import StudySpec
 
 STATUS_SCHEMA_VERSION = 1
+
+
+def _eta(
+    trials: list[FrozenTrial],
+    remaining: int,
+    per_hour: float,
+    compute: dict[str, dict[str, float]],
+) -> float:
+    """Seconds until the first budget is reached, each at the rate it was spent so far: trials
+    as they finished, a compute budget since the first trial started (running ones count)."""
+    seconds = [remaining / per_hour * 3600]
+    started = [t.datetime_start for t in trials if t.datetime_start is not None]
+    elapsed = (dt.datetime.now() - min(started)).total_seconds() if started else 0.0
+    for budget in compute.values():
+        if budget["spent"] > 0 and elapsed > 0:
+            seconds.append(budget["remaining"] / budget["spent"] * elapsed)
+    return round(min(seconds), 1)
 
 
 def status_document(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
@@ -35,7 +52,7 @@ def status_document(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
     compute = compute_document(trials, spec)
     # A spent compute budget ends the study whatever trials are left: no time is left either.
     over = remaining == 0 or any(b["remaining"] <= 0 for b in compute.values())
-    eta = None if per_hour in (None, 0) or over else round(remaining / per_hour * 3600, 1)
+    eta = None if per_hour in (None, 0) or over else _eta(trials, remaining, per_hour, compute)
     best = [
         {"trial": t.number, "values": list(t.values), "params": dict(t.params)}
         for t in best_trials(study)
