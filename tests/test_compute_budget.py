@@ -430,7 +430,7 @@ def _assert_shown(url: str, name: str, unit: str, limit: float, counted: float) 
     assert status["remaining"] == 0
     text = run("status")
     shown = "epochs" if unit == "epochs" else "device-hours"
-    assert f"{shown} spent, 0 remaining" in text, text
+    assert f"{shown} spent, 0 remaining: the study is over, no further trial starts" in text, text
     exported = json.loads(run("export", "--format", "json"))["budget"][unit]
     assert exported == status
     loaded = load_study(name, url)

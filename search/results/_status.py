@@ -164,5 +164,7 @@ def compute_lines(budget: dict[str, Any]) -> list[str]:
             lines.append(
                 f"{fmt.format(b['spent'])}/{fmt.format(b['limit'])} {unit} spent, "
                 f"{fmt.format(b['remaining'])} remaining"
+                # Trials may be left (and queued slots wait): this budget ended the study.
+                + (": the study is over, no further trial starts" if b["remaining"] <= 0 else "")
             )
     return lines
