@@ -415,3 +415,35 @@ def test_asha_settings_measures_a_setting_and_refuses_a_malformed_one() -> None:
     for bad in ("3", "3,1", "a,b"):
         with pytest.raises(argparse.ArgumentTypeError, match=r"MIN_EPOCHS|min_epochs"):
             asha_settings.setting(bad)
+
+
+def test_discrete_samplers_local_variant_moves_to_the_untried_neighbour_of_the_best() -> None:
+    import optuna
+    from optuna.distributions import IntDistribution
+
+    from bench import discrete_samplers
+
+    grid = {"a": list(range(5)), "b": list(range(5))}
+    tried = [(2, 2), (1, 2), (3, 2), (2, 1), (0, 0), (4, 4), (0, 4), (4, 0), (0, 1), (1, 0), (4, 3)]
+    study = optuna.create_study(
+        direction="maximize", sampler=discrete_samplers._Local(grid, categorical=False, seed=0)
+    )
+    distributions = {name: IntDistribution(0, 4) for name in grid}
+    for a, b in tried:  # the best is (2, 2); of its neighbours only (2, 3) is untried
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"a": a, "b": b},
+                distributions=distributions,
+                value=1.0 if (a, b) == (2, 2) else 0.5,
+            )
+        )
+    trial = study.ask(distributions)  # trial 11: an odd one, the local move's turn
+    assert (trial.params["a"], trial.params["b"]) == (2, 3)
+
+
+def test_discrete_samplers_measures_every_variant_on_a_table() -> None:
+    from bench import discrete_samplers
+
+    (row,) = discrete_samplers.measure(1, ("car",), processes=1)
+    assert set(row["regret_at_50"]) == set(discrete_samplers.SAMPLERS)
+    assert all(value >= 0 for value in row["regret_at_50"].values())
