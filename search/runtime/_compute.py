@@ -205,9 +205,9 @@ class _Metered(optuna.Trial):
             self.watch.restored = value - 1
 
     def report(self, value: float, step: int) -> None:
+        # Only the first report after the resume can be the restored epoch's again.
         again = step == self.watch.restored and self._has_report(step)
-        if step == self.watch.restored:
-            self.watch.restored = None
+        self.watch.restored = None
         super().report(value, step)
         self.watch.reported(again=again)
 
