@@ -29,6 +29,7 @@ from hpsearch.storage._rdb import (
     describe_driver_error,
     import_storage_modules,
     open_storage,
+    sqlite_file,
     translate_errors,
 )
 from hpsearch.storage._url import (
@@ -65,6 +66,7 @@ __all__ = [
     "parse_object_url",
     "redact_url",
     "resolve_storage_url",
+    "sqlite_file",
     "start_proxy_server",
     "translate_errors",
 ]

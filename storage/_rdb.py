@@ -60,6 +60,19 @@ def _engine_kwargs(url: str, settings: StorageSettings) -> dict[str, Any]:
     return common
 
 
+def sqlite_file(url: str) -> str | None:
+    """The absolute path of the SQLite file a URL opens; None for another database, one in
+    memory, or a SQLite URI (``file:...?mode=...``, which says itself what to open)."""
+    if dialect_of(url) != "sqlite":
+        return None
+    parsed = make_url(url)
+    database = parsed.database
+    uri = str(parsed.query.get("uri", "")).lower() in ("true", "1", "yes", "on")
+    if not database or database == ":memory:" or uri or database.startswith("file:"):
+        return None
+    return os.path.abspath(database)
+
+
 def _check_sqlite_path(url: str, *, must_exist: bool = False) -> None:
     """Refuse a SQLite file in a missing folder; with ``must_exist``, a missing file as well.
 
@@ -67,12 +80,9 @@ def _check_sqlite_path(url: str, *, must_exist: bool = False) -> None:
     (``status``, ``studies``, a worker, ...) must never do that, or a typo in --storage leaves a
     stray file and a misleading "no studies" behind.
     """
-    parsed = make_url(url)
-    database = parsed.database
-    uri = str(parsed.query.get("uri", "")).lower() in ("true", "1", "yes", "on")
-    if not database or database == ":memory:" or uri or database.startswith("file:"):
-        return  # in memory, or a SQLite URI (file:...?mode=...) that says itself what to open
-    path = os.path.abspath(database)
+    path = sqlite_file(url)
+    if path is None:
+        return
     parent = os.path.dirname(path)
     if must_exist and not os.path.exists(path):
         shown = redact_url(url)

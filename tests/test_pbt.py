@@ -148,6 +148,12 @@ def _load(tmp_path: Path, text: str) -> Any:
     [
         ({**PBT, "explore": ["width"]}, "explore names 'width', which a live trial cannot change"),
         ({**PBT, "explore": ["momentum"]}, "explore names 'momentum', which is not searched"),
+        (
+            {**PBT, "explore": ["lrr"]},
+            "explore names 'lrr', which is neither searched nor an option pbt can change; "
+            "it explores only options it can change in a live trial: lr, momentum, l1, l2. "
+            "Did you mean 'lr'?",
+        ),
         ({**PBT, "explore": "lr"}, "explore must be a non-empty list"),
         ({**PBT, "population": 1}, "population must be >= 2"),
         ({**PBT, "interval_epochs": 12}, "interval_epochs (12) must be smaller than max_epochs"),

@@ -122,6 +122,10 @@ def test_parameters_that_no_longer_fit_are_dropped() -> None:
         ({"direction": "maximize"}, "optimizes minimize, this study maximize"),
         ({"metric": "mse"}, "measured loss, this study mse"),
         ({"storage": "$NOT_SET_ANYWHERE"}, "the environment variable NOT_SET_ANYWHERE is not set"),
+        # A typo in the earlier storage's path: a missing SQLite file, not created by the check.
+        ({"storage": "sqlite:///typo.db"}, "typo.db' does not exist); name a storage that holds"),
+        # No storage named: this study's own, whose SQLite file `create` has not made yet.
+        ({"storage": None}, "new.db' does not exist); name a storage that holds earlier"),
     ],
 )
 def test_create_refuses_a_warm_start_it_cannot_use_in_one_line_and_writes_nothing(
@@ -130,6 +134,8 @@ def test_create_refuses_a_warm_start_it_cannot_use_in_one_line_and_writes_nothin
     url = f"sqlite:///{tmp_path / 'earlier.db'}"
     _earlier(tmp_path, url, n_trials=3)
     warm = {"studies": change.get("studies", ["earlier"]), "storage": change.get("storage", url)}
+    if warm["storage"] is None:
+        del warm["storage"]
     path = tmp_path / "new.toml"
     path.write_text(
         study_toml(
@@ -147,7 +153,7 @@ def test_create_refuses_a_warm_start_it_cannot_use_in_one_line_and_writes_nothin
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert message in line and "[warm_start]" in line
-    assert not (tmp_path / "new.db").exists()
+    assert not (tmp_path / "new.db").exists() and not (tmp_path / "typo.db").exists()
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.errors import HpsearchError, MissingSchemaError
 from hpsearch.search.spec._space import distribution
 from hpsearch.search.spec._study_file import StudySpec
-from hpsearch.storage import open_storage, redact_url, translate_errors
+from hpsearch.storage import open_storage, redact_url, sqlite_file, translate_errors
 
 log = logging.getLogger("hpsearch.worker")
 
@@ -53,13 +53,13 @@ def earlier_trials(spec: StudySpec, url: str) -> list[FrozenTrial]:
     docstring); refuses, in one line, a study that is missing or optimizes something else."""
     warm = spec.warm_start or {}
     where = earlier_storage_url(spec, url)
+    path = sqlite_file(where)
+    if path is not None and not os.path.exists(path):  # also this study's own, before `create`
+        raise _no_studies(warm["studies"], where, f" (the SQLite file {path!r} does not exist)")
     try:
         storage = open_storage(where)
     except MissingSchemaError:
-        raise HpsearchError(
-            f"[warm_start]: {redact_url(where)} holds no studies; name a storage that holds "
-            f"{', '.join(warm['studies'])}."
-        ) from None
+        raise _no_studies(warm["studies"], where, "") from None
     space = {name: distribution(entry) for name, entry in spec.space.items()}
     carried: list[FrozenTrial] = []
     with translate_errors(where):
@@ -78,6 +78,13 @@ def earlier_trials(spec: StudySpec, url: str) -> list[FrozenTrial]:
                 if moved is not None:
                     carried.append(moved)
     return carried
+
+
+def _no_studies(names: Sequence[str], where: str, why: str) -> HpsearchError:
+    return HpsearchError(
+        f"[warm_start]: {redact_url(where)} holds no studies{why}; name a storage that holds "
+        f"{', '.join(names)} in [warm_start] storage."
+    )
 
 
 def _check_same_goal(spec: StudySpec, study: optuna.Study) -> None:

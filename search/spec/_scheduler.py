@@ -251,6 +251,12 @@ def _explore(
             f'explore must be a non-empty list of [space] names, e.g. ["lr"]; got {explore!r}.',
         )
     for name in explore:
+        if name not in live and name not in space:
+            raise fail(
+                "scheduler",
+                f"explore names {name!r}, which is neither searched nor an option pbt can "
+                f"change; it explores only options {allowed}.{did_you_mean(name, live)}",
+            )
         if name not in live:
             raise fail(
                 "scheduler",
