@@ -99,7 +99,7 @@ def run_sections(
         "search": lambda: search_efficiency.measure(quick=quick),
         "schedules": lambda: schedules.measure(quick=quick, tasks=tasks),
         "warm_start": lambda: warm_start.measure(quick=quick),
-        "samplers": lambda: samplers.measure(quick=quick),
+        "samplers": lambda: samplers.measure(quick=quick, only=tasks),
         "mo_pruning": lambda: mo_pruning.measure(quick=quick),
         "scaling": lambda: scaling.measure(quick=quick),
         "cli": lambda: cli_latency.measure(quick=quick),
@@ -412,8 +412,9 @@ def samplers_md(f: dict[str, Any]) -> list[str]:
         ]
         ratio = "-" if r["vs_tpe"] is None else f"{r['vs_tpe']:.2f}x"
         chosen = ", ".join(f"{name} {count}" for name, count in sorted(r["proposed_by"].items()))
+        task = r["task"] + (f" (measured {r['measured']['date'][:10]})" if "measured" in r else "")
         rows.append(
-            f"| {r['task']} | {r['method']} | {' | '.join(cells)} | {ratio} | "
+            f"| {task} | {r['method']} | {' | '.join(cells)} | {ratio} | "
             f"{r['trial_seconds'] * 1000:.0f} ms | {chosen or '-'} |"
         )
     return [*rows, "", *_auto_summary(f)]
@@ -653,8 +654,8 @@ def merge_sections(
 ) -> dict[str, Any]:
     """``figures`` of some sections laid over the last full run's (``path``), each remeasured
     section dated in the meta; without a full run there, the sections alone (not full).
-    ``tasks``: the schedules section measured only these tasks; the others keep their figures,
-    each task dated by its own ``measured`` entry."""
+    ``tasks``: the schedules or samplers section measured only these tasks; the others keep
+    their figures, each task (a samplers row) dated by its own ``measured`` entry."""
     try:
         last = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -665,18 +666,18 @@ def merge_sections(
         return figures
     meta = dict(last["meta"], full=True)
     when = {"date": figures["meta"]["date"], "command": f"python -m bench --sections {option}"}
-    if "schedules" in figures:
+    if "schedules" in figures:  # its table dates each task
         for task in figures["schedules"].get("tasks", []):
             task["measured"] = when
-    if tasks is not None and "schedules" in last:
-        fresh = {t["task"]: t for t in figures["schedules"]["tasks"]}
-        figures["schedules"]["tasks"] = [
-            fresh.get(t["task"], t) for t in last["schedules"]["tasks"]
-        ] + [
-            t
-            for name, t in fresh.items()
-            if name not in {t["task"] for t in last["schedules"]["tasks"]}
-        ]
+    if tasks is not None:  # one section, measured for these tasks only
+        section, key = ("samplers", "rows") if "samplers" in figures else ("schedules", "tasks")
+        for entry in figures[section][key]:
+            entry["measured"] = when
+        if section in last:
+            # The entries measured again replace theirs, in the last run's order.
+            fresh = {(t["task"], t.get("method")): t for t in figures[section][key]}
+            kept = [fresh.pop((t["task"], t.get("method")), t) for t in last[section][key]]
+            figures[section][key] = [*kept, *fresh.values()]
     meta["remeasured"] = {
         **{k: v for k, v in meta.get("remeasured", {}).items() if k not in figures},
         **{name: when for name in figures if name != "meta"},
@@ -704,8 +705,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--tasks",
-        help="with --sections schedules: comma-separated subset of its tasks to measure again "
-        "(the others keep the last run's figures)",
+        help="with --sections schedules or samplers: comma-separated subset of its tasks to "
+        "measure again (the others keep the last run's figures)",
     )
     parser.add_argument("--output-dir", default=str(ROOT / "bench" / "results"))
     parser.add_argument(
@@ -726,13 +727,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     if tasks is not None:
-        from bench.schedules import TASKS
+        from bench import samplers, schedules
 
-        known = [t.name for t in TASKS]
-        if sections != ["schedules"] or not set(tasks) <= set(known):
+        known = {
+            "schedules": [t.name for t in schedules.TASKS],
+            "samplers": [samplers.task_key(t) for t in samplers.tasks()],
+        }
+        if len(sections) != 1 or not set(tasks) <= set(known.get(sections[0], [])):
             print(
-                f"bench: --tasks goes with --sections schedules and names some of "
-                f"{', '.join(known)}; got --sections {args.sections} --tasks {args.tasks}.",
+                "bench: --tasks goes with --sections schedules (tasks "
+                f"{', '.join(known['schedules'])}) or --sections samplers (tasks "
+                f"{', '.join(known['samplers'])}); got --sections {args.sections} "
+                f"--tasks {args.tasks}.",
                 file=sys.stderr,
             )
             return 2

@@ -400,6 +400,66 @@ def test_warm_start_counts_trials_until_the_target_regret() -> None:
     assert _to_reach([0.3, 0.2], 0.05) == 2  # never: every trial, a lower bound
 
 
+def test_a_samplers_run_of_some_tasks_replaces_only_their_rows(tmp_path: Path) -> None:
+    from bench.suite import merge_sections, samplers_md
+
+    def row(task: str, method: str, regret: float) -> dict[str, object]:
+        return {
+            "task": task,
+            "method": method,
+            "regret_50": regret,
+            "regret_50_95": [regret, regret],
+            "vs_tpe": 1.0,
+            "trial_seconds": 0.01,
+            "proposed_by": {},
+        }
+
+    methods = ("tpe (plain)", "auto", "auto, 4 workers")
+    last = {
+        "meta": {"date": "2026-12-01T00:00:00+00:00", "full": True},
+        "samplers": {
+            "compared_at": 50,
+            "seeds": 20,
+            "rows": [
+                row(t, m, 0.5) for t in ("hpobench/car", "curves (no noise)") for m in methods
+            ],
+        },
+    }
+    path = tmp_path / "latest.json"
+    path.write_text(json.dumps(last))
+    fresh = {
+        "meta": {"date": "2026-12-07T00:00:00+00:00"},
+        "samplers": {
+            "compared_at": 50,
+            "seeds": 20,
+            "rows": [row("curves (no noise)", m, 0.25) for m in methods],
+        },
+    }
+    merged = merge_sections(path, fresh, "samplers --tasks curves", tasks=["curves"])
+    rows = merged["samplers"]["rows"]
+    assert [(r["task"], r["method"], r["regret_50"]) for r in rows] == [
+        *[("hpobench/car", m, 0.5) for m in methods],
+        *[("curves (no noise)", m, 0.25) for m in methods],
+    ]
+    assert ["measured" in r for r in rows] == [False] * 3 + [True] * 3
+    table = "\n".join(samplers_md(merged["samplers"]))
+    assert "| curves (no noise) (measured 2026-12-07) | auto, 4 workers |" in table
+    assert "| hpobench/car | auto |" in table
+
+
+def test_bench_refuses_tasks_of_another_section_in_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--sections", "samplers", "--tasks", "digits"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "--sections samplers (tasks hpobench/australian" in line and "curves)" in line
+
+
 @pytest.mark.slow
 def test_asha_settings_measures_a_setting_and_refuses_a_malformed_one() -> None:
     """One seed of one setting through the real path: its rungs and figures; a malformed
