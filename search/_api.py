@@ -118,6 +118,8 @@ def run(
         if progress:
             verb = "created" if result.created else "resuming"
             print(f"{verb} study {spec.name!r} in {redact_url(url)}", file=sys.stderr)
+            if result.raised:
+                print(result.raised_line(url), file=sys.stderr)
         # The study is loaded once, on the database create_study opened.
         loaded = load_study(spec.name, url, storage=result.storage)
         if budget_used(loaded.study, spec.n_trials):

@@ -12,13 +12,18 @@ import optuna
 
 from hpsearch import attrs
 from hpsearch.errors import HpsearchError
-from hpsearch.search.runtime._budget import enqueue_first_batch
+from hpsearch.search.runtime._budget import (
+    enqueue_first_batch,
+    raise_budget_slots,
+    reap_stale_trials,
+)
 from hpsearch.search.spec._constraints import is_feasible
 from hpsearch.search.spec._note import save_spec_note
 from hpsearch.search.spec._samplers import build_pruner, build_sampler
 from hpsearch.search.spec._study_file import (
     NODE_RESOURCES,
     StudySpec,
+    budget_change,
     spec_differences,
     study_resource_differences,
 )
@@ -53,14 +58,23 @@ def settings_from(spec: StudySpec) -> StorageSettings:
 @dataclass(frozen=True)
 class CreateResult:
     spec: StudySpec
-    created: bool  # False: the same spec was already there (a no-op)
+    created: bool  # False: the same spec was already there (a no-op), or its budget raised
     # The open database: `run` loads the study on it rather than opening the database again.
     storage: optuna.storages.RDBStorage
+    raised: tuple[str, ...] = ()  # "n_trials 100 -> 200": what a raise of the budget changed
+
+    def raised_line(self, url: str) -> str:
+        return (
+            f"raised the budget of study {self.spec.name!r} in {redact_url(url)}: "
+            f"{', '.join(self.raised)}"
+        )
 
 
 def create_study(spec: StudySpec, url: str) -> CreateResult:
     """Create the study, or accept an identical existing one; refuse a different spec.
 
+    A spec that differs from the stored one only in a wider [budget] raises the stored budget
+    (while no trial runs): a search that has not converged goes on in the same study.
     This is the only place that creates the database schema.
     """
     if spec.warm_start:  # refused before anything is written
@@ -77,8 +91,9 @@ def create_study(spec: StudySpec, url: str) -> CreateResult:
             )
         except optuna.exceptions.DuplicatedStudyError:
             existing = _stored_spec(storage, spec.name, url)
+            change = budget_change(existing, spec)
             diffs = spec_differences(existing.identity(), spec.identity())
-            if diffs:
+            if diffs and change is None:
                 raise HpsearchError(
                     f"Study {spec.name!r} already exists in {redact_url(url)} with a different spec "
                     f"({'; '.join(diffs[:5])}); rename the study in the file, or delete the old one "
@@ -93,6 +108,16 @@ def create_study(spec: StudySpec, url: str) -> CreateResult:
                     "are this machine's); put the stored values back in the study file, or give "
                     "the study a new [study].name."
                 ) from None
+            if change is not None and change.lowered:
+                raise HpsearchError(
+                    f"Study {spec.name!r} in {redact_url(url)} has a wider [budget] than the "
+                    f"file ({'; '.join(change.lowered)}): a budget can be raised, never lowered; "
+                    "put the stored values back in the file, or give the study a new "
+                    "[study].name."
+                ) from None
+            if change is not None:
+                raised = _raise_budget(storage, existing, spec, url)
+                return CreateResult(raised, False, storage, raised=tuple(change.raised))
             return CreateResult(existing, created=False, storage=storage)
         try:
             with warnings.catch_warnings():
@@ -117,6 +142,34 @@ def create_study(spec: StudySpec, url: str) -> CreateResult:
             optuna.delete_study(study_name=spec.name, storage=storage)
             raise
     return CreateResult(spec, created=True, storage=storage)
+
+
+def _raise_budget(
+    storage: optuna.storages.RDBStorage, existing: StudySpec, given: StudySpec, url: str
+) -> StudySpec:
+    """Store ``given``'s wider [budget] on the study and queue the slots it adds.
+
+    Only while no trial runs: a running worker keeps the compute budgets it loaded. (The
+    ``timeout`` is each run's, and may change at any time.)
+    The spec is stored before the slots are queued: a raise cut short between the two leaves
+    slots missing, which the workers' queue repair adds, never slots beyond the budget.
+    """
+    study = optuna.load_study(study_name=given.name, storage=storage)
+    reap_stale_trials(study, storage)  # a dead worker's trial does not hold the raise up
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    limits = [{**spec.data["budget"], "timeout": None} for spec in (existing, given)]
+    if running and limits[0] != limits[1]:  # a new timeout alone is each run's own
+        raise HpsearchError(
+            f"Study {given.name!r} in {redact_url(url)} has {len(running)} running trial(s): "
+            "its [budget] can be raised only while none runs; wait for the workers to end "
+            "(or stop them with Ctrl-C; a killed worker's trial ends once its heartbeat is "
+            f"grace_period = {existing.resources.grace_period:g} s old), then run this again."
+        )
+    raised = StudySpec({**existing.data, "budget": given.data["budget"]})
+    study.set_user_attr(SPEC_ATTR, raised.data)
+    save_spec_note(study, raised)
+    raise_budget_slots(study, storage, existing.n_trials, raised.n_trials)
+    return raised
 
 
 def _stored_spec(storage: optuna.storages.BaseStorage, name: str, url: str) -> StudySpec:

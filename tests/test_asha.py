@@ -425,6 +425,20 @@ def test_a_study_pauses_promotes_and_keeps_its_budget_on_every_backend(
 
 
 @pytest.mark.slow
+def test_an_asha_study_whose_budget_is_raised_ends_each_new_slot_once(
+    tmp_path: Path, study_name: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'raised.db'}"
+    create_study(load_spec_file(str(_write(tmp_path, study_name, 3))), url)
+    _worker(study_name, url, tmp_path)
+    assert_budget_exact(_trials(url, study_name), 3)
+    result = create_study(load_spec_file(str(_write(tmp_path, study_name, 7))), url)
+    assert result.raised == ("n_trials 3 -> 7",)
+    _worker(study_name, url, tmp_path)
+    assert_budget_exact(_trials(url, study_name), 7)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["grid", "tpe", "qmc"])
 def test_every_sampler_leaves_a_continuation_its_parameters(
     tmp_path: Path, study_name: str, sampler: str

@@ -81,6 +81,8 @@ def cmd_create(args: argparse.Namespace) -> int:
     result = create_study(spec, url)
     if result.created:
         print(f"created study {spec.name!r} in {redact_url(url)} ({spec.n_trials} trials budgeted)")
+    elif result.raised:
+        print(result.raised_line(url))
     else:
         print(
             f"study {spec.name!r} already exists in {redact_url(url)} with the same spec; nothing to do"

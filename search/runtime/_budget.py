@@ -9,6 +9,11 @@ Enqueuing all slots up front would make every storage read pay for thousands of 
 so slots come in batches: the first slot of a batch carries the range of the next batch, and the
 one worker that claims it enqueues that range. A stale trial's retry copies its system attributes
 (Optuna's ``RetryHeartbeatStaleTrialCallback``), so the retry inherits the slot and the duty.
+
+A raised budget (``raise_budget_slots``) enqueues the slots after the old last one: the rest of
+the old last batch as a batch of its own, then the first whole batch, whose first slot carries
+the duty for the next. Whoever enqueues reads the budget as stored now, not as it was when the
+worker started, so a duty taken before a raise still carries the queue to the new end.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from hpsearch.attrs import (
     RETRY_HISTORY,
     RETRY_OF,
     SLOT,
+    SPEC,
     WORKER,
 )
 from hpsearch.search.runtime._scheduler import paused_rung, paused_trials
@@ -69,11 +75,15 @@ def _slot_trial(slot: int, n_trials: int) -> FrozenTrial:
 def enqueue_batch(study: optuna.Study, storage: object, start: int, n_trials: int) -> bool:
     """Put the slots of the batch that starts at ``start`` in the queue, unless they are there.
 
-    Our RDB storage adds the batch in one transaction, at most once however often it is asked
-    (a retry after a lost acknowledgement, two workers repairing the queue at once). Other
-    storages add the batch's missing slots one by one. Returns whether anything was added.
+    A batch ends where the window of ``BATCH`` slots it starts in ends (or at ``n_trials``): it
+    is a whole window, or the rest of one after a raised budget. Our RDB storage adds the batch
+    in one transaction, at most once however often it is asked (a retry after a lost
+    acknowledgement, two workers repairing the queue at once). Other storages add the batch's
+    missing slots one by one. Returns whether anything was added.
     """
-    slots = range(start, min(start + BATCH, n_trials))
+    slots = range(start, min(start - start % BATCH + BATCH, n_trials))
+    if not slots:
+        return False
     fast = hot_path_of(storage)
     if fast is not None:
         trials = [_slot_trial(slot, n_trials) for slot in slots]
@@ -90,11 +100,33 @@ def enqueue_first_batch(study: optuna.Study, storage: object, n_trials: int) -> 
     enqueue_batch(study, storage, 0, n_trials)
 
 
-def refill(study: optuna.Study, storage: object, claimed: FrozenTrial, n_trials: int) -> None:
+def stored_n_trials(study: optuna.Study) -> int:
+    """The study's trial budget as stored now: ``create`` may have raised it since the caller
+    loaded the spec."""
+    spec = storage_of(study).get_study_user_attrs(study_id_of(study))[SPEC]
+    return int(spec["budget"]["n_trials"])
+
+
+def refill(study: optuna.Study, storage: object, claimed: FrozenTrial) -> None:
     """Enqueue the next batch if ``claimed`` carries that duty and nobody did it yet."""
     next_range = claimed.system_attrs.get(REFILL)
     if next_range:
-        enqueue_batch(study, storage, int(next_range[0]), n_trials)
+        enqueue_batch(study, storage, int(next_range[0]), stored_n_trials(study))
+
+
+def raise_budget_slots(study: optuna.Study, storage: object, old_n: int, new_n: int) -> None:
+    """Enqueue the slots ``old_n`` to ``new_n`` of a budget raised while no trial runs.
+
+    Only once the old queue is whole: while a duty to enqueue an old batch is pending, the
+    worker that takes it reads the raised budget and carries the queue on to its end.
+    """
+    slots = {t.system_attrs.get(SLOT) for t in study.get_trials(deepcopy=False)}
+    if old_n - 1 not in slots:
+        return
+    enqueue_batch(study, storage, old_n, new_n)  # the rest of the old last window
+    whole = old_n + (-old_n % BATCH)
+    if whole != old_n:
+        enqueue_batch(study, storage, whole, new_n)
 
 
 def repair_queue(study: optuna.Study, storage: object, state: BudgetState) -> bool:
@@ -104,14 +136,17 @@ def repair_queue(study: optuna.Study, storage: object, state: BudgetState) -> bo
 
     Returns whether slots were added (the caller claims again).
     """
-    if state.enqueued >= state.n_trials or hot_path_of(storage) is None:
+    if hot_path_of(storage) is None:
+        return False
+    n_trials = max(state.n_trials, stored_n_trials(study))
+    if state.enqueued >= n_trials:
         return False
     added = False
-    for start in range(0, state.n_trials, BATCH):
-        if any(
-            slot not in state.slots for slot in range(start, min(start + BATCH, state.n_trials))
-        ):
-            added = enqueue_batch(study, storage, start, state.n_trials) or added
+    for window in range(0, n_trials, BATCH):
+        missing = [s for s in range(window, min(window + BATCH, n_trials)) if s not in state.slots]
+        if missing:
+            # A window is missing whole, or after a raise, the slots past the old budget.
+            added = enqueue_batch(study, storage, missing[0], n_trials) or added
     if added:
         log.warning("re-queued budget slots that were never enqueued")
     return added

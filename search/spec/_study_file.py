@@ -1012,6 +1012,34 @@ def study_resource_differences(stored: StudySpec, given: StudySpec) -> list[str]
     ]
 
 
+@dataclass(frozen=True)
+class BudgetChange:
+    """How a study file's [budget] differs from a stored study's, where nothing else does."""
+
+    raised: list[str]  # "n_trials 100 -> 200": more work allowed (a wider limit, or none)
+    lowered: list[str]  # "epochs 500 -> 300": less allowed (a tighter limit, or a new one)
+
+
+def budget_change(stored: StudySpec, given: StudySpec) -> BudgetChange | None:
+    """The budget change from ``stored`` to ``given``, or None when they differ elsewhere too
+    (or not at all). ``timeout`` is the wall-clock limit of each run, so any change of it counts
+    as raised."""
+    old, new = stored.identity(), given.identity()
+    if old == new or {**old, "budget": None} != {**new, "budget": None}:
+        return None
+    change = BudgetChange(raised=[], lowered=[])
+    before, after = old["budget"], new["budget"]
+    for key in sorted(set(before) | set(after)):
+        a, b = before.get(key), after.get(key)
+        if a == b:
+            continue
+        # No limit (None) allows the most, except that n_trials is always set.
+        wider = key == "timeout" or b is None or (a is not None and b > a)
+        text = f"{key} {'none' if a is None else a} -> {'none' if b is None else b}"
+        (change.raised if wider else change.lowered).append(text)
+    return change
+
+
 def spec_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
     """Dotted paths where two spec dicts differ, with both values."""
     diffs: list[str] = []
