@@ -125,14 +125,19 @@ def run(
         if budget_used(loaded.study, spec.n_trials):
             if progress:
                 print(
-                    f"the budget of {spec.n_trials} trial(s) is used: no worker started",
+                    f"the budget of {spec.n_trials} trial(s) is used: no worker started (raise "
+                    "[budget] n_trials in the file to go on)",
                     file=sys.stderr,
                 )
             return loaded.study
         unit = budget_reached(loaded.study.get_trials(deepcopy=False), spec)
         if unit is not None:
             if progress:
-                print(f"the study's {unit} budget is spent: no worker started", file=sys.stderr)
+                print(
+                    f"the study's {unit} budget is spent: no worker started (raise [budget] "
+                    f"{unit} in the file to go on)",
+                    file=sys.stderr,
+                )
             return loaded.study
         _finish(loaded, node.run(loaded))
     return loaded.study

@@ -544,7 +544,10 @@ def test_the_training_engine_spends_an_epochs_budget_through_hpsearch_run(
         check=False,
     )
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "the study's epochs budget is spent: no worker started" in again.stderr
+    assert (
+        "the study's epochs budget is spent: no worker started (raise [budget] epochs in the "
+        "file to go on)"
+    ) in again.stderr
     assert spent(_trials(url, study_name)).epochs == counted
 
 

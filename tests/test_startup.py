@@ -80,6 +80,9 @@ def test_a_used_budget_starts_no_trial_and_leaves_no_worker(
     first = hpsearch.run(path, storage=url, workers=1, progress=False)
     finished = [(t.number, t.datetime_complete) for t in first.get_trials(deepcopy=False)]
     again = hpsearch.run(path, storage=url, workers=1)
-    assert "the budget of 2 trial(s) is used: no worker started" in capsys.readouterr().err
+    assert (
+        "the budget of 2 trial(s) is used: no worker started (raise [budget] n_trials in the "
+        "file to go on)"
+    ) in capsys.readouterr().err
     assert multiprocessing.active_children() == []
     assert [(t.number, t.datetime_complete) for t in again.get_trials()] == finished
