@@ -219,3 +219,45 @@ def test_a_dead_workers_trial_does_not_hold_a_raise_up(tmp_path: Path, write_stu
     assert result.raised == ("n_trials 4 -> 8",)
     states = collections.Counter(t.state for t in loaded.study.get_trials(deepcopy=False))
     assert states == {TrialState.FAIL: 1, TrialState.WAITING: 8}  # its retry is queued
+
+
+ALWAYS_PRUNED = """
+import optuna
+
+def always_pruned(trial, params):
+    trial.report(1.0, 0)
+    raise optuna.TrialPruned()
+"""
+
+
+@pytest.mark.parametrize(
+    ("budget", "objective", "message"),
+    [
+        (
+            "epochs = 2",  # the quadratic example trains 3 epochs
+            "quadratic.py:quadratic",
+            "has no completed trial: its epochs budget was spent before a configuration trained "
+            "to its end (0 paused, 1 pruned, 0 failed); raise [budget] epochs in the study file",
+        ),
+        (
+            "",
+            "always_pruned.py:always_pruned",
+            "has no completed trial: none of its 3 trials completed (0 paused, 3 pruned, 0 "
+            "failed); raise [budget] n_trials in the study file",
+        ),
+    ],
+)
+def test_a_study_over_without_a_completed_trial_says_how_to_go_on(
+    tmp_path: Path, write_study: Any, study_name: str, budget: str, objective: str, message: str
+) -> None:
+    """Not "run `hpsearch worker`", which would start nothing."""
+    (tmp_path / "always_pruned.py").write_text(ALWAYS_PRUNED)
+    url = f"sqlite:///{tmp_path / 'over.db'}"
+    path = write_study(n_trials=3, objective=objective)
+    path.write_text(path.read_text().replace("[budget]\n", f"[budget]\n{budget}\n", 1))
+    run = _cli("run", "study.toml", "--storage", url, "--workers", "1", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert message in run.stdout
+    export = _cli("export", "--study", study_name, "--storage", url, cwd=tmp_path)
+    assert export.returncode == 2 and export.stderr.count("\n") == 1, export.stderr
+    assert message in export.stderr

@@ -28,7 +28,7 @@ from hpsearch.errors import HpsearchError
 from hpsearch.files import replacing
 from hpsearch.objectives import BUILTIN_OBJECTIVES
 from hpsearch.search.runtime._budget import budget_state, worker_of
-from hpsearch.search.runtime._compute import compute_document
+from hpsearch.search.runtime._compute import budget_reached, compute_document
 from hpsearch.search.spec._constraints import is_feasible
 from hpsearch.search.spec._study_file import StudySpec
 
@@ -52,6 +52,30 @@ def best_trials(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(front, key=lambda t: (sign * t.values[0], t.number))
 
 
+def _nothing_completed(study: optuna.Study, spec: StudySpec) -> str:
+    """Why a study has no completed trial to export, and what goes on from there."""
+    everything = study.get_trials(deepcopy=False)
+    state = budget_state(everything, spec.n_trials)
+    ended = f"({state.paused} paused, {state.pruned} pruned, {state.failed} failed)"
+    spent = budget_reached(everything, spec)
+    if spent is not None and state.running == 0:
+        return (
+            f"Study {spec.name!r} has no completed trial: its {spent} budget was spent before a "
+            f"configuration trained to its end {ended}; raise [budget] {spent} in the study "
+            "file and run it again (docs/budget.md: Raising a budget)."
+        )
+    if state.used >= spec.n_trials and state.finished:
+        return (
+            f"Study {spec.name!r} has no completed trial: none of its {spec.n_trials} trials "
+            f"completed {ended}; raise [budget] n_trials in the study file and run it again, or "
+            "change what stops them."
+        )
+    return (
+        f"Study {spec.name!r} has no completed trial yet; run `hpsearch worker --study "
+        f"{spec.name}` (or wait for the running ones) and export again."
+    )
+
+
 def export_document(
     study: optuna.Study, spec: StudySpec, *, top: int | None = None, output: str | None = None
 ) -> dict[str, Any]:
@@ -68,10 +92,7 @@ def export_document(
             "or loosen the constraints in a new study."
         )
     if not trials:
-        raise HpsearchError(
-            f"Study {spec.name!r} has no completed trial yet; run `hpsearch worker --study "
-            f"{spec.name}` (or wait for the running ones) and export again."
-        )
+        raise HpsearchError(_nothing_completed(study, spec))
     best = trials[0]
     single = len(spec.directions) == 1
     params = dict(best.params)
