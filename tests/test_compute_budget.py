@@ -24,7 +24,7 @@ from hpsearch.search.results._status import status_document
 from hpsearch.search.runtime._compute import spent
 
 from ._support import RESUMING, study_toml
-from .conftest import hpsearch_command
+from .conftest import ROOT, hpsearch_command
 
 WORKERS = 3
 
@@ -153,6 +153,49 @@ def test_the_cli_refuses_a_misspelt_budget_in_one_line_and_creates_nothing(
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "[budget]" in result.stderr and "'device_hours'" in result.stderr
     assert not db.exists()
+
+
+CURVES = ROOT / "studies" / "curves.toml"  # [training] epochs = 27
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "needed", "message"),
+    [
+        ("", 27, "before any configuration has trained to the end ([training] epochs = 27)"),
+        (
+            '[scheduler]\nname = "asha"\nmin_epochs = 3\nmax_epochs = 9\nreduction_factor = 3\n',
+            9,
+            "before any configuration has trained to the end ([scheduler] max_epochs = 9)",
+        ),
+        (
+            '[scheduler]\nname = "pbt"\npopulation = 4\ninterval_epochs = 3\nmax_epochs = 9\n',
+            36,
+            "before its population has trained to the end (each of its 4 members trains to "
+            "[scheduler] max_epochs = 9, 36 epochs in all)",
+        ),
+    ],
+)
+def test_an_epochs_budget_no_configuration_can_finish_in_is_refused(
+    tmp_path: Path, scheduler: str, needed: int, message: str
+) -> None:
+    """Such a study would end with nothing to export. The least budget that can is accepted."""
+    text = CURVES.read_text().replace("epochs = 27\n", "" if scheduler else "epochs = 27\n")
+    text = text.replace('name = "median"', 'name = "none"') + scheduler
+    if "pbt" in scheduler:  # its population is its n_trials
+        text = text.replace("n_trials = 60\n", "")
+
+    def spec(epochs: int) -> Any:
+        path = tmp_path / "study.toml"
+        path.write_text(text.replace("[budget]\n", f"[budget]\nepochs = {epochs}\n", 1))
+        return load_spec_file(str(path))
+
+    with pytest.raises(SpecError) as err:
+        spec(needed - 1)
+    assert str(err.value) == (
+        f"{tmp_path / 'study.toml'} [budget]: epochs = {needed - 1} ends the study {message}, "
+        f"with no result to export; set epochs >= {needed}, or remove it."
+    )
+    assert spec(needed).budget_epochs == needed
 
 
 def test_a_compute_budget_without_n_trials_is_refused_with_the_fix(write_study: Any) -> None:

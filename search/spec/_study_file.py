@@ -597,6 +597,7 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
         training = {**training, "epochs": scheduler["max_epochs"]}
     # After [scheduler]: its max_epochs is the {epochs} a command is given.
     _check_placeholders(c, study["objective"], space, training)
+    _check_epochs_budget(c, budget, builtin, space, training, scheduler)
 
     resources_raw = c.table(raw, "resources", "")
     c.keys(resources_raw, _RESOURCES_KEYS, "resources")
@@ -836,6 +837,42 @@ def _command(c: _Checker, table: Mapping[str, Any], base_dir: str) -> str:
         return command_ref(command, cwd=base_dir, timeout=timeout, resumes=resumes)
     except ObjectiveError as err:
         raise c.fail("study", str(err)) from None
+
+
+def _check_epochs_budget(
+    c: _Checker,
+    budget: Mapping[str, Any],
+    builtin: Any,
+    space: Mapping[str, Any],
+    training: Mapping[str, Any],
+    scheduler: Mapping[str, Any] | None,
+) -> None:
+    """Refuse an epochs budget too small for any configuration to train to its end: such a
+    study is over before it has a result to export. Only where the epochs a configuration
+    trains are known (the training engine's objectives, the built-ins, a schedule)."""
+    if "epochs" not in budget or "epochs" in space:
+        return
+    epochs = training.get("epochs", builtin.options.get("epochs") if builtin else None)
+    if not isinstance(epochs, int):
+        return
+    where = "[scheduler] max_epochs" if scheduler else "[training] epochs"
+    if scheduler is not None and scheduler["name"] == "pbt":
+        # The members train together, interval by interval: the result is the population's
+        # at the end, and a budget below it ends them all part-way.
+        needed = scheduler["population"] * epochs
+        what = (
+            f"its population has trained to the end (each of its {scheduler['population']} "
+            f"members trains to {where} = {epochs}, {needed} epochs in all)"
+        )
+    else:
+        needed = epochs
+        what = f"any configuration has trained to the end ({where} = {epochs})"
+    if budget["epochs"] < needed:
+        raise c.fail(
+            "budget",
+            f"epochs = {budget['epochs']} ends the study before {what}, with no result to "
+            f"export; set epochs >= {needed}, or remove it.",
+        )
 
 
 def _check_placeholders(
