@@ -98,10 +98,22 @@ def _read_mounts() -> str:
         return ""
 
 
+def _sqlite_path(url: str) -> str | None:
+    """The absolute path of the file a SQLite URL opens, also in SQLite's URI form
+    (``sqlite:///file:PATH?mode=ro&uri=true``); None for a database in memory."""
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if database.startswith("file:"):  # the URI form: file:PATH, with ?mode=... and the like
+        if parsed.query.get("mode") == "memory":
+            return None
+        database = database.removeprefix("file:")
+    return os.path.abspath(database) if database not in ("", ":memory:") else None
+
+
 def _sqlite_checks(url: str, workers: int, mounts: str | None) -> list[Check]:
-    database = make_url(url).database or ""
+    database = _sqlite_path(url)
     checks: list[Check] = []
-    if database in ("", ":memory:"):
+    if database is None:
         return [
             Check(
                 "server",
@@ -115,13 +127,11 @@ def _sqlite_checks(url: str, workers: int, mounts: str | None) -> list[Check]:
             Check(
                 "server",
                 FAIL,
-                f"SQLite file {os.path.abspath(database)!r} does not exist; create a study "
+                f"SQLite file {database!r} does not exist; create a study "
                 f"first with `hpsearch create STUDY.toml --storage {redact_url(url)}`.",
             )
         ]
-    checks.append(
-        Check("server", OK, f"SQLite {sqlite3.sqlite_version} (file {os.path.abspath(database)})")
-    )
+    checks.append(Check("server", OK, f"SQLite {sqlite3.sqlite_version} (file {database})"))
     try:
         with _connection(url) as connection:
             checks.append(_schema_check(connection, url))
@@ -350,10 +360,10 @@ def upgrade_schema(url: str) -> tuple[str, str]:
     if is_proxy_url(url):
         open_storage(url)  # refuses it, in one line naming the database URL it needs
     sqlite = dialect_of(url) == "sqlite"  # a malformed URL fails here, in one line
-    database = make_url(url).database or ""
-    if sqlite and not os.path.isfile(database):
+    database = _sqlite_path(url) if sqlite else None
+    if database is not None and not os.path.isfile(database):
         raise StorageError(
-            f"SQLite file {os.path.abspath(database)!r} (storage {redact_url(url)}) does not "
+            f"SQLite file {database!r} (storage {redact_url(url)}) does not "
             "exist; nothing to upgrade: check --storage, or create a study there first with "
             "`hpsearch create STUDY.toml`."
         )

@@ -93,6 +93,26 @@ def test_missing_sqlite_file_fails_and_is_not_created(tmp_path: Path) -> None:
     assert not (tmp_path / "none.db").exists()
 
 
+def test_a_sqlite_uri_names_its_file_to_db_check_and_db_upgrade(
+    tmp_path: Path, write_study: Any
+) -> None:
+    """SQLite's URI form (a read-only file, say) is the file after ``file:``, as every other
+    command opens it: not a file named ``file:...`` that does not exist."""
+    database = tmp_path / "hpsearch.db"
+    _create(f"sqlite:///{database}", write_study)
+    read_only = f"sqlite:///file:{database}?mode=ro&uri=true"
+    check = _hpsearch("db", "check", "--storage", read_only)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"(file {database})" in check.stdout
+    upgrade = _hpsearch("db", "upgrade", "--storage", read_only)
+    assert upgrade.returncode == 0 and "already current" in upgrade.stdout, upgrade.stderr
+    missing = _hpsearch("db", "check", "--storage", f"sqlite:///file:{tmp_path / 'no.db'}?mode=ro")
+    assert missing.returncode == 2
+    assert f"SQLite file '{tmp_path / 'no.db'}' does not exist" in missing.stdout
+    in_memory = _hpsearch("db", "check", "--storage", "sqlite:///file::memory:?mode=memory")
+    assert in_memory.returncode == 2 and "in-memory SQLite database" in in_memory.stdout
+
+
 def _stamp_previous_revision(url: str) -> str:
     """Make the database say an older optuna made it: its alembic revision one step back."""
     storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
