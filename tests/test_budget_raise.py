@@ -4,6 +4,7 @@ the trial budget as exact as before; a budget is never lowered, nor raised under
 from __future__ import annotations
 
 import collections
+import multiprocessing
 import subprocess
 import time
 from pathlib import Path
@@ -261,3 +262,32 @@ def test_a_study_over_without_a_completed_trial_says_how_to_go_on(
     export = _cli("export", "--study", study_name, "--storage", url, cwd=tmp_path)
     assert export.returncode == 2 and export.stderr.count("\n") == 1, export.stderr
     assert message in export.stderr
+
+
+def _raise_in_a_process(path: str, url: str, start: Any) -> None:
+    spec = load_spec_file(path)
+    start.wait()  # all at once
+    create_study(spec, url)
+
+
+def test_processes_raising_at_once_queue_each_new_slot_once(
+    storage_url: str, write_study: Any
+) -> None:
+    spec = _file(write_study, 13)
+    create_study(spec, storage_url)
+    loaded = load_study(spec.name, storage_url)
+    _run_queue(loaded.study, loaded.storage)
+    raised = write_study(n_trials=45)
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(3)
+    processes = [
+        context.Process(target=_raise_in_a_process, args=(str(raised), storage_url, start))
+        for _ in range(3)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    assert [p.exitcode for p in processes] == [0, 0, 0]
+    _run_queue(loaded.study, loaded.storage)
+    assert _slots(loaded.study) == collections.Counter(range(45))
