@@ -591,7 +591,7 @@ def parse_spec(raw: Mapping[str, Any], *, source: str, base_dir: str) -> StudySp
         )
         if pbt:
             budget["n_trials"] = scheduler["population"]
-        pruner = {"name": "none", "options": {}}  # the scheduler decides at its rungs
+        pruner = {"name": "none", "options": {}}  # the scheduler decides which trials stop
         # Every trial of a configuration trains towards max_epochs: the learning-rate schedule
         # and the checkpoint a promoted configuration resumes from are those of one long run.
         training = {**training, "epochs": scheduler["max_epochs"]}
@@ -682,8 +682,8 @@ def _scheduler_conflicts(
     conflicts: dict[str, str] = {}
     if "pruner" in raw and pruner["name"] != "none":
         conflicts["pruner"] = (
-            f"name = {pruner['name']!r}: [scheduler] decides at its rungs which trials stop; "
-            'set name = "none" or remove [pruner].'
+            f"name = {pruner['name']!r}: [scheduler] decides which trials stop (asha at its "
+            'rungs, pbt at its intervals); set name = "none" or remove [pruner].'
         )
     for where, table in (("training", training), ("space", space)):
         if "epochs" in table:
@@ -693,8 +693,9 @@ def _scheduler_conflicts(
             )
     if len(study["metrics"]) > 1:
         conflicts["study"] = (
-            f"metrics = {study['metrics']}: [scheduler] ranks configurations at its rungs by "
-            "one metric; optimize one metric, or remove [scheduler]."
+            f"metrics = {study['metrics']}: [scheduler] ranks configurations by one metric "
+            "(asha at its rungs, pbt at its intervals); optimize one metric, or remove "
+            "[scheduler]."
         )
     elif builtin is not None and study["metrics"][0] not in builtin.evaluated:
         conflicts["study"] = (
