@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 import pytest
 from optuna.trial import TrialState
+from optuna_dashboard import get_note
 
 import hpsearch
 from hpsearch.attrs import SLOT, SPEC
@@ -153,6 +154,9 @@ def test_the_cli_says_what_a_raise_changed_and_status_shows_it(
     )
     status = _cli("status", "--study", study_name, "--storage", url, cwd=tmp_path)
     assert "0/10 trials used, 10 remaining" in status.stdout, status.stdout
+    # The dashboard's note on the study shows the budget as raised.
+    note = get_note(optuna.load_study(study_name=study_name, storage=url))
+    assert "budget 10 trials." in note and "budget 4 trials." not in note
 
 
 @pytest.mark.parametrize(
