@@ -33,15 +33,17 @@ def _file(write_study: Any, n_trials: int, budget: str = "") -> Any:
     return load_spec_file(str(path))
 
 
-def _run_queue(study: optuna.Study, storage: object, trials: int | None = None) -> int:
+def _run_queue(
+    study: optuna.Study, storage: object, n_trials: int, trials: int | None = None
+) -> int:
     """Claim, refill and finish queued slots as a worker does (``trials`` of them, or until
-    none is left); how many ran."""
+    none is left); how many ran. ``n_trials``: the budget as the worker loaded it."""
     ran = 0
     while trials is None or ran < trials:
         claimed = claim_slot(study, storage)
         if claimed is None:
             return ran
-        refill(study, storage, claimed)
+        refill(study, storage, claimed, n_trials)
         study.tell(claimed.number, 1.0)
         ran += 1
     return ran
@@ -66,12 +68,12 @@ def test_a_raised_budget_queues_exactly_the_new_slots(
 ) -> None:
     create_study(_file(write_study, old), storage_url)
     loaded = load_study(_file(write_study, old).name, storage_url)
-    assert _run_queue(loaded.study, loaded.storage, ran_before) == ran_before
+    assert _run_queue(loaded.study, loaded.storage, old, ran_before) == ran_before
     result = create_study(_file(write_study, new), storage_url)
     assert result.raised == (f"n_trials {old} -> {new}",) and not result.created
     assert result.spec.n_trials == new
     # The queue drains to exactly the raised budget: every slot once, none past it.
-    assert _run_queue(loaded.study, loaded.storage) == new - ran_before
+    assert _run_queue(loaded.study, loaded.storage, loaded.spec.n_trials) == new - ran_before
     assert _slots(loaded.study) == collections.Counter(range(new))
     state = budget_state(loaded.study.get_trials(deepcopy=False), new)
     assert (state.complete, state.finished) == (new, True)
@@ -87,14 +89,14 @@ def test_a_raise_cut_short_before_its_slots_is_repaired_by_the_workers(
     spec = _file(write_study, 12)
     create_study(spec, storage_url)
     loaded = load_study(spec.name, storage_url)
-    _run_queue(loaded.study, loaded.storage)
+    _run_queue(loaded.study, loaded.storage, loaded.spec.n_trials)
     # What a raise to 21 stores before it queues anything.
     raised = {**spec.data, "budget": {**spec.data["budget"], "n_trials": 21}}
     loaded.study.set_user_attr(SPEC, raised)
     # A worker that loaded the study before the raise finds the queue empty: it repairs it.
     state = budget_state(loaded.study.get_trials(deepcopy=False), 12)
     assert repair_queue(loaded.study, loaded.storage, state)
-    _run_queue(loaded.study, loaded.storage)
+    _run_queue(loaded.study, loaded.storage, loaded.spec.n_trials)
     assert _slots(loaded.study) == collections.Counter(range(21))
 
 
@@ -280,7 +282,7 @@ def test_processes_raising_at_once_queue_each_new_slot_once(
     spec = _file(write_study, 13)
     create_study(spec, storage_url)
     loaded = load_study(spec.name, storage_url)
-    _run_queue(loaded.study, loaded.storage)
+    _run_queue(loaded.study, loaded.storage, loaded.spec.n_trials)
     raised = write_study(n_trials=45)
     context = multiprocessing.get_context("spawn")
     start = context.Barrier(3)
@@ -293,5 +295,5 @@ def test_processes_raising_at_once_queue_each_new_slot_once(
     for process in processes:
         process.join(timeout=120)
     assert [p.exitcode for p in processes] == [0, 0, 0]
-    _run_queue(loaded.study, loaded.storage)
+    _run_queue(loaded.study, loaded.storage, loaded.spec.n_trials)
     assert _slots(loaded.study) == collections.Counter(range(45))

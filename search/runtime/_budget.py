@@ -107,11 +107,19 @@ def stored_n_trials(study: optuna.Study) -> int:
     return int(spec["budget"]["n_trials"])
 
 
-def refill(study: optuna.Study, storage: object, claimed: FrozenTrial) -> None:
-    """Enqueue the next batch if ``claimed`` carries that duty and nobody did it yet."""
+def refill(study: optuna.Study, storage: object, claimed: FrozenTrial, n_trials: int) -> None:
+    """Enqueue the next batch if ``claimed`` carries that duty and nobody did it yet.
+
+    ``n_trials``: the budget as the worker loaded it. A budget is only ever raised, and a raise
+    changes a batch (its end, or its duty to refill) only near the loaded end: only there is
+    the budget read as stored now, so the queue's hot path reads nothing more.
+    """
     next_range = claimed.system_attrs.get(REFILL)
     if next_range:
-        enqueue_batch(study, storage, int(next_range[0]), stored_n_trials(study))
+        start = int(next_range[0])
+        if start + 2 * BATCH >= n_trials:
+            n_trials = max(n_trials, stored_n_trials(study))
+        enqueue_batch(study, storage, start, n_trials)
 
 
 def raise_budget_slots(study: optuna.Study, storage: object, old_n: int, new_n: int) -> None:

@@ -179,7 +179,7 @@ def run_trial(
         if not take_exploited_weights(study, spec, study_uid, claimed, sync):
             sync.fetch()
         # Before the objective: a failure here is the database's, never the objective's.
-        refill(study, loaded.storage, claimed)
+        refill(study, loaded.storage, claimed, spec.n_trials)
         trial = (
             objective_trial(study, trial_id) if compute is None else compute.trial(study, trial_id)
         )

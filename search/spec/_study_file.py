@@ -843,7 +843,7 @@ def _command(c: _Checker, table: Mapping[str, Any], base_dir: str) -> str:
 def _check_epochs_budget(
     c: _Checker,
     budget: Mapping[str, Any],
-    builtin: Any,
+    builtin: BuiltinObjective | None,
     space: Mapping[str, Any],
     training: Mapping[str, Any],
     scheduler: Mapping[str, Any] | None,
